@@ -1,0 +1,1 @@
+"""ppfr.export"""

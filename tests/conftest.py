@@ -1,0 +1,45 @@
+"""Shared test fixtures: paths to the real face data in ../shared/data and small loaders."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+MODELS = REPO.parent / "shared" / "models"
+
+
+def read_rgb(path) -> np.ndarray:
+    """A face as uint8 RGB HWC."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(path)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def lfw_faces(n: int, start: int = 0) -> np.ndarray:
+    """n aligned 112x112 LFW faces (uint8 RGB NHWC) from the pair images, deterministic order."""
+    names = (DATA / "lfw" / "pairs_images.txt").read_text().split()
+    return np.stack([read_rgb(DATA / "lfw" / "aligned112" / p) for p in names[start : start + n]])
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.exists():
+        pytest.fail(f"the shared face data is missing: expected {DATA} (clone beside ../shared)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def faces(data_dir) -> np.ndarray:
+    """32 real aligned CelebA training faces, uint8 RGB NHWC."""
+    paths = sorted((data_dir / "celeba" / "aligned112").glob("*/*.jpg"))[::197][:32]
+    return np.stack([read_rgb(p) for p in paths])

@@ -1,0 +1,72 @@
+"""The trained system as two modules, and the checkpoint that holds both.
+
+- the protection method (client side): uint8 face + random inputs -> protected tensor;
+- the `Recognizer` (server side): protected tensor -> L2-normalised embedding, with the method's
+  server adapter (PPFR-FD energy sort) inside, so the cloud runs one graph per bundle.
+
+Config layout (YAML, see configs/): {name, method: {name, ...params}, model: {backbone, ...}, data,
+train, eval}. A checkpoint is a dict {config, method, recognizer, head, optimizer, state}, each
+module entry a state_dict, so every trained parameter (DCTDP budgets included) travels together.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods import build_method
+from .protection import ProtectionMethod
+
+
+class Recognizer(nn.Module):
+    def __init__(self, adapter: nn.Module, backbone: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+        self.backbone = backbone
+
+    def forward(self, protected: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embedding features (training heads normalise themselves)."""
+        return self.backbone(self.adapter(protected))
+
+    def embed(self, protected: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.forward(protected), dim=1)
+
+
+def build_model(config: dict) -> tuple[ProtectionMethod, Recognizer]:
+    """Method and recognizer from a config dict (untrained)."""
+    from .backbones import build_backbone
+
+    method_cfg = dict(config["method"])
+    method = build_method(method_cfg.pop("name"), **method_cfg)
+    c, h, _ = method.output_shape()
+    backbone = build_backbone(in_channels=c, in_size=h, **config.get("model", {}))
+    return method, Recognizer(method.server_adapter(), backbone)
+
+
+def save_checkpoint(path, config, method, recognizer, head=None, optimizer=None, state=None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "config": config,
+        "method": method.state_dict(),
+        "recognizer": recognizer.state_dict(),
+        "head": head.state_dict() if head is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "state": state or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a torn checkpoint
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[dict, ProtectionMethod, Recognizer, dict]:
+    """(config, method, recognizer, raw checkpoint dict) with every trained parameter restored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (make train)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    method, recognizer = build_model(ckpt["config"])
+    method.load_state_dict(ckpt["method"])
+    recognizer.load_state_dict(ckpt["recognizer"])
+    return ckpt["config"], method, recognizer, ckpt
