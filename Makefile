@@ -35,3 +35,22 @@ protos: $(STAMP)
 
 clean:
 	rm -rf runs artifacts .pytest_cache .ruff_cache
+
+# --- the system's jobs (each target's recipe belongs to the issue that built it) ---
+train: $(STAMP)
+	$(VENV)/bin/ppfr-train --config $(CONFIG)
+
+export: $(STAMP)
+	$(VENV)/bin/ppfr-export --checkpoint runs/$(RUN)/checkpoint.pt --out artifacts/$(RUN)
+
+serve: $(STAMP)
+	$(VENV)/bin/ppfr-cloud serve --bundle artifacts/$(RUN) --db runs/gallery.sqlite --port 50051
+
+demo: $(STAMP)
+	@echo "demo: not built yet"
+
+bench: $(STAMP)
+	$(VENV)/bin/ppfr-bench
+
+attack: $(STAMP)
+	$(VENV)/bin/ppfr-attack
