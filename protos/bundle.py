@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import json_format
-
 from ppfr.protos import manifest_pb2, tensor_pb2
 
 MANIFEST = "manifest.json"

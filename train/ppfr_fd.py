@@ -126,7 +126,8 @@ class PPFRFD(ProtectionMethod):
     def random_inputs(self):
         if self.analysis:
             return []
-        return [RandomInput("shuffle2", (self.mixed_channels,), "int64", PERMUTATION, {"n": self.mixed_channels})]
+        n = self.mixed_channels
+        return [RandomInput("shuffle2", (n,), "int64", PERMUTATION, {"n": n})]
 
     def params(self):
         return {
