@@ -40,17 +40,25 @@ clean:
 train: $(STAMP)
 	$(VENV)/bin/ppfr-train --config $(CONFIG)
 
+# Exports every trained run (runs/*/checkpoint.pt -> artifacts/<run>), parity-checks every config in
+# EXPORT_CONFIGS without a run (default: the small configs, one per method; EXPORT_CONFIGS=configs for
+# all, the paper ones are slow on CPU), prints payload bytes and parity per method. Needs runs/$(RUN).
+EXPORT_CONFIGS ?= $(wildcard configs/small_*.yaml)
 export: $(STAMP)
-	$(VENV)/bin/ppfr-export --checkpoint runs/$(RUN)/checkpoint.pt --out artifacts/$(RUN)
+	@test -f runs/$(RUN)/checkpoint.pt || { echo "no runs/$(RUN)/checkpoint.pt: run make train first" >&2; exit 2; }
+	$(VENV)/bin/ppfr-export --all --runs runs --out artifacts --configs $(EXPORT_CONFIGS) $(EXPORT_ARGS)
 
 serve: $(STAMP)
-	$(VENV)/bin/ppfr-cloud serve --bundle artifacts/$(RUN) --db runs/gallery.sqlite --port 50051
+	$(VENV)/bin/ppfr-cloud serve --bundle artifacts/$(RUN) --db runs/$(RUN)/gallery.sqlite --port $(or $(PORT),50051)
 
+# Trains (or reuses runs/$(RUN)), exports (or reuses artifacts/$(RUN)), serves, enrolls and verifies LFW
+# faces through ppfr-edge, prints the summary and always stops the server. See docs/edge.md.
 demo: $(STAMP)
-	@echo "demo: not built yet"
+	$(PY) scripts/demo.py --config $(CONFIG) --run $(RUN)
 
+# BENCH_ARGS: e.g. --tiny, --methods rgb,ppfr_fd, --no-e2e (see ppfr-bench --help)
 bench: $(STAMP)
-	$(VENV)/bin/ppfr-bench
+	$(VENV)/bin/ppfr-bench $(BENCH_ARGS)
 
 attack: $(STAMP)
-	$(VENV)/bin/ppfr-attack
+	nice $(VENV)/bin/ppfr-attack --bundles-dir artifacts --out runs/attack $(ATTACK_ARGS)

@@ -43,3 +43,20 @@ def faces(data_dir) -> np.ndarray:
     """32 real aligned CelebA training faces, uint8 RGB NHWC."""
     paths = sorted((data_dir / "celeba" / "aligned112").glob("*/*.jpg"))[::197][:32]
     return np.stack([read_rgb(p) for p in paths])
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory, data_dir):
+    """Factory: small_bundle(method) -> a small real exported bundle (untrained MobileFaceNet, real
+    exporter with parity checks), built once per test session and shared by every test module."""
+    from bundles import make_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    cache = {}
+
+    def get(method: str = "ppfr_fd") -> Path:
+        if method not in cache:
+            cache[method] = make_bundle(root / f"small_{method}", method=method, train_steps=0)
+        return cache[method]
+
+    return get

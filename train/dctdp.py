@@ -88,7 +88,8 @@ class DCTDP(ProtectionMethod):
         return self.sensitivity()[:, None, None] / self.budgets()
 
     def forward(self, image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if torch.isnan(self.clip_bound).any():
+        # The check is data-dependent, so it runs eagerly only; export checks calibration up front.
+        if not torch.compiler.is_exporting() and torch.isnan(self.clip_bound).any():
             raise RuntimeError("DCTDP clip bounds are not calibrated: call calibrate(training_faces) first")
         bound = self.clip_bound[None, :, None, None]
         x = torch.maximum(torch.minimum(self.coefficients(image), bound), -bound)

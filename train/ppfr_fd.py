@@ -49,8 +49,13 @@ def keyed_permutation(key: bytes, n: int, label: bytes = SHUFFLE1_LABEL) -> list
     return perm
 
 
-def self_normalise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(E - mu) / sigma with mu, sigma taken across channels at each spatial position of one image."""
+def self_normalise(x: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """(E - mu) / (sigma + eps) with mu, sigma taken across channels at each spatial position.
+
+    eps = 1 (one grey level of a 0..255 image): in a flat block every AC coefficient is rounding
+    noise (sigma ~ 1e-7), and a tiny eps would blow that noise up to O(1) values that differ between
+    runtimes (ORT vs PyTorch) and carry no face information anyway.
+    """
     mu = x.mean(dim=1, keepdim=True)
     sigma = ((x - mu) ** 2).mean(dim=1, keepdim=True).sqrt()
     return (x - mu) / (sigma + eps)
@@ -91,7 +96,7 @@ class PPFRFD(ProtectionMethod):
         key: str = "ppfr-demo-key",
         num_channels: int = 36,
         channels: list[int] | None = None,
-        eps: float = 1e-5,
+        eps: float = 1.0,
         analysis: bool = False,
         gamma: float = 0.3,
         lam: float = 1.0,

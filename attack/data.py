@@ -1,0 +1,97 @@
+"""Who the attacker trains on and who the victims are (identity-disjoint by construction).
+
+- Attacker: clean CelebA training faces (`labels.csv`: aligned=1, suspect=0) minus the CelebA ids of
+  `overlap_flags.json` `drop_ids` (people who also appear in LFW/CFP). CelebA and LFW identities are
+  disjoint (DeepID2 authors; re-checked by embedding in overlap_flags.json).
+- Victims: LFW people with >= 2 aligned images; `n_victims` of them drawn with a fixed seed, their first
+  two images (sorted) each. Every victim image is reconstructed; its partner photo is the reference.
+- Calibration: `n_calib` other LFW people (not victims), one image each. The judges' FAR 1e-3 thresholds
+  come from all different-person pairs among the victim and calibration originals.
+"""
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@dataclass
+class Split:
+    attacker_paths: list[Path]
+    attacker_ids: list[int]
+    victim_paths: list[Path]  # 2 per person, consecutive: (2k, 2k+1) are the same person
+    victim_ids: list[str]
+    calib_paths: list[Path]
+    calib_ids: list[str]
+
+    def describe(self) -> dict:
+        return {
+            "attacker": f"CelebA aligned112, {len(set(self.attacker_ids))} identities, "
+            f"{len(self.attacker_paths)} images (clean rows, overlap drop_ids removed)",
+            "victims": f"LFW aligned112, {len(set(self.victim_ids))} people x 2 images",
+            "calibration": f"LFW aligned112, {len(self.calib_paths)} further people x 1 image",
+            "identity_overlap": len(set(map(str, self.attacker_ids)) & set(self.victim_ids + self.calib_ids)),
+        }
+
+
+def read_rgb(path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read face image {path}")
+    if bgr.shape[:2] != (112, 112):
+        raise ValueError(f"{path}: expected an aligned 112x112 crop, got {bgr.shape[:2]}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def load_faces(paths) -> np.ndarray:
+    return np.stack([read_rgb(p) for p in paths]) if paths else np.zeros((0, 112, 112, 3), np.uint8)
+
+
+def attacker_set(data: Path, max_images: int | None, seed: int) -> tuple[list[Path], list[int]]:
+    celeba = data / "celeba"
+    labels, flags = celeba / "labels.csv", celeba / "overlap_flags.json"
+    for p in (labels, flags):
+        if not p.is_file():
+            raise FileNotFoundError(f"missing {p}: the attacker's CelebA training faces (see ../shared/data)")
+    drop = set(json.loads(flags.read_text())["drop_ids"])
+    rows = []
+    with labels.open() as f:
+        for r in csv.DictReader(f):
+            ident = int(r["celeba_identity"])
+            if r["aligned"] == "1" and r["suspect"] == "0" and ident not in drop:
+                rows.append((f"{ident:05d}/{r['file']}", ident))
+    rows.sort()
+    if max_images and len(rows) > max_images:
+        pick = np.random.default_rng(seed).choice(len(rows), max_images, replace=False)
+        rows = [rows[i] for i in sorted(pick)]
+    return [celeba / "aligned112" / r for r, _ in rows], [i for _, i in rows]
+
+
+def make_split(data=DEFAULT_DATA, n_victims=40, n_calib=200, max_attacker=None, seed=0) -> Split:
+    data = Path(data)
+    lfw = data / "lfw" / "aligned112"
+    if not lfw.is_dir():
+        raise FileNotFoundError(f"missing {lfw}: the LFW victim faces (see ../shared/data/README.md)")
+    people = {d.name: sorted(d.glob("*.jpg")) for d in sorted(lfw.iterdir()) if d.is_dir()}
+    multi = sorted(n for n, imgs in people.items() if len(imgs) >= 2)
+    if n_victims > len(multi):
+        raise ValueError(f"asked for {n_victims} victims, LFW has {len(multi)} people with >= 2 images")
+    rng = np.random.default_rng(seed)
+    victims = sorted(rng.choice(multi, n_victims, replace=False).tolist())
+    others = sorted(set(people) - set(victims))
+    calib = sorted(rng.choice(others, min(n_calib, len(others)), replace=False).tolist())
+    a_paths, a_ids = attacker_set(data, max_attacker, seed)
+    return Split(
+        attacker_paths=a_paths,
+        attacker_ids=a_ids,
+        victim_paths=[p for n in victims for p in people[n][:2]],
+        victim_ids=[n for n in victims for _ in range(2)],
+        calib_paths=[people[n][0] for n in calib],
+        calib_ids=calib,
+    )

@@ -1,0 +1,150 @@
+"""Recognizer runtimes behind one small interface: protected tensors in, L2-normalised embeddings out.
+
+ONNX Runtime is the default (the embedded choice on CPU); TensorRT (cloud/tensorrt_runtime.py, written
+with the export issue) is imported lazily, only when asked for or when `auto` finds a GPU and an engine.
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from ppfr.protos.bundle import BundleError, read_manifest
+
+log = logging.getLogger("ppfr.cloud")
+
+RUNTIME_KINDS = ("auto", "onnxruntime", "tensorrt")
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A runtime that cannot be created (missing engine, missing package, unreadable model)."""
+
+
+class Runtime(Protocol):
+    """What the server needs from a recognizer engine."""
+
+    name: str
+    # Largest batch one embed() call accepts.
+    max_batch: int
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """[N, C, H, W] protected tensors -> [N, D] float32 L2-normalised embeddings."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+class OnnxRuntime:
+    """recognizer.onnx on ONNX Runtime: one session created at startup with fixed options, reused by every
+    call (calls are serialised by the server's single engine thread)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path, threads: int = 0, max_batch: int = 64, providers=None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = max(0, int(threads))  # 0 = one per physical core
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise RuntimeUnavailable(f"cannot load {model_path}: {err}") from None
+        (inp,) = self._session.get_inputs()
+        self._input = inp.name
+        self._output = self._session.get_outputs()[0].name
+        self.input_dtype = np.dtype(_ORT_TYPES.get(inp.type, np.float32))
+        batch_dim = inp.shape[0]
+        self.max_batch = int(batch_dim) if isinstance(batch_dim, int) and batch_dim > 0 else int(max_batch)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        (out,) = self._session.run([self._output], {self._input: np.ascontiguousarray(batch)})
+        return l2_normalise(out)
+
+    def close(self) -> None:
+        self._session = None
+
+
+def tensorrt_available() -> bool:
+    """True when the TensorRT runtime module imports and finds TensorRT and a GPU."""
+    try:
+        from ppfr.cloud import tensorrt_runtime
+    except ImportError:
+        return False
+    try:
+        return bool(tensorrt_runtime.tensorrt_available())
+    except Exception:  # a broken CUDA install must not stop the CPU path
+        return False
+
+
+def tensorrt_engine(bundle_dir) -> Path | None:
+    """The bundle's first TensorRT engine file that exists, if any."""
+    manifest = read_manifest(bundle_dir)
+    for engine in manifest.engines:
+        path = Path(bundle_dir) / engine.path
+        if engine.path and path.is_file():
+            return path
+    return None
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def create_runtime(kind: str, bundle_dir, threads: int = 0, max_batch: int = 64) -> Runtime:
+    """The recognizer runtime of a bundle: `onnxruntime`, `tensorrt`, or `auto` (TensorRT when TensorRT,
+    a GPU and an engine are present, else ONNX Runtime)."""
+    if kind not in RUNTIME_KINDS:
+        raise RuntimeUnavailable(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_KINDS)}")
+    manifest = read_manifest(bundle_dir)
+    if kind in ("auto", "tensorrt"):
+        engine = tensorrt_engine(bundle_dir)
+        if kind == "tensorrt" or (engine is not None and tensorrt_available()):
+            try:
+                return _tensorrt_runtime(manifest, bundle_dir, engine, max_batch)
+            except RuntimeUnavailable as err:
+                if kind == "tensorrt":
+                    raise
+                log.warning("%s; falling back to ONNX Runtime", err)
+        else:
+            log.debug("TensorRT not used (engine=%s); using ONNX Runtime", engine)
+    path = Path(bundle_dir) / (manifest.recognizer.path or "recognizer.onnx")
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir} has no recognizer model {path.name}")
+    return OnnxRuntime(path, threads=threads, max_batch=max_batch)
+
+
+def _tensorrt_runtime(manifest, bundle_dir, engine: Path | None, max_batch: int) -> Runtime:
+    if engine is None:
+        raise RuntimeUnavailable(
+            f"{bundle_dir} has no TensorRT engine; build one on this GPU with ppfr-export "
+            "or use --runtime onnxruntime"
+        )
+    if not tensorrt_available():
+        raise RuntimeUnavailable("TensorRT or a CUDA GPU is not available; use --runtime onnxruntime")
+    from ppfr.cloud.tensorrt_runtime import TensorRTRuntime
+
+    # Never ask for more than the engine's optimisation profile allows.
+    for spec in manifest.engines:
+        if Path(bundle_dir) / spec.path == engine and len(spec.profile_batch_sizes) == 3:
+            max_batch = min(max_batch, int(spec.profile_batch_sizes[2]))
+    try:
+        return TensorRTRuntime(engine, max_batch)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise RuntimeUnavailable(f"cannot use TensorRT engine {engine}: {err}") from None

@@ -1,0 +1,312 @@
+"""Assembles and runs the gRPC server: bundle + runtime + batcher + gallery behind FaceVerification, the
+standard health and reflection services, optional TLS / mutual TLS, graceful shutdown.
+
+For tests and benchmarks:
+    async:  running = await start(ServerConfig(bundle, db, port=0)); running.port; await running.stop()
+    sync:   with ServerThread(ServerConfig(bundle, db, port=0)) as server: server.address
+"""
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from ppfr.cloud.batcher import DynamicBatcher
+from ppfr.cloud.gallery import Gallery
+from ppfr.cloud.runtime import create_runtime
+from ppfr.cloud.service import FaceVerificationService
+from ppfr.protos import verification_pb2, verification_pb2_grpc
+from ppfr.protos.bundle import BundleError, numpy_dtype, read_manifest
+
+log = logging.getLogger("ppfr.cloud")
+
+SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["FaceVerification"].full_name
+MIN_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Server settings that cannot work (missing bundle, bad port, unreadable certificate)."""
+
+
+@dataclass
+class ServerConfig:
+    bundle: Path
+    db: Path
+    port: int = 50051
+    host: str = "127.0.0.1"
+    runtime: str = "auto"
+    # Dynamic batching: gather up to max_batch requests or max_delay_ms; max_batch<=1 or delay 0 = off.
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    # Recognizer intra-op threads (ONNX Runtime); 0 = one per physical core.
+    threads: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # CA that signs client certificates; setting it turns on mutual TLS (clients must present one).
+    tls_client_ca: Path | None = None
+    # Largest request/response accepted; None = enough for the bundle's float32 tensor (at least 4 MiB).
+    max_message_bytes: int | None = None
+    grace_s: float = 5.0
+
+
+def check_config(config: ServerConfig) -> None:
+    """Raises ConfigError with a message a user can act on."""
+    if not (0 <= int(config.port) <= 65535):
+        raise ConfigError(f"--port must be between 0 and 65535, got {config.port}")
+    if not Path(config.bundle).is_dir():
+        raise ConfigError(f"bundle folder {config.bundle} does not exist (run `make export` first)")
+    if config.max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {config.max_batch}")
+    if config.max_delay_ms < 0:
+        raise ConfigError(f"--max-delay-ms must be >= 0, got {config.max_delay_ms}")
+    if config.threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {config.threads}")
+    if config.max_message_bytes is not None and config.max_message_bytes < 1024:
+        raise ConfigError(f"--max-message-bytes must be at least 1024, got {config.max_message_bytes}")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    if config.tls_client_ca and not config.tls_cert:
+        raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key as well")
+    for flag, path in (
+        ("--tls-cert", config.tls_cert),
+        ("--tls-key", config.tls_key),
+        ("--tls-client-ca", config.tls_client_ca),
+    ):
+        if path:
+            try:
+                Path(path).read_bytes()
+            except OSError as err:
+                raise ConfigError(f"{flag} {path}: cannot read ({err.strerror})") from None
+    if config.tls_cert:
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+            if config.tls_client_ca:
+                context.load_verify_locations(str(config.tls_client_ca))
+        except (ssl.SSLError, ValueError) as err:
+            raise ConfigError(f"TLS files are not a valid PEM certificate/key pair or CA: {err}") from None
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def message_limit(config: ServerConfig, manifest) -> int:
+    if config.max_message_bytes:
+        return int(config.max_message_bytes)
+    dims = [max(1, int(d)) for d in manifest.protected_tensor.shape[1:]]
+    n = 1
+    for d in dims:
+        n *= d
+    return max(MIN_MESSAGE_BYTES, n * 4 + 64 * 1024)
+
+
+def _format_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class RunningServer:
+    """A started server: its bound port and address, and a graceful stop."""
+
+    def __init__(self, server, service, batcher, gallery, health_servicer, host, port, grace_s):
+        self.server = server
+        self.service = service
+        self.batcher = batcher
+        self.gallery = gallery
+        self.health = health_servicer
+        self.host = host
+        self.port = port
+        self.grace_s = grace_s
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        return f"{_format_host(self.host)}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, stops taking calls, lets in-flight calls finish (up to grace seconds), then
+        closes the engine and the database."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_s if grace is None else grace)
+        await self.batcher.close()
+        self.service.close()
+        self.batcher.runtime.close()
+        self.gallery.close()
+        log.info("ppfr-cloud stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def _listen(config: ServerConfig, manifest, runtime, gallery):
+    """The grpc.aio server with every service added and its port bound (not yet started)."""
+    batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms)
+    service = FaceVerificationService(manifest, manifest.name or Path(config.bundle).name, batcher, gallery)
+
+    limit = message_limit(config, manifest)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    verification_pb2_grpc.add_FaceVerificationServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{_format_host(config.host)}:{config.port}"
+    credentials = server_credentials(config)
+    try:
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+    except RuntimeError as err:
+        raise ConfigError(f"cannot listen on {address}: {err}") from None
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address} (port in use or address not available)")
+    return server, service, batcher, health_servicer, port, credentials
+
+
+async def start(config: ServerConfig) -> RunningServer:
+    """Builds everything and starts listening; port 0 picks a free port (see RunningServer.port)."""
+    check_config(config)
+    bundle = Path(config.bundle)
+    manifest = read_manifest(bundle)
+    if not manifest.frontend_id:
+        raise BundleError(f"{bundle}/manifest.json has no frontend_id")
+    numpy_dtype(manifest.protected_tensor.data_type)
+    if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
+        raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
+    gallery = Gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
+    runtime = None
+    try:
+        runtime = create_runtime(
+            config.runtime, bundle, threads=config.threads, max_batch=max(config.max_batch, 1)
+        )
+        server, service, batcher, health_servicer, port, credentials = _listen(
+            config, manifest, runtime, gallery
+        )
+    except BaseException:
+        gallery.close()
+        if runtime is not None:
+            runtime.close()
+        raise
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    running = RunningServer(
+        server, service, batcher, gallery, health_servicer, config.host, port, config.grace_s
+    )
+    tls = "mtls" if config.tls_client_ca else "tls" if credentials else "off"
+    batching = (
+        f"max_batch={batcher.max_batch} max_delay_ms={config.max_delay_ms:g}" if batcher.enabled else "off"
+    )
+    log.info(
+        "ppfr-cloud serving bundle=%s method=%s frontend_id=%s runtime=%s address=%s tls=%s batching=%s "
+        "gallery=%s (%d subjects, %d templates)",
+        bundle,
+        manifest.method,
+        manifest.frontend_id[:12],
+        runtime.name,
+        running.address,
+        tls,
+        batching,
+        config.db,
+        gallery.subject_count,
+        gallery.template_count,
+    )
+    if credentials is None and not _is_loopback(config.host):
+        log.warning("serving without TLS on %s: protected tensors cross the network unencrypted", config.host)
+    return running
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs until SIGINT or SIGTERM, then drains in-flight calls and exits."""
+    running = await start(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread / not supported
+            pass
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls (up to %gs)", config.grace_s)
+    await running.stop()
+
+
+class ServerThread:
+    """The server on its own event loop in a background thread, for synchronous callers (tests, bench)."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.running: RunningServer | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ppfr-cloud", daemon=True)
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        try:
+            self.running = asyncio.run_coroutine_threadsafe(start(self.config), self._loop).result()
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    def stop(self, grace: float | None = None) -> None:
+        if self.running is not None:
+            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result()
+            self.running = None
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        if not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,233 @@
+"""ppfr-edge: photo -> protected tensor on the device -> gRPC to the verification server.
+
+    ppfr-edge --server HOST:PORT --bundle artifacts/NAME enroll --id ID IMAGE...
+    ppfr-edge --server HOST:PORT --bundle artifacts/NAME verify --id ID IMAGE...
+    ppfr-edge --server HOST:PORT --bundle artifacts/NAME identify [--top K] IMAGE...
+    ppfr-edge --bundle artifacts/NAME protect [--out DIR] IMAGE...
+
+Exit status: 0 all images done, 1 server or network problem, 2 bad input (unreadable photo, no face or
+several faces, wrong bundle, bad arguments). See docs/edge.md.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format
+
+from .client import Client, make_channel
+from .detect import DEFAULT_DETECTOR
+from .errors import EdgeError, ServerError
+from .image import write_png
+from .output import Report
+from .pipeline import Pipeline
+from .preview import preview
+
+NEEDS_SERVER = ("enroll", "verify", "identify", "info", "delete")
+
+
+def _common(parser: argparse.ArgumentParser, default) -> None:
+    """Options accepted before or after the command (`default` is SUPPRESS on the subcommands)."""
+    d = (lambda value: value) if default is None else (lambda value: default)  # noqa: E731
+    g = parser.add_argument_group("connection and model")
+    g.add_argument("--server", default=d(None), help="HOST:PORT of `ppfr-cloud serve`")
+    g.add_argument("--bundle", default=d(None), help="bundle folder written by ppfr-export (artifacts/NAME)")
+    g.add_argument("--ca", default=d(None), help="CA certificate (PEM) to verify the server: enables TLS")
+    g.add_argument("--cert", default=d(None), help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--key", default=d(None), help="client private key (PEM) for mutual TLS")
+    g.add_argument("--server-name", default=d(None), help="TLS name to expect in the server certificate")
+    g.add_argument("--timeout", type=float, default=d(10.0), help="seconds per request (default 10)")
+    g.add_argument("--json", action="store_true", default=d(False), help="one JSON document on stdout")
+    g = parser.add_argument_group("face")
+    g.add_argument(
+        "--aligned", action="store_true", default=d(False), help="images are aligned 112x112 crops"
+    )
+    g.add_argument("--largest", action="store_true", default=d(False), help="several faces: use the largest")
+    g.add_argument(
+        "--detector", default=d(str(DEFAULT_DETECTOR)), help="YuNet ONNX model (default: %(default)s)"
+    )
+    g.add_argument("--min-score", type=float, default=d(0.6), help="face detection score threshold (0.6)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ppfr-edge",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(parser, None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    hidden = argparse.SUPPRESS
+
+    def command(name, help_text, images=True):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p, hidden)
+        if images:
+            p.add_argument(
+                "images", nargs="*", metavar="IMAGE", help="photos (or aligned crops with --aligned)"
+            )
+        return p
+
+    for name, text in (
+        ("enroll", "add each photo as a template of the subject"),
+        ("verify", "1:1 — is each photo the claimed subject?"),
+    ):
+        p = command(name, text)
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("--id", help="subject id")
+        who.add_argument("--list", type=Path, help="file of lines 'ID IMAGE' (many subjects in one run)")
+    p = command("identify", "1:N — the best-matching enrolled subjects for each photo")
+    p.add_argument("--top", type=int, default=5, help="candidates per photo (default 5)")
+    p = command("protect", "write the protected tensor (.npy) and a preview PNG of what the server receives")
+    p.add_argument("--out", type=Path, help="output folder (default: beside each photo)")
+    command("info", "what the server serves", images=False)
+    p = command("delete", "remove a subject and all its templates", images=False)
+    p.add_argument("--id", required=True, help="subject id")
+    return parser
+
+
+def _jobs(args) -> list[tuple[str | None, Path]]:
+    """(subject id, image) pairs from --id + IMAGE... or from --list."""
+    listed = getattr(args, "list", None)
+    if listed is None:
+        if not args.images:
+            raise EdgeError(f"{args.command}: give at least one IMAGE")
+        return [(getattr(args, "id", None), Path(p)) for p in args.images]
+    if args.images:
+        raise EdgeError("give images either on the command line (with --id) or in --list, not both")
+    if not listed.is_file():
+        raise EdgeError(f"--list file not found: {listed}")
+    jobs = []
+    for number, line in enumerate(listed.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t", 1) if "\t" in line else line.split(None, 1)
+        if len(parts) != 2:
+            raise EdgeError(f"{listed}:{number}: expected 'ID IMAGE', got {line!r}")
+        jobs.append((parts[0].strip(), Path(parts[1].strip())))
+    if not jobs:
+        raise EdgeError(f"--list file {listed} names no images")
+    return jobs
+
+
+def _connect(args, frontend_id: str | None) -> Client:
+    if not args.server:
+        raise EdgeError(f"{args.command} needs --server HOST:PORT")
+    channel = make_channel(args.server, args.ca, args.cert, args.key, args.server_name)
+    client = Client(channel, args.server, args.timeout, tls=bool(args.ca or args.cert))
+    info = client.info()
+    if frontend_id is not None and info.frontend_id and info.frontend_id != frontend_id:
+        raise EdgeError(
+            f"the server at {args.server} serves bundle {info.bundle_name!r} "
+            f"(front-end {info.frontend_id[:12]}), but --bundle is front-end {frontend_id[:12]}: "
+            "use the bundle the server was started with"
+        )
+    return client
+
+
+def _output_paths(out_dir: Path | None, image: Path, used: set) -> tuple[Path, Path]:
+    folder = out_dir if out_dir is not None else image.parent
+    stem = image.stem
+    n = 1
+    while (folder / stem) in used:
+        n += 1
+        stem = f"{image.stem}-{n}"
+    used.add(folder / stem)
+    return folder / f"{stem}.protected.npy", folder / f"{stem}.preview.png"
+
+
+def _request(args, client, subject_id, face, report_item) -> None:
+    start = time.perf_counter()
+    if args.command == "enroll":
+        r = client.enroll(subject_id, face)
+        report_item.update(template_id=r.template_id, template_count=r.template_count)
+    elif args.command == "verify":
+        r = client.verify(subject_id, face)
+        report_item.update(
+            match=r.match, score=round(float(r.score), 6), threshold=round(float(r.threshold), 6)
+        )
+    else:
+        r = client.identify(face, args.top)
+        report_item.update(
+            threshold=round(float(r.threshold), 6),
+            candidates=[
+                {"subject_id": c.subject_id, "score": round(float(c.score), 6), "match": c.match}
+                for c in r.candidates
+            ],
+        )
+    report_item["timings_ms"]["round_trip"] = round((time.perf_counter() - start) * 1000, 3)
+
+
+def _process(args, report: Report) -> None:
+    if args.command in ("info", "delete"):
+        client = _connect(args, None)
+        if args.command == "info":
+            report.info(json_format.MessageToDict(client.info(), preserving_proto_field_name=True))
+        else:
+            r = client.delete(args.id)
+            report.info({"subject_id": r.subject_id, "deleted_template_count": r.deleted_template_count})
+        return
+    if not args.bundle:
+        raise EdgeError(
+            "--bundle DIR is required (a folder written by ppfr-export, e.g. artifacts/small_ppfr_fd)"
+        )
+    jobs = _jobs(args)
+    pipeline = Pipeline(args.bundle, args.aligned, args.largest, args.detector, args.min_score)
+    frontend = pipeline.frontend
+    report.start(bundle=str(args.bundle), method=frontend.manifest.method, frontend_id=frontend.frontend_id)
+    client = _connect(args, frontend.frontend_id) if args.command in NEEDS_SERVER else None
+    used: set = set()
+    for subject_id, image in jobs:
+        item = report.item(image, subject_id)
+        try:
+            _one(args, pipeline, client, subject_id, image, item, used)
+            report.done(item)
+        except ServerError as err:
+            if err.fatal:  # the server is gone or refuses us: stop, reported once by main
+                raise
+            report.failed(item, err)
+        except EdgeError as err:
+            report.failed(item, err)
+        except OSError as err:  # e.g. an output folder that cannot be written
+            report.failed(item, EdgeError(f"{image}: {err.strerror or err}"))
+
+
+def _one(args, pipeline: Pipeline, client, subject_id, image: Path, item: dict, used: set) -> None:
+    """One photo: protect it, then send it (enroll/verify/identify) or write it out (protect)."""
+    done = pipeline.run(image)
+    item["timings_ms"].update(done.timings_ms)
+    if done.face is not None:
+        item["face"] = {
+            "box": [round(float(v), 1) for v in done.face.box],
+            "score": round(done.face.score, 3),
+        }
+    face = pipeline.frontend.to_proto(done.tensor)
+    item["payload_bytes"] = len(face.data)
+    item["shape"] = list(done.tensor.shape)
+    if args.command == "protect":
+        npy, png = _output_paths(args.out, image, used)
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(npy, done.tensor)
+        write_png(png, preview(done.face_bgr, done.tensor, pipeline.frontend.manifest.method))
+        item.update(tensor=str(npy), preview=str(png))
+    else:
+        _request(args, client, subject_id, face, item)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    report = Report(args.command, as_json=args.json)
+    try:
+        _process(args, report)
+    except EdgeError as err:
+        report.fatal(err)
+    except KeyboardInterrupt:
+        report.fatal(EdgeError("interrupted", 130))
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Checkpoint -> bundle folder: frontend.onnx, recognizer.onnx, manifest.json (docs/DESIGN.md §2).
+
+Nothing is written to the bundle folder unless both graphs pass onnx.checker and the parity check.
+"""
+
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from google.protobuf import struct_pb2
+from ppfr.protos import manifest_pb2, tensor_pb2
+from ppfr.protos.bundle import data_type, write_manifest
+
+from . import evaluation, onnx_export, parity
+from .onnx_export import EMBEDDING, IMAGE, PROTECTED, ExportError
+
+FRONTEND = "frontend.onnx"
+RECOGNIZER = "recognizer.onnx"
+WIRE_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ExportResult:
+    bundle: Path
+    manifest: manifest_pb2.BundleManifest
+    parity: parity.Parity
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def frontend_id(frontend_bytes: bytes, key_material: bytes) -> str:
+    """sha256 over frontend.onnx bytes followed by the method's key material."""
+    return hashlib.sha256(frontend_bytes + key_material).hexdigest()
+
+
+def _struct(d: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(json.loads(json.dumps(d)))
+    return s
+
+
+def _spec(name: str, shape, dtype) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(name=name, shape=list(shape), data_type=data_type(dtype))
+
+
+def _model_file(path: Path, data: bytes) -> manifest_pb2.ModelFile:
+    return manifest_pb2.ModelFile(path=path.name, sha256=sha256(data), size_bytes=len(data))
+
+
+def _training_info(config: dict, ckpt: dict, checkpoint: Path | None) -> manifest_pb2.TrainingInfo:
+    state = dict(ckpt.get("state") or {})
+    metrics = checkpoint.parent / "metrics.json" if checkpoint else None
+    if metrics and metrics.is_file():
+        train = json.loads(metrics.read_text()).get("train") or {}
+        state.update(num_images=train.get("faces"), num_identities=train.get("identities"))
+        state.setdefault("steps", train.get("steps"))
+    data = config.get("data") or {}
+    train_data = data.get("train") or ""
+    return manifest_pb2.TrainingInfo(
+        run_name=str(config.get("name", "")),
+        config=json.dumps(config, sort_keys=True, default=str),
+        checkpoint_sha256=sha256(checkpoint.read_bytes()) if checkpoint else "",
+        train_data=train_data if isinstance(train_data, str) else json.dumps(train_data, default=str),
+        num_identities=int(state.get("num_identities") or state.get("num_classes") or 0),
+        num_images=int(state.get("num_images") or 0),
+        epochs=int(state.get("epoch") or state.get("epochs") or 0),
+        backbone=str((config.get("model") or {}).get("backbone", "")),
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ppfr")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def export_model(
+    config: dict,
+    method,
+    recognizer,
+    out_dir,
+    *,
+    ckpt: dict | None = None,
+    checkpoint: Path | None = None,
+    dtype: str = "float16",
+    data=None,
+    threshold: dict | None = None,
+    eval_pairs: int | None = None,
+    parity_faces: int = 16,
+    seed: int = 0,
+) -> ExportResult:
+    """Export an in-memory (method, recognizer) to `out_dir`; raises ExportError/ParityError on failure.
+
+    threshold: a dict as `evaluation.from_metrics` returns; None recomputes it on LFW pairs through the
+    exported graphs (`eval_pairs` limits the pairs, for quick bundles).
+    """
+    if dtype not in WIRE_DTYPES:
+        raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
+    method.eval()
+    recognizer.eval()
+    root = evaluation.data_root(data)
+    faces = evaluation.parity_faces(root, max(parity_faces, 2))
+    gen = torch.Generator().manual_seed(seed)
+    random = method.sample_random(len(faces), gen)
+    c, h, w = method.output_shape()
+
+    front32 = onnx_export.export_frontend(
+        method, torch.from_numpy(faces[:2]), {k: v[:2] for k, v in random.items()}
+    )
+    front = onnx_export.cast_output(front32, dtype)
+    example = torch.zeros(2, c, h, w, dtype=onnx_export.TORCH_FLOAT[dtype])
+    recog = onnx_export.export_recognizer(recognizer, example)
+    result = parity.check(front32, front, recog, method, recognizer, faces, random, dtype)
+
+    with torch.no_grad():
+        emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
+    if threshold is None:
+        threshold = _recompute_threshold(front, recog, method, root, eval_pairs, seed)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    front_bytes, recog_bytes = front.SerializeToString(), recog.SerializeToString()
+    ri = method.random_inputs()
+    manifest = manifest_pb2.BundleManifest(
+        name=str(config.get("name", out.name)),
+        method=method.name,
+        method_params=_struct(method.params()),
+        frontend_id=frontend_id(front_bytes, method.key_material()),
+        frontend=_model_file(out / FRONTEND, front_bytes),
+        recognizer=_model_file(out / RECOGNIZER, recog_bytes),
+        frontend_image_input=_spec(IMAGE, (-1, 112, 112, 3), "uint8"),
+        random_inputs=[
+            manifest_pb2.RandomInputSpec(
+                name=r.name,
+                shape=list(r.shape),
+                data_type=data_type(r.dtype),
+                distribution=r.distribution,
+                params=_struct(r.params),
+            )
+            for r in ri
+        ],
+        protected_tensor=_spec(PROTECTED, (-1, c, h, w), dtype),
+        embedding=_spec(EMBEDDING, (-1, emb_size), "float32"),
+        embedding_size=emb_size,
+        threshold=manifest_pb2.VerificationThreshold(
+            cosine=threshold["cosine"],
+            false_accept_rate=threshold["far"],
+            evaluation_set=threshold["set"],
+            num_pairs=threshold["num_pairs"],
+            accuracy=threshold["accuracy"],
+            true_accept_rate=threshold["tar"],
+        ),
+        payload=manifest_pb2.PayloadSize(
+            float16_bytes=method.payload_bytes("float16"),
+            float32_bytes=method.payload_bytes("float32"),
+            wire_data_type=data_type(dtype),
+        ),
+        training=_training_info(config, ckpt or {}, checkpoint),
+        opset=onnx_export.opset_of(front),
+        ppfr_version=_version(),
+        create_time=_now(),
+    )
+    for name, data_bytes in ((FRONTEND, front_bytes), (RECOGNIZER, recog_bytes)):
+        tmp = out / (name + ".tmp")
+        tmp.write_bytes(data_bytes)
+        tmp.replace(out / name)
+    stale = [p for p in out.glob("recognizer.*.plan")]  # engines of an older recognizer no longer match
+    for p in stale:
+        p.unlink()
+    write_manifest(manifest, out)
+    return ExportResult(out, manifest, result)
+
+
+def _recompute_threshold(front, recog, method, root, eval_pairs, seed) -> dict:
+    fs, rs = parity.session(front), parity.session(recog)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        random = {k: v.numpy() for k, v in method.sample_random(len(images), gen).items()}
+        protected = fs.run([PROTECTED], parity.frontend_feeds(images, random))[0]
+        return rs.run([EMBEDDING], {PROTECTED: protected})[0]
+
+    return evaluation.recompute(root, embed, eval_pairs)
+
+
+def export_checkpoint(checkpoint, out_dir, **kw) -> ExportResult:
+    """Load `runs/<name>/checkpoint.pt` (threshold from its metrics.json when present) and export it."""
+    from ppfr.train.model import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    config, method, recognizer, ckpt = load_checkpoint(checkpoint)
+    if kw.get("threshold") is None:
+        kw["threshold"] = evaluation.from_metrics(checkpoint.parent / "metrics.json")
+    return export_model(config, method, recognizer, out_dir, ckpt=ckpt, checkpoint=checkpoint, **kw)

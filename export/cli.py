@@ -1,0 +1,208 @@
+"""ppfr-export: checkpoint -> bundle (ONNX + manifest, parity-checked), and the TensorRT engine.
+
+ppfr-export --checkpoint runs/<name>/checkpoint.pt --out artifacts/<name> [--dtype float32]
+ppfr-export --all [--runs runs] [--out artifacts]       every runs/*/checkpoint.pt, one table
+ppfr-export engine artifacts/<name> [--profile 1,8,64]   on the serving GPU
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from ppfr.protos.bundle import BundleError
+
+EPILOG = "Build the GPU engine with: ppfr-export engine artifacts/<name> (needs tensorrt, see docs/export.md)"
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ppfr-export", description="Export a trained run as a bundle.", epilog=EPILOG
+    )
+    p.add_argument("--checkpoint", type=Path, help="runs/<name>/checkpoint.pt")
+    p.add_argument(
+        "--out", type=Path, help="bundle folder (default artifacts/<run name>); with --all the parent"
+    )
+    p.add_argument("--all", action="store_true", help="export every <runs>/*/checkpoint.pt")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs folder for --all (default runs)")
+    p.add_argument(
+        "--configs",
+        type=Path,
+        nargs="+",
+        help="config files or folders: parity-check (untrained, nothing written) each one without a run",
+    )
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="wire dtype (float16)")
+    p.add_argument("--data", type=Path, help="shared face data (default ../shared/data)")
+    p.add_argument("--parity-faces", type=int, default=16, help="real faces for the parity check (16)")
+    p.add_argument(
+        "--eval-pairs",
+        type=int,
+        help="LFW pairs when the threshold is recomputed (no metrics.json; default all)",
+    )
+    return p
+
+
+def _engine_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ppfr-export engine", description="Build recognizer.<gpu>.plan (TensorRT)."
+    )
+    p.add_argument("bundle", type=Path, help="bundle folder written by ppfr-export")
+    p.add_argument("--profile", default="1,8,64", help="optimisation profile batch min,opt,max (1,8,64)")
+    p.add_argument("--fp32", action="store_true", help="build without FP16")
+    p.add_argument("--workspace-gib", type=float, default=4.0)
+    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    return p
+
+
+def _table(rows: list[dict]) -> str:
+    head = "| run | method | payload fp16 B | payload fp32 B | front-end max rel err | fp16 wire rel err | "
+    head += "recognizer min cos | threshold@FAR1e-3 | status |\n|" + "---|" * 9
+    lines = [head]
+    for r in rows:
+        cells = [r["run"], r.get("method", "?")] + [
+            r.get(k, "") for k in ("fp16", "fp32", "rel", "wire", "cos", "thr")
+        ]
+        lines.append("| " + " | ".join(str(c) for c in [*cells, r["status"]]) + " |")
+    return "\n".join(lines)
+
+
+def _export_one(checkpoint: Path, out: Path, args) -> dict:
+    from .bundle import export_checkpoint
+
+    res = export_checkpoint(
+        checkpoint,
+        out,
+        dtype=args.dtype,
+        data=args.data,
+        parity_faces=args.parity_faces,
+        eval_pairs=args.eval_pairs,
+    )
+    return _row(checkpoint.parent.name, res)
+
+
+def _check_config(path: Path, args) -> dict:
+    """Parity of an untrained model of a config that has no trained run (nothing is written)."""
+    import tempfile
+
+    import torch
+    import yaml
+    from ppfr.train.model import build_model
+
+    from . import evaluation
+    from .bundle import export_model
+
+    config = yaml.safe_load(path.read_text())
+    method, recognizer = build_model(config)
+    if method.name == "dctdp":
+        method.calibrate(torch.from_numpy(evaluation.parity_faces(evaluation.data_root(args.data), 32)))
+    placeholder = {
+        "cosine": 1.0,
+        "far": evaluation.FAR,
+        "tar": 0.0,
+        "accuracy": 0.0,
+        "num_pairs": 0,
+        "set": "none",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        res = export_model(
+            config,
+            method,
+            recognizer,
+            tmp,
+            dtype=args.dtype,
+            data=args.data,
+            threshold=placeholder,
+            parity_faces=args.parity_faces,
+        )
+    row = _row(path.stem, res)
+    row.update(thr="-", status="parity ok (untrained; no run to export)")
+    return row
+
+
+def _row(run: str, res) -> dict:
+    m, p = res.manifest, res.parity
+    return {
+        "run": run,
+        "method": m.method,
+        "fp16": m.payload.float16_bytes,
+        "fp32": m.payload.float32_bytes,
+        "rel": f"{p.frontend_max_rel_error:.2e}",
+        "wire": f"{p.frontend_wire_max_rel_error:.2e}",
+        "cos": f"{p.recognizer_min_cosine:.7f}",
+        "thr": f"{m.threshold.cosine:.4f}",
+        "status": "ok",
+    }
+
+
+def export_main(argv) -> int:
+    args = _export_parser().parse_args(argv)
+    from .evaluation import DataError
+    from .onnx_export import ExportError
+    from .parity import ParityError
+
+    if args.all:
+        jobs = [
+            (c, (args.out or Path("artifacts")) / c.parent.name)
+            for c in sorted(args.runs.glob("*/checkpoint.pt"))
+        ]
+        if not jobs and not args.configs:
+            return _fail(f"no {args.runs}/*/checkpoint.pt found: train first (make train)")
+    elif args.checkpoint is None:
+        return _fail("give --checkpoint runs/<name>/checkpoint.pt (or --all)")
+    else:
+        jobs = [(args.checkpoint, args.out or Path("artifacts") / args.checkpoint.parent.name)]
+    rows, failed = [], 0
+    for checkpoint, out in jobs:
+        print(f"exporting {checkpoint} -> {out}", flush=True)
+        try:
+            rows.append(_export_one(checkpoint, out, args))
+            print(f"  wrote {out}/frontend.onnx, recognizer.onnx, manifest.json", flush=True)
+        except (ExportError, ParityError, DataError, BundleError, FileNotFoundError, ValueError) as err:
+            failed += 1
+            rows.append({"run": checkpoint.parent.name, "status": f"FAILED: {err}"})
+            print(f"ppfr-export: error: {checkpoint}: {err}", file=sys.stderr, flush=True)
+    if args.configs:
+        done = {c.parent.name for c, _ in jobs}
+        paths = [p for c in args.configs for p in (sorted(c.glob("*.yaml")) if c.is_dir() else [c])]
+        for path in paths:
+            if path.stem in done:
+                continue
+            print(f"parity check {path} (no trained run)", flush=True)
+            try:
+                rows.append(_check_config(path, args))
+            except (ExportError, ParityError, DataError, ValueError, KeyError) as err:
+                failed += 1
+                rows.append({"run": path.stem, "status": f"FAILED: {err}"})
+                print(f"ppfr-export: error: {path}: {err}", file=sys.stderr, flush=True)
+    print(_table(rows))
+    return 1 if failed else 0
+
+
+def engine_main(argv) -> int:
+    args = _engine_parser().parse_args(argv)
+    from .tensorrt_build import TensorRTUnavailable, build_engine
+
+    try:
+        profile = tuple(int(x) for x in args.profile.split(","))
+        if len(profile) != 3:
+            raise ValueError("--profile needs three batch sizes min,opt,max")
+        path = build_engine(args.bundle, profile, not args.fp32, args.workspace_gib, args.device)
+    except (TensorRTUnavailable, BundleError, ValueError, RuntimeError) as err:
+        return _fail(str(err))
+    print(f"wrote {path} and recorded it in {args.bundle}/manifest.json")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"ppfr-export: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["engine"]:
+        return engine_main(argv[1:])
+    return export_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Real faces for the parity check and the verification threshold of a bundle.
+
+The threshold comes from the run's metrics.json when training wrote one (LFW, FAR 1e-3). Otherwise it
+is recomputed here on LFW View-2 pairs through the exported graphs themselves (ONNX Runtime, one fresh
+random draw per face, no flip): that is exactly what the deployed edge + cloud compute.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FAR = 1e-3
+REPO = Path(__file__).resolve().parents[1]
+
+
+class DataError(FileNotFoundError):
+    """The shared face data is missing or unreadable."""
+
+
+def data_root(path=None) -> Path:
+    for cand in [path] if path else [Path("../shared/data"), REPO.parent / "shared" / "data"]:
+        if cand and (Path(cand) / "lfw" / "pairs.txt").is_file():
+            return Path(cand)
+    raise DataError(f"face data not found at {path or '../shared/data'} (need lfw/pairs.txt); pass --data")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (112, 112, 3):
+        raise DataError(f"cannot read a 112x112 face from {path}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def parity_faces(root: Path, n: int = 16) -> np.ndarray:
+    """n real aligned LFW faces, uint8 RGB NHWC, deterministic."""
+    names = (root / "lfw" / "pairs_images.txt").read_text().split()[:: max(1, 6000 // n)][:n]
+    return np.stack([read_rgb(root / "lfw" / "aligned112" / p) for p in names])
+
+
+def lfw_pairs(root: Path, limit: int | None = None) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """(pairs of image paths relative to aligned112, same-person labels, fold index) of LFW View-2.
+
+    `limit` keeps an equal share of every fold (both matched and mismatched pairs)."""
+    lines = (root / "lfw" / "pairs.txt").read_text().splitlines()
+    folds, per = (int(x) for x in lines[0].split())
+    pairs, same, fold = [], [], []
+
+    def img(name, i):
+        return f"{name}/{name}_{int(i):04d}.jpg"
+
+    take = per if limit is None else max(1, limit // (2 * folds))
+    for f in range(folds):
+        block = lines[1 + f * 2 * per : 1 + (f + 1) * 2 * per]
+        for k, line in enumerate(block[:take] + block[per : per + take]):
+            p = line.split()
+            pairs.append(
+                (img(p[0], p[1]), img(p[0], p[2])) if len(p) == 3 else (img(p[0], p[1]), img(p[2], p[3]))
+            )
+            same.append(k < take)
+            fold.append(f)
+    return pairs, np.array(same), np.array(fold)
+
+
+def from_metrics(path: Path, set_name: str = "lfw") -> dict | None:
+    """Threshold entry of a run's metrics.json (ppfr.train.trainer) or None when there is none.
+
+    Training reports `threshold_at_far_1e-03` with "accept iff score > t"; the bundle's threshold means
+    "match iff cosine >= t", so it is moved up by one float step."""
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    entry = ((metrics.get("results") or {}).get(set_name) or {}).get("trained")
+    if not entry or "threshold_at_far_1e-03" not in entry:
+        return None
+    return {
+        "cosine": float(np.nextafter(entry["threshold_at_far_1e-03"], np.inf)),
+        "far": FAR,
+        "tar": float(entry.get("tar_at_far_1e-03", 0.0)),
+        "accuracy": float(entry.get("accuracy_mean", 0.0)),
+        "num_pairs": int(entry.get("num_pairs", 0)),
+        "set": f"{set_name} (training evaluation: flip-summed embeddings)",
+    }
+
+
+def recompute(root: Path, embed, limit: int | None = None) -> dict:
+    """Threshold at FAR 1e-3 on LFW pairs; `embed(faces uint8 NHWC) -> L2-normalised [N, D]`.
+
+    Same definitions as training (ppfr.train.evaluate.verification_metrics)."""
+    from ppfr.train.evaluate import verification_metrics
+
+    pairs, same, fold = lfw_pairs(root, limit)
+    names = sorted({p for pair in pairs for p in pair})
+    index = {n: i for i, n in enumerate(names)}
+    embs = []
+    for start in range(0, len(names), 64):
+        chunk = names[start : start + 64]
+        embs.append(embed(np.stack([read_rgb(root / "lfw" / "aligned112" / n) for n in chunk])))
+    emb = np.concatenate(embs).astype(np.float64)
+    a = np.array([index[p[0]] for p in pairs])
+    b = np.array([index[p[1]] for p in pairs])
+    scores = (emb[a] * emb[b]).sum(1)
+    metrics = verification_metrics(scores, same, fold)
+    thr = float(np.nextafter(metrics["threshold_at_far_1e-03"], np.inf))  # ">" -> ">=" (see from_metrics)
+    set_name = "lfw-view2" if limit is None else f"lfw-view2 ({len(pairs)} of 6000 pairs, all folds)"
+    return {
+        "cosine": thr,
+        "far": FAR,
+        "tar": metrics["tar_at_far_1e-03"],
+        "accuracy": metrics["accuracy_mean"],
+        "num_pairs": len(pairs),
+        "set": set_name + ", exported graphs",
+    }

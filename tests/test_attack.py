@@ -1,0 +1,66 @@
+"""ppfr-attack end to end at a tiny setting (real faces, a small real bundle); figures not asserted."""
+
+import json
+
+import pytest
+from ppfr.attack import cli
+
+
+@pytest.fixture(scope="module")
+def bundle(small_bundle):
+    return small_bundle("ppfr_fd")
+
+
+def test_attack_end_to_end(bundle, tmp_path):
+    out = tmp_path / "attack"
+    argv = [
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--victims",
+        "2",
+        "--calib",
+        "4",
+        "--max-attacker",
+        "48",
+    ]
+    argv += ["--steps", "2", "--link-steps", "2", "--link-images", "16", "--batch", "8", "--widths", "8,16"]
+    argv += ["--rgb-judge", str(bundle)]  # any bundle exercises the second-judge path
+    assert cli.main(argv) == 0
+    for f in ("attack.json", "attack.md", "grid.png"):
+        assert (out / f).stat().st_size > 0
+    result = json.loads((out / "attack.json").read_text())
+    assert result["split"]["identity_overlap"] == 0
+    (row,) = result["results"]
+    assert row["method"] == "ppfr_fd" and set(row["judges"]) == {"dlib", "rgb"}
+    assert {"match_rate", "false_match_rate"} <= set(row["judges"]["dlib"]["linkage"])
+    assert "cross_key_match_rate" in row["key_renewal"]
+    assert "| small_ppfr_fd |" in (out / "attack.md").read_text()
+
+
+def test_no_bundles_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["--bundles-dir", str(tmp_path / "none")]) == 2
+    assert "make export" in capsys.readouterr().err
+
+
+def test_white_box_frontend_from_checkpoint(tmp_path, faces):
+    """The white-box attacker rebuilds the method (and key) from the run's checkpoint; its canonical view
+    is the server adapter's output (PPFR-FD: energy-sorted channels)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from bundles import small_config
+    from ppfr.attack.whitebox import whitebox_frontend
+    from ppfr.train.model import build_model, save_checkpoint
+
+    config = small_config("ppfr_fd", name="wb_run")
+    method, recognizer = build_model(config)
+    save_checkpoint(tmp_path / "wb_run" / "checkpoint.pt", config, method, recognizer)
+    manifest = SimpleNamespace(training=SimpleNamespace(run_name="wb_run"))
+    fake = SimpleNamespace(manifest=manifest, name="wb_run", method="ppfr_fd")
+    front = whitebox_frontend(fake, runs_dir=tmp_path)
+    out = front.protect(faces[:4], np.random.default_rng(0))
+    assert out.shape == (4, 34, 14, 14) and np.isfinite(out).all()
+    energy = np.abs(out).mean(axis=(2, 3))
+    assert (np.diff(energy, axis=1) <= 1e-4).all()  # sorted by energy, descending

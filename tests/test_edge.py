@@ -1,0 +1,171 @@
+"""Edge building blocks on real photos: detection, alignment to the ArcFace template, the CSPRNG drawer,
+the preview, and the dependency rule (no torch in ppfr.edge)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA, MODELS, REPO
+from google.protobuf import struct_pb2
+from ppfr.edge import randomness
+from ppfr.edge.align import ARCFACE_TEMPLATE, align, estimate_transform, transform_points
+from ppfr.edge.detect import Detector, pick_face
+from ppfr.edge.errors import ImageError
+from ppfr.edge.image import read_bgr
+from ppfr.edge.preview import channel_grid, preview
+from ppfr.protos import manifest_pb2, tensor_pb2
+
+LFW_RAW = DATA / "lfw" / "raw_samples_250"
+CELEBA_RAW = DATA / "celeba" / "raw_samples"
+MULTI_FACE = "000093.jpg"  # CelebA in-the-wild photo with two faces
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return Detector(MODELS / "yunet" / "face_detection_yunet_2023mar.onnx")
+
+
+@pytest.fixture(scope="module")
+def raw_photos():
+    photos = sorted(LFW_RAW.glob("*.jpg")) + sorted(CELEBA_RAW.glob("*.jpg"))
+    assert len(photos) >= 10, f"expected the raw sample photos in {LFW_RAW} and {CELEBA_RAW}"
+    return photos
+
+
+def test_import_edge_does_not_import_torch():
+    modules = ["ppfr.edge"] + [f"ppfr.edge.{p.stem}" for p in sorted((REPO / "edge").glob("*.py"))]
+    code = (
+        f"import importlib, sys\nfor m in {[m for m in modules if not m.endswith('__init__')]!r}:\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('ppfr.train', "
+        "'ppfr.export')))\nprint(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_detector_finds_the_landmarks_of_the_data(detector):
+    """Our detections on the LFW originals equal YuNet's recorded ones for the data set."""
+    recorded = json.loads((DATA / "lfw" / "yunet_detections_on_deepfunneled250.json").read_text())
+    for photo in sorted(LFW_RAW.glob("*.jpg")):
+        face = pick_face(detector.detect(read_bgr(photo)), photo.name)
+        person = photo.stem.rsplit("_", 1)[0]
+        expected = np.array(recorded[f"{person}/{photo.name}"][4:14]).reshape(5, 2)
+        assert np.abs(face.landmarks - expected).max() < 0.5, photo.name
+
+
+def test_alignment_puts_landmarks_on_the_template(detector, raw_photos):
+    """Detect on real photos, align, and map the detected landmarks with the same transform: they land
+    within 3 px of the ArcFace template (mean over the 5 points and the faces; eyes and mouth closest)."""
+    errors = []
+    for photo in raw_photos:
+        face = pick_face(detector.detect(read_bgr(photo)), photo.name, largest=True)
+        crop, matrix = align(read_bgr(photo), face.landmarks)
+        assert crop.shape == (112, 112, 3)
+        errors.append(np.linalg.norm(transform_points(matrix, face.landmarks) - ARCFACE_TEMPLATE, axis=1))
+    errors = np.array(errors)  # faces x 5 points, in px of the 112x112 crop
+    assert errors.mean() <= 3.0, errors.mean(axis=1)
+    assert np.median(errors) <= 3.0
+    assert errors[:, :2].mean() <= 3.0  # eyes
+    assert errors.max() < 12.0  # nothing mirrored, swapped or scaled wrong
+
+
+def test_alignment_on_every_lfw_detection():
+    """The same check on YuNet's landmarks for all 13,233 LFW originals (recorded in the data set)."""
+    recorded = json.loads((DATA / "lfw" / "yunet_detections_on_deepfunneled250.json").read_text())
+    landmarks = np.array([row[4:14] for row in recorded.values()]).reshape(-1, 5, 2)
+    errors = np.stack(
+        [
+            np.linalg.norm(transform_points(estimate_transform(lm), lm) - ARCFACE_TEMPLATE, axis=1)
+            for lm in landmarks
+        ]
+    )
+    assert len(errors) == 13233
+    assert errors.mean() <= 3.0
+    assert np.median(errors.mean(axis=1)) <= 3.0
+
+
+def test_crops_match_the_training_data_alignment(detector):
+    """Raw LFW photo -> our crop equals the data set's aligned112 crop up to JPEG noise, so the edge feeds
+    the model faces aligned exactly as in training and evaluation."""
+    for photo in sorted(LFW_RAW.glob("*.jpg")):
+        bgr = read_bgr(photo)
+        crop, _ = align(bgr, pick_face(detector.detect(bgr), photo.name).landmarks)
+        person = photo.stem.rsplit("_", 1)[0]
+        reference = read_bgr(DATA / "lfw" / "aligned112" / person / photo.name)
+        assert np.abs(crop.astype(int) - reference).mean() < 4.0, photo.name
+
+
+def test_no_face_and_several_faces_are_clear_errors(detector):
+    gradient = np.broadcast_to(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 320, 3)).copy()
+    with pytest.raises(ImageError, match="no face"):
+        pick_face(detector.detect(gradient), "gradient.png")
+    faces = detector.detect(read_bgr(CELEBA_RAW / MULTI_FACE))
+    with pytest.raises(ImageError, match="2 faces found.*--largest"):
+        pick_face(faces, MULTI_FACE)
+    assert pick_face(faces, MULTI_FACE, largest=True).area == max(f.area for f in faces)
+
+
+def _spec(name, shape, dtype, distribution, **params):
+    spec = manifest_pb2.RandomInputSpec(name=name, shape=shape, data_type=dtype, distribution=distribution)
+    spec.params.CopyFrom(struct_pb2.Struct())
+    spec.params.update(params)
+    return spec
+
+
+def test_permutations_are_fresh_and_uniform():
+    spec = _spec("shuffle2", [34], tensor_pb2.DATA_TYPE_INT64, "permutation", n=34)
+    draws = [randomness.draw(spec) for _ in range(200)]
+    assert all(d.shape == (1, 34) and d.dtype == np.int64 for d in draws)
+    assert all(sorted(d[0].tolist()) == list(range(34)) for d in draws)
+    assert len({d.tobytes() for d in draws}) == 200  # never reused
+    # Every one of the 6 orders of 3 items equally likely (chi-square, 5 dof, p ~ 1e-6 bound).
+    counts = np.unique([tuple(randomness.permutation(3)) for _ in range(6000)], axis=0, return_counts=True)[1]
+    assert len(counts) == 6 and ((counts - 1000) ** 2 / 1000).sum() < 35
+
+
+def test_uniform_ints_cover_the_half_open_range_evenly():
+    spec = _spec("subset", [], tensor_pb2.DATA_TYPE_INT64, "uniform_int", low=0, high=6)
+    assert randomness.draw(spec).shape == (1,)
+    values = randomness.uniform_int(0, 6, 60000)
+    counts = np.bincount(values, minlength=6)
+    assert values.min() == 0 and values.max() == 5
+    assert ((counts - 10000) ** 2 / 10000).sum() < 35
+    assert set(randomness.uniform_int(-2, 1, 2000).tolist()) == {-2, -1, 0}
+
+
+def test_laplace_noise_has_the_declared_location_and_scale():
+    spec = _spec("noise", [189, 14, 14], tensor_pb2.DATA_TYPE_FLOAT32, "laplace", loc=0.5, scale=2.0)
+    a, b = randomness.draw(spec), randomness.draw(spec)
+    assert a.shape == (1, 189, 14, 14) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert not np.array_equal(a, b)
+    x = randomness.laplace(0.5, 2.0, 400_000)
+    assert abs(np.median(x) - 0.5) < 0.03 and abs(np.abs(x - 0.5).mean() - 2.0) < 0.03
+    assert abs(x.var() - 8.0) < 0.3
+
+
+def test_uniform_doubles_never_reach_0_or_1(monkeypatch):
+    """The extreme random words still give finite Laplace noise."""
+    words = np.array([0, 2**64 - 1, 2**63], dtype="<u8")
+    monkeypatch.setattr(randomness.os, "urandom", lambda n: words.tobytes()[:n])
+    u = randomness.open_unit(3)
+    assert 0 < u.min() and u.max() < 1 and u[2] == 0.5 + 2.0**-53
+    monkeypatch.setattr(randomness.os, "urandom", lambda n: words.tobytes()[:n])
+    assert np.isfinite(randomness.laplace(0.0, 1.0, 3)).all()
+
+
+def test_unknown_distribution_is_rejected():
+    with pytest.raises(ValueError, match="unknown distribution"):
+        randomness.draw(_spec("x", [3], tensor_pb2.DATA_TYPE_FLOAT32, "gaussian"))
+
+
+def test_preview_shows_the_face_beside_every_channel():
+    tensor = np.random.default_rng(0).normal(size=(1, 34, 14, 14)).astype(np.float32)
+    grid = channel_grid(tensor)
+    assert grid.dtype == np.uint8 and grid.ndim == 2
+    assert grid.shape[0] * grid.shape[1] >= 34 * (14 * 4) ** 2
+    face = np.zeros((112, 112, 3), np.uint8)
+    image = preview(face, tensor, "ppfr_fd")
+    assert image.shape[2] == 3 and image.shape[1] > 112 + grid.shape[1]
