@@ -113,11 +113,12 @@ def test_dctdp_noise_is_independent_per_image(batch):
     method.calibrate(batch)
     face = batch[:1].expand(2, -1, -1, -1)
     with torch.no_grad():
-        out = method(face, **method.sample_random(2))
+        out = method(face, **method.sample_random(2, torch.Generator().manual_seed(5)))
         clean = method(face[:1], noise=torch.zeros(1, *method.output_shape()))
-    n0, n1 = (out[0] - clean[0]).flatten(), (out[1] - clean[0]).flatten()
+        # Standardise by the per-coefficient scale: 37,044 unit Laplace draws per image.
+        n0, n1 = ((out - clean) / method.noise_scale()).flatten(1)
     assert not torch.equal(n0, n1)
-    assert abs(np.corrcoef(n0.numpy(), n1.numpy())[0, 1]) < 0.05
+    assert abs(np.corrcoef(n0.numpy(), n1.numpy())[0, 1]) < 0.03  # ~6 standard errors
 
 
 def test_dctdp_clips_to_the_sensitivity_bound(batch):

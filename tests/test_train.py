@@ -73,7 +73,8 @@ def test_metrics_roc_and_init_comparison(tmp_path):
     assert eval_cli([*args, "--max-pairs", "40", "--name", "lfw", "--out", str(out)]) == 0
     again = json.loads(out.read_text())["lfw"]
     assert again["accuracy_mean"] == pytest.approx(lfw["trained"]["accuracy_mean"])
-    assert again["threshold_at_far_1e-03"] == pytest.approx(lfw["trained"]["threshold_at_far_1e-03"], abs=1e-5)
+    thr = lfw["trained"]["threshold_at_far_1e-03"]
+    assert again["threshold_at_far_1e-03"] == pytest.approx(thr, abs=1e-5)
 
 
 def test_resume_round_trip_with_dctdp_parameters(tmp_path):
