@@ -234,7 +234,16 @@ def share(part: int, whole: int) -> str:
     return f"{part:4d} / {whole:<4d} ({part / max(1, whole):.1%})"
 
 
-def report(people, enrolled, verified, identified, threshold: float, started: float, bundle: Path) -> dict:
+def best_split(g_scores, i_scores) -> tuple[float, float]:
+    """(threshold, accuracy) that best separates these probes; chosen after the fact, for reference."""
+    candidates = np.concatenate([g_scores, i_scores])
+    acc = [((g_scores >= t).sum() + (i_scores < t).sum()) / len(candidates) for t in candidates]
+    best = int(np.argmax(acc))
+    return float(candidates[best]), float(acc[best])
+
+
+def report(people, enrolled, verified, identified, calibration: dict, started: float, bundle: Path) -> dict:
+    threshold = calibration.get("cosine", 0.0)
     genuine = [r for r in verified if r["ok"] and r["kind"] == "genuine"]
     impostor = [r for r in verified if r["ok"] and r["kind"] == "impostor"]
     accepted = sum(r["match"] for r in genuine)
@@ -268,6 +277,14 @@ def report(people, enrolled, verified, identified, threshold: float, started: fl
     if both:
         print(f"  mean score: genuine {g_scores.mean():.3f}, impostor {i_scores.mean():.3f}; a genuine score")
         print(f"  beats an impostor score in {separation:.1%} of (genuine, impostor) pairs")
+        far, tar = calibration.get("falseAcceptRate"), calibration.get("trueAcceptRate")
+        if far and tar is not None:
+            print(f"  (the bundle's threshold is the FAR {far:g} operating point, where this model accepts")
+            where = calibration.get("evaluationSet", "its evaluation set")
+            print(f"  {tar:.1%} of genuine pairs on {where})")
+        t, acc = best_split(g_scores, i_scores)
+        print(f"  for reference, the threshold that best separates these probes ({t:.3f}, chosen after")
+        print(f"  the fact, so optimistic) gives accuracy {acc:.1%}")
     print(f"identification 1:{len(people)}, rank-1 correct {share(rank1, len(ranked))}")
     print("\nlatency per image in ms (this machine; one ppfr-edge process per batch of images):")
     for stage in ("detect", "align", "protect", "round_trip"):
@@ -307,7 +324,7 @@ def demo(args, started: float) -> int:
         if not (REPO / config).is_file():
             raise DemoError(f"config {config} not found")
         bundle = ensure_bundle(config, args.run or config.stem, args.set)
-    threshold = json.loads((bundle / "manifest.json").read_text()).get("threshold", {}).get("cosine", 0.0)
+    calibration = json.loads((bundle / "manifest.json").read_text()).get("threshold", {})
     people = choose_people(args.identities)
     workdir = REPO / "runs" / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +350,7 @@ def demo(args, started: float) -> int:
         )
     finally:
         server.stop()
-    summary = report(people, enrolled, verified, identified, threshold, started, bundle)
+    summary = report(people, enrolled, verified, identified, calibration, started, bundle)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"summary written to {(workdir / 'summary.json').relative_to(REPO)}")
     return 0 if summary["failed"] == 0 else 1
