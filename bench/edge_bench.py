@@ -34,21 +34,13 @@ def frontend(bundle_dir):
     return FrontEnd(bundle_dir, threads=1)
 
 
-def read_bgr(path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return img
-
-
 def bench_detection(photo_dir, yunet_path, cfg, log) -> tuple[dict, np.ndarray]:
     """Detection and alignment latency (one OpenCV thread) over the raw photos; returns the figures
     and the aligned faces (uint8 RGB NHWC) for the front-end benchmarks."""
     import cv2
     from ppfr.edge.align import align
     from ppfr.edge.detect import Detector
+    from ppfr.edge.image import read_bgr
 
     cv2.setNumThreads(1)
     photos = sorted(Path(photo_dir).glob("*.jpg"))

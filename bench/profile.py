@@ -30,9 +30,10 @@ def top(profile, n: int = 25, sort: str = "tottime") -> str:
 
 def profile_edge(bundle_dir, queries: int) -> str:
     from ppfr.edge.frontend import FrontEnd
+    from ppfr.edge.image import read_bgr
 
     from .cli import PHOTOS
-    from .edge_bench import read_bgr, wire_request
+    from .edge_bench import wire_request
 
     fe = FrontEnd(bundle_dir, threads=1)
     import cv2
@@ -83,10 +84,11 @@ def serve_child(argv) -> None:
 def profile_server(bundle_dir, workdir: Path, seconds: float, concurrency: int, max_batch: int) -> str:
     import cv2
     from ppfr.edge.frontend import FrontEnd
+    from ppfr.edge.image import read_bgr
 
     from .cli import PHOTOS
     from .e2e import Server, run_loadgen
-    from .edge_bench import enroll_request, read_bgr, wire_request
+    from .edge_bench import enroll_request, wire_request
     from .loadgen import write_requests
 
     fe = FrontEnd(bundle_dir, threads=1)

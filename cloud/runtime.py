@@ -12,6 +12,8 @@ from typing import Protocol
 import numpy as np
 from ppfr.protos.bundle import BundleError, read_manifest
 
+from .tensorrt_runtime import tensorrt_available
+
 log = logging.getLogger("ppfr.cloud")
 
 RUNTIME_KINDS = ("auto", "onnxruntime", "tensorrt")
@@ -79,18 +81,6 @@ class OnnxRuntime:
 
     def close(self) -> None:
         self._session = None
-
-
-def tensorrt_available() -> bool:
-    """True when the TensorRT runtime module imports and finds TensorRT and a GPU."""
-    try:
-        from ppfr.cloud import tensorrt_runtime
-    except ImportError:
-        return False
-    try:
-        return bool(tensorrt_runtime.tensorrt_available())
-    except Exception:  # a broken CUDA install must not stop the CPU path
-        return False
 
 
 def tensorrt_engine(bundle_dir) -> Path | None:
