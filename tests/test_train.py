@@ -53,8 +53,9 @@ def test_every_method_trains(name, tmp_path):
     assert metrics["method"] == name and metrics["payload_bytes_float16"] == method.payload_bytes()
 
 
-def test_metrics_roc_and_init_comparison(tmp_path):
+def test_metrics_roc_and_init_comparison(tmp_path, capsys):
     train(tiny({"name": "ppfr_fd"}, eval_pairs=40), out_dir=tmp_path, progress=False)
+    assert "step 2/2 " in capsys.readouterr().out  # without a bar, log files still see progress
     m = json.loads((tmp_path / "metrics.json").read_text())
     lfw = m["results"]["lfw"]
     for part in ("trained", "init"):
@@ -65,6 +66,13 @@ def test_metrics_roc_and_init_comparison(tmp_path):
         lfw["trained"]["accuracy_mean"] - lfw["init"]["accuracy_mean"]
     )
     assert (tmp_path / "roc.png").stat().st_size > 1000
+    from ppfr.train.report import main as report_cli
+
+    assert report_cli([str(tmp_path), "--baseline", "ppfr_fd", "--plot", str(tmp_path / "r.png")]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.startswith("| ppfr_fd | t | 2 |") and "+0.00" in row
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert report_cli([str(tmp_path / "nothing")]) == 2
     # ppfr-eval on the saved checkpoint reproduces the trained numbers (same pairs, same eval seed).
     from ppfr.train.evaluate import main as eval_cli
 

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default runs/<name>)")
     ap.add_argument("--resume", default=None, help="checkpoint to continue from")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)

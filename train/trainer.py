@@ -348,11 +348,20 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
         for k, v in losses.items():
             running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
         bar.update(1)
-        if state["step"] % tc["log_every"] == 0 or state["step"] == total:
-            bar.set_postfix(
-                {k: f"{v:.3f}" for k, v in running.items()} | {"lr": f"{opts[0].param_groups[0]['lr']:.3g}"}
-            )
         state["train_seconds"] = t_prev + time.time() - t_start
+        if state["step"] % tc["log_every"] == 0 or state["step"] == total:
+            stats = {k: f"{v:.3f}" for k, v in running.items()} | {
+                "lr": f"{opts[0].param_groups[0]['lr']:.3g}"
+            }
+            bar.set_postfix(stats)
+            if not progress:  # log files get plain lines instead of a bar
+                took = state["train_seconds"] / state["step"]
+                log(
+                    f"step {state['step']}/{total} "
+                    + " ".join(f"{k} {v}" for k, v in stats.items())
+                    + f" ({took:.2f} s/step)",
+                    flush=True,
+                )
         last = state["step"] == total
         if tc["max_minutes"] and state["train_seconds"] > 60 * tc["max_minutes"]:
             log(f"\nstopping at step {state['step']}: train.max_minutes={tc['max_minutes']} reached")
