@@ -236,10 +236,12 @@ def share(part: int, whole: int) -> str:
 
 def best_split(g_scores, i_scores) -> tuple[float, float]:
     """(threshold, accuracy) that best separates these probes; chosen after the fact, for reference."""
-    candidates = np.concatenate([g_scores, i_scores])
-    acc = [((g_scores >= t).sum() + (i_scores < t).sum()) / len(candidates) for t in candidates]
-    best = int(np.argmax(acc))
-    return float(candidates[best]), float(acc[best])
+    from ppfr.train.evaluate import best_threshold  # the one the 10-fold evaluation uses
+
+    scores = np.concatenate([g_scores, i_scores])
+    same = np.arange(len(scores)) < len(g_scores)
+    t = best_threshold(scores, same)
+    return t, float(np.mean((scores > t) == same))
 
 
 def report(people, enrolled, verified, identified, calibration: dict, started: float, bundle: Path) -> dict:

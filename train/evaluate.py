@@ -45,7 +45,7 @@ def embed_faces(
     return torch.cat(out).numpy()
 
 
-def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     """Threshold maximising accuracy of 'same iff score > t' (exact: every gap between sorted scores)."""
     order = np.argsort(scores, kind="stable")
     s, y = scores[order], same[order]
@@ -67,7 +67,7 @@ def kfold_accuracy(scores, same, folds) -> tuple[np.ndarray, np.ndarray]:
     accs, thrs = [], []
     for k in np.unique(folds):
         test = folds == k
-        t = _best_threshold(scores[~test], same[~test])
+        t = best_threshold(scores[~test], same[~test])
         accs.append(np.mean((scores[test] > t) == same[test]))
         thrs.append(t)
     return np.array(accs), np.array(thrs)
