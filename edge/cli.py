@@ -5,8 +5,11 @@
     ppfr-edge --server HOST:PORT --bundle artifacts/NAME identify [--top K] IMAGE...
     ppfr-edge --bundle artifacts/NAME protect [--out DIR] IMAGE...
 
-Exit status: 0 all images done, 1 server or network problem, 2 bad input (unreadable photo, no face or
-several faces, wrong bundle, bad arguments). See docs/edge.md.
+A photo with several faces uses the most prominent one (size x detection score x nearness to the centre)
+and warns; --strict refuses it instead.
+
+Exit status: 0 all images done, 1 server or network problem, 2 bad input (unreadable photo, no face,
+several faces with --strict, wrong bundle, bad arguments). See docs/edge.md.
 """
 
 import argparse
@@ -44,10 +47,17 @@ def _common(parser: argparse.ArgumentParser, default) -> None:
     g.add_argument(
         "--aligned", action="store_true", default=d(False), help="images are aligned 112x112 crops"
     )
-    g.add_argument("--largest", action="store_true", default=d(False), help="several faces: use the largest")
     g.add_argument(
-        "--detector", default=d(str(DEFAULT_DETECTOR)), help="YuNet ONNX model (default: %(default)s)"
+        "--strict",
+        action="store_true",
+        default=d(False),
+        help="refuse a photo with several faces (default: use the most prominent one, with a warning)",
     )
+    # Deprecated: the most prominent face is the default now. Accepted (hidden) so old scripts still run.
+    g.add_argument("--largest", action="store_true", default=d(False), help=argparse.SUPPRESS)
+    # The default is spelled out, not %(default)s: the subcommands' default is SUPPRESS.
+    detector_help = f"YuNet ONNX model (default: {DEFAULT_DETECTOR})".replace("%", "%%")
+    g.add_argument("--detector", default=d(str(DEFAULT_DETECTOR)), help=detector_help)
     g.add_argument("--min-score", type=float, default=d(0.6), help="face detection score threshold (0.6)")
 
 
@@ -175,7 +185,12 @@ def _process(args, report: Report) -> None:
             "--bundle DIR is required (a folder written by ppfr-export, e.g. artifacts/small_ppfr_fd)"
         )
     jobs = _jobs(args)
-    pipeline = Pipeline(args.bundle, args.aligned, args.largest, args.detector, args.min_score)
+    if args.largest:
+        report.warn(
+            "--largest is deprecated and has no effect: the most prominent face is used by default "
+            "(--strict refuses photos with several faces)"
+        )
+    pipeline = Pipeline(args.bundle, args.aligned, args.strict, args.detector, args.min_score)
     frontend = pipeline.frontend
     report.start(bundle=str(args.bundle), method=frontend.manifest.method, frontend_id=frontend.frontend_id)
     client = _connect(args, frontend.frontend_id) if args.command in NEEDS_SERVER else None
@@ -183,7 +198,7 @@ def _process(args, report: Report) -> None:
     for subject_id, image in jobs:
         item = report.item(image, subject_id)
         try:
-            _one(args, pipeline, client, subject_id, image, item, used)
+            _one(args, pipeline, client, subject_id, image, item, used, report)
             report.done(item)
         except ServerError as err:
             if err.fatal:  # the server is gone or refuses us: stop, reported once by main
@@ -195,7 +210,9 @@ def _process(args, report: Report) -> None:
             report.failed(item, EdgeError(f"{image}: {err.strerror or err}"))
 
 
-def _one(args, pipeline: Pipeline, client, subject_id, image: Path, item: dict, used: set) -> None:
+def _one(
+    args, pipeline: Pipeline, client, subject_id, image: Path, item: dict, used: set, report: Report
+) -> None:
     """One photo: protect it, then send it (enroll/verify/identify) or write it out (protect)."""
     done = pipeline.run(image)
     item["timings_ms"].update(done.timings_ms)
@@ -204,6 +221,9 @@ def _one(args, pipeline: Pipeline, client, subject_id, image: Path, item: dict, 
             "box": [round(float(v), 1) for v in done.face.box],
             "score": round(done.face.score, 3),
         }
+        item["faces_found"] = done.faces_found
+    if done.warning:
+        report.warn(done.warning, item)
     face = pipeline.frontend.to_proto(done.tensor)
     item["payload_bytes"] = len(face.data)
     item["shape"] = list(done.tensor.shape)

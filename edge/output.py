@@ -40,6 +40,14 @@ class Report:
         self.status = max(self.status, err.exit_status)
         print(f"ppfr-edge: error: {err}", file=sys.stderr, flush=True)
 
+    def warn(self, message: str, item: dict | None = None) -> None:
+        """A warning on stderr; in the JSON document under the image's `warning`, or `warnings`."""
+        if item is not None:
+            item["warning"] = message
+        else:
+            self.document.setdefault("warnings", []).append(message)
+        print(f"ppfr-edge: warning: {message}", file=sys.stderr, flush=True)
+
     def info(self, data: dict) -> None:
         self.document["info"] = data
         if not self.as_json:

@@ -17,9 +17,11 @@ from .image import read_bgr
 class Protected:
     path: Path
     face_bgr: np.ndarray  # the aligned 112x112 crop (never leaves the device)
-    tensor: np.ndarray  # [1, C, H, W], what the server receives
+    tensor: np.ndarray | None  # [1, C, H, W], what the server receives (None until protected)
     face: Face | None = None  # the detection used (None with --aligned)
     timings_ms: dict = field(default_factory=dict)
+    faces_found: int = 0  # faces the detector found (0 with --aligned)
+    warning: str | None = None  # e.g. several faces found, the most prominent one used
 
 
 class Pipeline:
@@ -29,13 +31,14 @@ class Pipeline:
         self,
         bundle_dir,
         aligned: bool = False,
-        largest: bool = False,
+        strict: bool = False,
         detector=DEFAULT_DETECTOR,
         score_threshold: float = 0.6,
     ):
+        """`strict`: a photo with several faces is an ImageError instead of using the most prominent."""
         self.frontend = FrontEnd(bundle_dir)
         self.aligned = aligned
-        self.largest = largest
+        self.strict = strict
         self.detector = None if aligned else Detector(detector, score_threshold)
         self._warm_up()
 
@@ -47,25 +50,30 @@ class Pipeline:
         self.frontend.protect(blank)
 
     def run(self, path) -> Protected:
+        """Read, detect + align (or check an aligned crop), protect."""
+        done = self.prepare(path)
+        t0 = time.perf_counter()
+        done.tensor = self.frontend.protect(cv2.cvtColor(done.face_bgr, cv2.COLOR_BGR2RGB))
+        done.timings_ms["protect"] = _ms(t0, time.perf_counter())
+        return done
+
+    def prepare(self, path) -> Protected:
+        """Read and detect + align (or check an aligned crop), without protecting: `tensor` is None.
+        Lets a caller protect the same aligned face many times, each with fresh random inputs."""
         path = Path(path)
         clock = time.perf_counter
         t0 = clock()
         bgr = read_bgr(path)
         t1 = clock()
-        face = None
         if self.aligned:
             crop = check_aligned(bgr, str(path))
-            timings = {"read": _ms(t0, t1)}
-            t3 = clock()
-        else:
-            face = pick_face(self.detector.detect(bgr), str(path), self.largest)
-            t2 = clock()
-            crop, _ = align(bgr, face.landmarks)
-            t3 = clock()
-            timings = {"read": _ms(t0, t1), "detect": _ms(t1, t2), "align": _ms(t2, t3)}
-        tensor = self.frontend.protect(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
-        timings["protect"] = _ms(t3, clock())
-        return Protected(path, crop, tensor, face, timings)
+            return Protected(path, crop, None, timings_ms={"read": _ms(t0, t1)})
+        faces = self.detector.detect(bgr)
+        face, warning = pick_face(faces, str(path), self.strict)
+        t2 = clock()
+        crop, _ = align(bgr, face.landmarks)
+        timings = {"read": _ms(t0, t1), "detect": _ms(t1, t2), "align": _ms(t2, clock())}
+        return Protected(path, crop, None, face, timings, len(faces), warning)
 
 
 def _ms(start: float, end: float) -> float:

@@ -11,7 +11,7 @@ from conftest import DATA, MODELS, REPO
 from google.protobuf import struct_pb2
 from ppfr.edge import randomness
 from ppfr.edge.align import ARCFACE_TEMPLATE, align, estimate_transform, transform_points
-from ppfr.edge.detect import Detector, pick_face
+from ppfr.edge.detect import Detector, Face, pick_face, prominence
 from ppfr.edge.errors import ImageError
 from ppfr.edge.image import read_bgr
 from ppfr.edge.preview import channel_grid, preview
@@ -50,7 +50,7 @@ def test_detector_finds_the_landmarks_of_the_data(detector):
     """Our detections on the LFW originals equal YuNet's recorded ones for the data set."""
     recorded = json.loads((DATA / "lfw" / "yunet_detections_on_deepfunneled250.json").read_text())
     for photo in sorted(LFW_RAW.glob("*.jpg")):
-        face = pick_face(detector.detect(read_bgr(photo)), photo.name)
+        face, _ = pick_face(detector.detect(read_bgr(photo)), photo.name)
         person = photo.stem.rsplit("_", 1)[0]
         expected = np.array(recorded[f"{person}/{photo.name}"][4:14]).reshape(5, 2)
         assert np.abs(face.landmarks - expected).max() < 0.5, photo.name
@@ -61,7 +61,7 @@ def test_alignment_puts_landmarks_on_the_template(detector, raw_photos):
     within 3 px of the ArcFace template (mean over the 5 points and the faces; eyes and mouth closest)."""
     errors = []
     for photo in raw_photos:
-        face = pick_face(detector.detect(read_bgr(photo)), photo.name, largest=True)
+        face, _ = pick_face(detector.detect(read_bgr(photo)), photo.name)
         crop, matrix = align(read_bgr(photo), face.landmarks)
         assert crop.shape == (112, 112, 3)
         errors.append(np.linalg.norm(transform_points(matrix, face.landmarks) - ARCFACE_TEMPLATE, axis=1))
@@ -92,20 +92,67 @@ def test_crops_match_the_training_data_alignment(detector):
     the model faces aligned exactly as in training and evaluation."""
     for photo in sorted(LFW_RAW.glob("*.jpg")):
         bgr = read_bgr(photo)
-        crop, _ = align(bgr, pick_face(detector.detect(bgr), photo.name).landmarks)
+        crop, _ = align(bgr, pick_face(detector.detect(bgr), photo.name)[0].landmarks)
         person = photo.stem.rsplit("_", 1)[0]
         reference = read_bgr(DATA / "lfw" / "aligned112" / person / photo.name)
         assert np.abs(crop.astype(int) - reference).mean() < 4.0, photo.name
 
 
-def test_no_face_and_several_faces_are_clear_errors(detector):
+def test_no_face_is_an_error_several_faces_a_warning_or_with_strict_an_error(detector):
     gradient = np.broadcast_to(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 320, 3)).copy()
-    with pytest.raises(ImageError, match="no face"):
-        pick_face(detector.detect(gradient), "gradient.png")
+    for strict in (False, True):
+        with pytest.raises(ImageError, match="no face"):
+            pick_face(detector.detect(gradient), "gradient.png", strict)
     faces = detector.detect(read_bgr(CELEBA_RAW / MULTI_FACE))
-    with pytest.raises(ImageError, match="2 faces found.*--largest"):
-        pick_face(faces, MULTI_FACE)
-    assert pick_face(faces, MULTI_FACE, largest=True).area == max(f.area for f in faces)
+    face, warning = pick_face(faces, MULTI_FACE)
+    assert len(faces) == 2 and face is faces[0] and face.prominence > faces[1].prominence
+    assert "2 faces found" in warning and "most prominent" in warning and "--strict" in warning
+    with pytest.raises(ImageError, match="2 faces found.*--strict refuses"):
+        pick_face(faces, MULTI_FACE, strict=True)
+    single = detector.detect(read_bgr(LFW_RAW / "Abel_Pacheco_0001.jpg"))
+    assert len(single) == 1 and pick_face(single, "abel", strict=True) == (single[0], None)
+
+
+# LFW originals with a second face where the largest face is not the person the photo is of (a bigger,
+# cut-off face at the border): the prominent face is, as the data set's recorded detection says.
+LARGEST_IS_WRONG = [
+    "Charles_Schumer/Charles_Schumer_0002.jpg",
+    "Laura_Morante/Laura_Morante_0001.jpg",
+    "Maria_Luisa_Mendonca/Maria_Luisa_Mendonca_0001.jpg",
+    "Silvio_Berlusconi/Silvio_Berlusconi_0030.jpg",
+]
+
+
+def test_the_prominent_face_is_the_person_the_photo_is_of(detector):
+    recorded = json.loads((DATA / "lfw" / "yunet_detections_on_deepfunneled250.json").read_text())
+    for name in LARGEST_IS_WRONG:
+        faces = detector.detect(read_bgr(DATA / "lfw" / "raw250" / name))
+        face, warning = pick_face(faces, name)
+        assert len(faces) >= 2 and warning
+        assert np.abs(face.landmarks - np.array(recorded[name][4:14]).reshape(5, 2)).max() < 0.5, name
+        assert max(f.area for f in faces) > face.area  # the largest alone would be wrong here
+
+
+def test_prominence_is_size_times_score_times_nearness_to_the_centre():
+    centre = [75, 75, 100, 100]  # a 100x100 face centred in a 250x250 photo
+    assert prominence(centre, 0.9, 250, 250) == pytest.approx(100 * 100 * 0.9)
+    assert prominence([0, 0, 10, 10], 1.0, 250, 250) < prominence([120, 120, 10, 10], 1.0, 250, 250)
+    assert prominence([0, 0, 0, 0], 1.0, 250, 250) == 0.0
+    assert prominence(centre, 0.45, 250, 250) == pytest.approx(prominence(centre, 0.9, 250, 250) / 2)
+    # Twice the side beats a face at the centre unless it is more than 3/4 of the way to a corner.
+    small = prominence([115, 115, 20, 20], 0.9, 250, 250)
+    assert prominence([150, 150, 40, 40], 0.9, 250, 250) > small  # d ~ 0.36
+    assert prominence([210, 210, 40, 40], 0.9, 250, 250) < small  # d ~ 0.84
+    # Distances are relative to each axis: the same place in a portrait and a landscape photo.
+    assert prominence([0, 0, 10, 20], 1.0, 100, 200) == pytest.approx(
+        prominence([0, 0, 20, 10], 1.0, 200, 100)
+    )
+
+
+def test_pick_face_keeps_the_detectors_order():
+    faces = [Face(np.array([0, 0, 9, 9.0]), np.zeros((5, 2)), 0.9, p) for p in (30.0, 20.0, 10.0)]
+    face, warning = pick_face(faces, "x.jpg")
+    assert face is faces[0] and warning.startswith("x.jpg: 3 faces found")
 
 
 def _spec(name, shape, dtype, distribution, **params):

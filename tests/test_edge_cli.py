@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 from ppfr.cloud.server import ServerConfig, ServerThread
+from ppfr.edge.cli import main as edge_main
 from ppfr.protos.bundle import numpy_dtype, read_manifest
 
 LFW_RAW = DATA / "lfw" / "raw_samples_250"
@@ -120,11 +121,13 @@ def test_photo_without_a_face_exits_2(edge, tmp_path):
     assert status == 2 and out["failed"] == 1 and out["results"][1]["match"]
 
 
-def test_several_faces_need_largest_and_protect_writes_tensor_and_preview(edge, bundle, tmp_path):
-    status, _, err = edge("protect", "--out", tmp_path, MULTI_FACE, as_json=False)
-    assert status == 2 and "2 faces found" in err and "--largest" in err
-    status, out, _ = edge("--largest", "protect", "--out", tmp_path, MULTI_FACE, BUSH)
-    assert status == 0
+def test_several_faces_use_the_prominent_one_with_a_warning_or_strict_refuses(edge, bundle, tmp_path):
+    status, out, err = edge("protect", "--out", tmp_path, MULTI_FACE, BUSH)
+    assert status == 0 and out["failed"] == 0
+    several, single = out["results"]
+    assert several["faces_found"] == 2 and "2 faces found, using the most prominent one" in several["warning"]
+    assert single["faces_found"] == 1 and "warning" not in single
+    assert err.count("ppfr-edge: warning:") == 1 and "000093.jpg: 2 faces found" in err
     spec = read_manifest(bundle).protected_tensor
     tensors = [np.load(r["tensor"]) for r in out["results"]]
     for tensor in tensors:
@@ -132,6 +135,50 @@ def test_several_faces_need_largest_and_protect_writes_tensor_and_preview(edge, 
     preview = cv2.imread(out["results"][1]["preview"])
     assert preview is not None and preview.shape[1] > 112
     assert (tmp_path / "George_W_Bush_0001.protected.npy").is_file()
+
+    status, out, err = edge("--strict", "protect", "--out", tmp_path, MULTI_FACE, BUSH)
+    assert status == 2 and out["failed"] == 1 and out["results"][1]["ok"]
+    assert "2 faces found" in out["results"][0]["error"] and "--strict refuses" in err
+    status, _, err = edge("protect", "--strict", "--out", tmp_path, MULTI_FACE, as_json=False)
+    assert status == 2 and "ppfr-edge: error:" in err and "several faces" in err
+
+    status, out, err = edge("--largest", "protect", "--out", tmp_path, MULTI_FACE)  # deprecated, no effect
+    assert (
+        status == 0 and "--largest is deprecated" in err and "--largest is deprecated" in out["warnings"][0]
+    )
+
+
+HELP_TEXT = {
+    "": "COMMAND",
+    "enroll": "add each photo as a template",
+    "verify": "is each photo the claimed subject",
+    "identify": "the best-matching enrolled subjects",
+    "protect": "write the protected tensor",
+    "info": "what the server serves",
+    "delete": "remove a subject",
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_TEXT))
+def test_every_help_prints(command, capsys, monkeypatch):
+    """`ppfr-edge [COMMAND] --help` prints usage and the options and exits 0 (it used to crash on the
+    subcommands: their --detector help had %(default)s with a SUPPRESS default)."""
+    monkeypatch.setenv("COLUMNS", "300")  # no line wrapping inside the texts looked for
+    with pytest.raises(SystemExit) as exit_:
+        edge_main([command, "--help"] if command else ["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: ppfr-edge {command}".rstrip())
+    assert HELP_TEXT[command] in text
+    if not command:  # the commands are listed with what they do
+        assert all(f"{name} " in text and what in text for name, what in HELP_TEXT.items())
+    assert "--server" in text and "--bundle" in text and "--strict" in text
+    assert "--detector DETECTOR   YuNet ONNX model (default: " in text and "--largest" not in text
+
+
+def test_help_of_the_installed_command():
+    done = subprocess.run(edge_command() + ["verify", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage: ppfr-edge verify" in done.stdout and not done.stderr
 
 
 def test_fresh_random_inputs_per_query(edge, tmp_path):
