@@ -32,6 +32,7 @@ class DynamicBatcher:
         # Batch sizes run so far (for GetServerInfo-style introspection and tests).
         self.batches = 0
         self.items = 0
+        self.on_batch = None  # called with each batch's size (the server's metrics)
 
     async def embed(self, tensor: np.ndarray) -> np.ndarray:
         """[1, C, H, W] -> [D] embedding of one face."""
@@ -39,8 +40,7 @@ class DynamicBatcher:
             raise BatcherClosed("server is shutting down")
         loop = asyncio.get_running_loop()
         if not self.enabled:
-            self.batches += 1
-            self.items += 1
+            self._count(1)
             return (await loop.run_in_executor(self._engine, self._embed_batch, [tensor]))[0]
         if self._worker is None:
             self._queue = asyncio.Queue()
@@ -87,11 +87,20 @@ class DynamicBatcher:
                 if not f.done():
                     f.set_exception(err)
             return
-        self.batches += 1
-        self.items += len(live)
+        self._count(len(live))
         for (_, f), row in zip(live, out):
             if not f.done():
                 f.set_result(row)
+
+    def _count(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        if self.on_batch is not None:
+            self.on_batch(size)
+
+    def queue_depth(self) -> int:
+        """Faces waiting for the engine."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     def _embed_batch(self, tensors: list[np.ndarray]) -> np.ndarray:
         """Runs on the engine thread: one runtime call for the whole batch, stacked into a reused buffer."""

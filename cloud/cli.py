@@ -1,11 +1,14 @@
-"""`ppfr-cloud serve`: the verification server's command line. Bad input exits 2 with one clear line."""
+"""`ppfr-cloud serve` (the verification server) and `ppfr-cloud keys create|list|revoke` (its API keys).
+Bad input exits 2 with one clear line."""
 
 import argparse
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
+from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStore, KeyStoreError, default_key_path, parse_scopes
 from ppfr.cloud.gallery import GalleryError
 from ppfr.cloud.runtime import RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
@@ -51,11 +54,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--grace-s", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown")
     s.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.add_argument("--keys", type=Path, help="API key file (default: <db>.keys); see `ppfr-cloud keys`")
+    s.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="accept calls without an API key (local experiments only: anyone may change the gallery)",
+    )
+    s.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=256,
+        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED (default 256)",
+    )
+    s.add_argument(
+        "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
+    )
+    s.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
+
+    k = commands.add_parser("keys", help="create, list and revoke API keys")
+    actions = k.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("create", "create a key and print it once on stdout"),
+        ("list", "list the keys (never the secrets)"),
+        ("revoke", "revoke a key: it stops working at its next call"),
+    ):
+        a = actions.add_parser(name, help=text, description=text)
+        where = a.add_mutually_exclusive_group(required=True)
+        where.add_argument("--keys", type=Path, help="API key file")
+        where.add_argument("--db", type=Path, help="the server's --db; the key file is <db>.keys")
+        if name == "create":
+            a.add_argument("--name", required=True, help="who or what uses the key, e.g. door-3")
+            a.add_argument(
+                "--scopes",
+                default="verify",
+                help=f"comma-separated, from {','.join(SCOPES)} (default verify)",
+            )
+            a.add_argument(
+                "--rate",
+                type=float,
+                default=DEFAULT_RATE,
+                help=f"calls per second this key may make; 0 = unlimited (default {DEFAULT_RATE:g})",
+            )
+        if name == "revoke":
+            a.add_argument("key_id", help="the key id shown by `keys list`")
     return parser
+
+
+def _keys(args) -> int:
+    path = args.keys or default_key_path(args.db)
+    store = KeyStore(path, create=args.action == "create")
+    try:
+        if args.action == "create":
+            record, secret = store.create(args.name, parse_scopes(args.scopes), args.rate)
+            print(secret)  # stdout holds the key alone, so `KEY=$(ppfr-cloud keys create ...)` works
+            print(
+                f"created key {record.key_id} ({record.name}, scopes {','.join(sorted(record.scopes))}, "
+                f"rate {record.rate:g}/s) in {path}; it is shown only this once",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            print(f"{'KEY_ID':<12}  {'NAME':<20}  {'SCOPES':<19}  {'RATE/S':>6}  {'CREATED':<19}  STATUS")
+            for r in store.list_keys():
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.create_time))
+                status = "active" if r.active else "revoked"
+                scopes = ",".join(sorted(r.scopes))
+                print(f"{r.key_id:<12}  {r.name:<20}  {scopes:<19}  {r.rate:>6g}  {when:<19}  {status}")
+        elif not store.revoke(args.key_id):
+            raise KeyStoreError(f"no active key {args.key_id!r} in {path} (see `ppfr-cloud keys list`)")
+        else:
+            print(f"revoked key {args.key_id}", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        try:
+            return _keys(args)
+        except KeyStoreError as err:
+            print(f"ppfr-cloud: error: {err}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         bundle=args.bundle,
@@ -71,10 +151,15 @@ def main(argv=None) -> int:
         tls_client_ca=args.tls_client_ca,
         max_message_bytes=args.max_message_bytes,
         grace_s=args.grace_s,
+        keys=args.keys,
+        insecure_no_auth=args.insecure_no_auth,
+        max_concurrent_calls=args.max_concurrent_calls,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         asyncio.run(serve(config))
-    except (ConfigError, BundleError, GalleryError, RuntimeUnavailable) as err:
+    except (ConfigError, BundleError, GalleryError, RuntimeUnavailable, KeyStoreError) as err:
         print(f"ppfr-cloud: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,8 +18,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from ppfr.cloud.auth import KeyStore, create_private_file, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.gallery import Gallery
+from ppfr.cloud.interceptor import CallGate
+from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.service import FaceVerificationService
 from ppfr.protos import verification_pb2, verification_pb2_grpc
@@ -54,6 +57,15 @@ class ServerConfig:
     # Largest request/response accepted; None = enough for the bundle's float32 tensor (at least 4 MiB).
     max_message_bytes: int | None = None
     grace_s: float = 5.0
+    # API keys (see cloud/auth.py): the key file, default `<db>.keys`; authentication is on unless
+    # insecure_no_auth (local experiments only).
+    keys: Path | None = None
+    insecure_no_auth: bool = False
+    # FaceVerification calls in progress at once; beyond it calls are answered RESOURCE_EXHAUSTED.
+    max_concurrent_calls: int = 256
+    # Prometheus /metrics on its own HTTP port; None = off, 0 = a free port (RunningServer.metrics_port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 def check_config(config: ServerConfig) -> None:
@@ -68,6 +80,10 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError(f"--max-delay-ms must be >= 0, got {config.max_delay_ms}")
     if config.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {config.threads}")
+    if config.max_concurrent_calls < 1:
+        raise ConfigError(f"--max-concurrent-calls must be >= 1, got {config.max_concurrent_calls}")
+    if config.metrics_port is not None and not (0 <= int(config.metrics_port) <= 65535):
+        raise ConfigError(f"--metrics-port must be between 0 and 65535, got {config.metrics_port}")
     if config.max_message_bytes is not None and config.max_message_bytes < 1024:
         raise ConfigError(f"--max-message-bytes must be at least 1024, got {config.max_message_bytes}")
     if bool(config.tls_cert) != bool(config.tls_key):
@@ -131,8 +147,13 @@ def _is_loopback(host: str) -> bool:
 class RunningServer:
     """A started server: its bound port and address, and a graceful stop."""
 
-    def __init__(self, server, service, batcher, gallery, health_servicer, host, port, grace_s):
+    def __init__(
+        self, server, service, batcher, gallery, health_servicer, host, port, grace_s, gate, metrics
+    ):
         self.server = server
+        self.gate = gate  # the CallGate: key store, limits
+        self.metrics = metrics
+        self.metrics_port: int | None = None
         self.service = service
         self.batcher = batcher
         self.gallery = gallery
@@ -158,24 +179,29 @@ class RunningServer:
         self.service.close()
         self.batcher.runtime.close()
         self.gallery.close()
+        self.metrics.stop()
+        if self.gate.keys is not None:
+            self.gate.keys.close()
         log.info("ppfr-cloud stopped")
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
 
-def _listen(config: ServerConfig, manifest, runtime, gallery):
+def _listen(config: ServerConfig, manifest, runtime, gallery, gate):
     """The grpc.aio server with every service added and its port bound (not yet started)."""
     batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms)
     service = FaceVerificationService(manifest, manifest.name or Path(config.bundle).name, batcher, gallery)
+    gate.metrics.watch(batcher, gallery)
 
     limit = message_limit(config, manifest)
     server = grpc.aio.server(
+        interceptors=[gate],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -207,6 +233,9 @@ async def start(config: ServerConfig) -> RunningServer:
     numpy_dtype(manifest.protected_tensor.data_type)
     if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
         raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
+    _private_gallery_file(Path(config.db))
+    keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
+    gate = CallGate(keys, Metrics(), config.max_concurrent_calls)
     gallery = Gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
     runtime = None
     try:
@@ -214,10 +243,14 @@ async def start(config: ServerConfig) -> RunningServer:
             config.runtime, bundle, threads=config.threads, max_batch=max(config.max_batch, 1)
         )
         server, service, batcher, health_servicer, port, credentials = _listen(
-            config, manifest, runtime, gallery
+            config, manifest, runtime, gallery, gate
         )
+        metrics_port = None if config.metrics_port is None else _serve_metrics(config, gate.metrics)
     except BaseException:
+        gate.metrics.stop()
         gallery.close()
+        if keys is not None:
+            keys.close()
         if runtime is not None:
             runtime.close()
         raise
@@ -226,8 +259,18 @@ async def start(config: ServerConfig) -> RunningServer:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     running = RunningServer(
-        server, service, batcher, gallery, health_servicer, config.host, port, config.grace_s
+        server,
+        service,
+        batcher,
+        gallery,
+        health_servicer,
+        config.host,
+        port,
+        config.grace_s,
+        gate,
+        gate.metrics,
     )
+    running.metrics_port = metrics_port
     tls = "mtls" if config.tls_client_ca else "tls" if credentials else "off"
     batching = (
         f"max_batch={batcher.max_batch} max_delay_ms={config.max_delay_ms:g}" if batcher.enabled else "off"
@@ -248,7 +291,48 @@ async def start(config: ServerConfig) -> RunningServer:
     )
     if credentials is None and not _is_loopback(config.host):
         log.warning("serving without TLS on %s: protected tensors cross the network unencrypted", config.host)
+    if keys is None:
+        log.warning(
+            "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach %s can enroll, identify, "
+            "list and delete subjects. Use this for local experiments only.",
+            running.address,
+        )
+    else:
+        active = sum(k.active for k in keys.list_keys())
+        log.info("API keys required (key file %s, %d active keys)", keys.path, active)
+        if not active:
+            log.warning(
+                "no active API key: every call will be refused; create one with "
+                "`ppfr-cloud keys create --keys %s --name NAME --scopes verify,enroll`",
+                keys.path,
+            )
+    if metrics_port is not None:
+        log.info("metrics at http://%s:%d/metrics", _format_host(config.metrics_host), metrics_port)
     return running
+
+
+def _private_gallery_file(db: Path) -> None:
+    """Templates are biometric data: a new gallery file is readable by its owner only (0600; SQLite gives
+    its -wal and -shm files the same mode). An existing file that others can read gets a warning."""
+    if "://" in str(db):  # a database URL, not a file
+        return
+    if db.exists():
+        if db.stat().st_mode & 0o077:
+            log.warning("gallery file %s is readable by other users (chmod 600 it)", db)
+        return
+    try:
+        create_private_file(db)
+    except OSError as err:
+        raise ConfigError(f"cannot create the gallery file {db}: {err.strerror}") from None
+
+
+def _serve_metrics(config: ServerConfig, metrics: Metrics) -> int:
+    try:
+        return metrics.serve(config.metrics_host, int(config.metrics_port))
+    except OSError as err:
+        raise ConfigError(
+            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {err.strerror}"
+        ) from None
 
 
 async def serve(config: ServerConfig) -> None:

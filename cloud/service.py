@@ -13,10 +13,13 @@ from google.protobuf import timestamp_pb2
 from ppfr.cloud import validation
 from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
 from ppfr.cloud.gallery import Gallery
+from ppfr.cloud.interceptor import REQUEST_ID
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
 
 log = logging.getLogger("ppfr.cloud")
+
+MAX_MESSAGE_CHARS = 300  # error details stay small whatever the request held
 
 
 class NotFound(LookupError):
@@ -52,8 +55,16 @@ def _rpc(method):
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            log.error("%s failed: %s", method.__name__, type(err).__name__, exc_info=log.isEnabledFor(10))
+            log.error(
+                "request_id=%s %s failed: %s",
+                REQUEST_ID.get(),
+                method.__name__,
+                type(err).__name__,
+                exc_info=log.isEnabledFor(10),
+            )
             code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(err).__name__})"
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         await context.abort(code, message)
 
     return wrapper
@@ -100,9 +111,12 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def Enroll(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
+        key = validation.idempotency_key(request.idempotency_key)
         embedding = await self._embed(request.face, context)
-        self._remaining(context)  # a caller that gave up gets no enrollment it does not know about
-        enrolled = await self._in_db_thread(self.gallery.enroll, subject_id, embedding)
+        # A caller whose deadline has passed gets no new enrollment. The deadline can still pass during the
+        # commit, so DEADLINE_EXCEEDED does not prove nothing was stored: retry with the same idempotency_key.
+        self._remaining(context)
+        enrolled = await self._in_db_thread(self.gallery.enroll, subject_id, embedding, key)
         create_time = timestamp_pb2.Timestamp()
         create_time.FromNanoseconds(int(enrolled.create_time * 1e9))
         return verification_pb2.EnrollResponse(
@@ -129,11 +143,11 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     async def Identify(self, request, context):
         top_k = validation.top_k(request.top_k)
         embedding = await self._embed(request.face, context)
+        # Only matches: a caller learns nothing about subjects that score below the threshold.
         candidates = [
-            verification_pb2.Candidate(
-                subject_id=m.subject_id, score=m.score, match=m.score >= self.threshold
-            )
+            verification_pb2.Candidate(subject_id=m.subject_id, score=m.score, match=True)
             for m in self.gallery.identify(embedding, top_k)
+            if m.score >= self.threshold
         ]
         return verification_pb2.IdentifyResponse(candidates=candidates, threshold=self.threshold)
 
@@ -145,6 +159,26 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         if not deleted:
             raise NotFound(f"subject {subject_id!r} is not enrolled")
         return verification_pb2.DeleteSubjectResponse(subject_id=subject_id, deleted_template_count=deleted)
+
+    @_rpc
+    async def DeleteTemplate(self, request, context):
+        template_id = validation.template_id(request.template_id)
+        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id)
+        if subject_id is None:
+            raise NotFound(f"template {template_id} does not exist")
+        return verification_pb2.DeleteTemplateResponse(subject_id=subject_id, template_id=template_id)
+
+    @_rpc
+    async def ListSubjects(self, request, context):
+        page_size, page_token = validation.page(request.page_size, request.page_token)
+        try:
+            subjects, next_token = await self._in_db_thread(self.gallery.list_subjects, page_size, page_token)
+        except ValueError:
+            raise InvalidRequest("page_token is not one this server issued") from None
+        return verification_pb2.ListSubjectsResponse(
+            subjects=[verification_pb2.Subject(subject_id=s, template_count=n) for s, n in subjects],
+            next_page_token=next_token,
+        )
 
     @_rpc
     async def GetServerInfo(self, request, context):

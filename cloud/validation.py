@@ -11,10 +11,22 @@ WIRE_TYPES = (tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
 MAX_SUBJECT_ID_CHARS = 256
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_TOKEN_CHARS = 1024
 
 
 class InvalidRequest(ValueError):
     """A request the server refuses; the message says what was wrong."""
+
+
+def brief(values, limit: int = 8) -> str:
+    """A list for an error message, bounded in size however long the list is."""
+    values = list(values[: limit + 1])
+    if len(values) <= limit:
+        return str(values)
+    return f"[{', '.join(str(v) for v in values[:limit])}, ...]"
 
 
 def _type_name(value: int) -> str:
@@ -50,12 +62,13 @@ class FaceValidator:
                 f"face.data_type {_type_name(face.data_type)} is not accepted; "
                 "send DATA_TYPE_FLOAT16 or DATA_TYPE_FLOAT32"
             )
-        shape = [int(d) for d in face.shape]
         expected = self.expected_shape()
-        if shape != expected:
+        if len(face.shape) != len(expected) or [int(d) for d in face.shape] != expected:
             raise InvalidRequest(
-                f"face.shape {shape} does not match the bundle's protected tensor {expected}"
+                f"face.shape {brief(face.shape)} ({len(face.shape)} dims) does not match the bundle's "
+                f"protected tensor {expected}"
             )
+        shape = expected
         dtype = numpy_dtype(face.data_type)
         want = math.prod(shape) * dtype.itemsize
         if len(face.data) != want:
@@ -90,3 +103,27 @@ def top_k(value: int) -> int:
     if value > MAX_TOP_K:
         raise InvalidRequest(f"top_k must be at most {MAX_TOP_K}, got {value}")
     return value or DEFAULT_TOP_K
+
+
+def idempotency_key(value: str) -> str | None:
+    if len(value) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidRequest(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidRequest("idempotency_key contains control characters")
+    return value or None
+
+
+def template_id(value: int) -> int:
+    if value <= 0:
+        raise InvalidRequest(f"template_id must be a positive template id from Enroll, got {value}")
+    return value
+
+
+def page(page_size: int, page_token: str) -> tuple[int, str]:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidRequest(
+            f"page_size must be 0..{MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), got {page_size}"
+        )
+    if len(page_token) > MAX_PAGE_TOKEN_CHARS or not page_token.isprintable():
+        raise InvalidRequest("page_token is not one this server issued")
+    return page_size or DEFAULT_PAGE_SIZE, page_token

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ppfr.protos import tensor_pb2 as ppfr_dot_protos_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eppfr/protos/verification.proto\x12\x07ppfr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ppfr/protos/tensor.proto\"g\n\rProtectedFace\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\tdata_type\x18\x03 \x01(\x0e\x32\x11.ppfr.v1.DataType\x12\x13\n\x0b\x66rontend_id\x18\x04 \x01(\t\"I\n\rEnrollRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\"\x82\x01\n\x0e\x45nrollResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\x12\x16\n\x0etemplate_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\rVerifyRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\"U\n\x0eVerifyResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x02\"F\n\x0fIdentifyRequest\x12$\n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\r\n\x05top_k\x18\x02 \x01(\x05\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\"M\n\x10IdentifyResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.ppfr.v1.Candidate\x12\x11\n\tthreshold\x18\x02 \x01(\x02\"*\n\x14\x44\x65leteSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"K\n\x15\x44\x65leteSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x1e\n\x16\x64\x65leted_template_count\x18\x02 \x01(\x05\"\x16\n\x14GetServerInfoRequest\"\x8e\x02\n\nServerInfo\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0b\x66rontend_id\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12-\n\x10protected_tensor\x18\x05 \x01(\x0b\x32\x13.ppfr.v1.TensorSpec\x12\x16\n\x0e\x65mbedding_size\x18\x06 \x01(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x15\n\rsubject_count\x18\x08 \x01(\x03\x12\x16\n\x0etemplate_count\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x14\n\x0cppfr_version\x18\x0b \x01(\t2\xde\x02\n\x10\x46\x61\x63\x65Verification\x12\x39\n\x06\x45nroll\x12\x16.ppfr.v1.EnrollRequest\x1a\x17.ppfr.v1.EnrollResponse\x12\x39\n\x06Verify\x12\x16.ppfr.v1.VerifyRequest\x1a\x17.ppfr.v1.VerifyResponse\x12?\n\x08Identify\x12\x18.ppfr.v1.IdentifyRequest\x1a\x19.ppfr.v1.IdentifyResponse\x12N\n\rDeleteSubject\x12\x1d.ppfr.v1.DeleteSubjectRequest\x1a\x1e.ppfr.v1.DeleteSubjectResponse\x12\x43\n\rGetServerInfo\x12\x1d.ppfr.v1.GetServerInfoRequest\x1a\x13.ppfr.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eppfr/protos/verification.proto\x12\x07ppfr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18ppfr/protos/tensor.proto\"g\n\rProtectedFace\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\tdata_type\x18\x03 \x01(\x0e\x32\x11.ppfr.v1.DataType\x12\x13\n\x0b\x66rontend_id\x18\x04 \x01(\t\"b\n\rEnrollRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x82\x01\n\x0e\x45nrollResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\x12\x16\n\x0etemplate_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\rVerifyRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\"U\n\x0eVerifyResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x02\"F\n\x0fIdentifyRequest\x12$\n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\r\n\x05top_k\x18\x02 \x01(\x05\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\"M\n\x10IdentifyResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.ppfr.v1.Candidate\x12\x11\n\tthreshold\x18\x02 \x01(\x02\"*\n\x14\x44\x65leteSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"K\n\x15\x44\x65leteSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x1e\n\x16\x64\x65leted_template_count\x18\x02 \x01(\x05\",\n\x15\x44\x65leteTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\x03\"A\n\x16\x44\x65leteTemplateResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\"<\n\x13ListSubjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"5\n\x07Subject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x16\n\x0etemplate_count\x18\x02 \x01(\x05\"S\n\x14ListSubjectsResponse\x12\"\n\x08subjects\x18\x01 \x03(\x0b\x32\x10.ppfr.v1.Subject\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\x8e\x02\n\nServerInfo\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0b\x66rontend_id\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12-\n\x10protected_tensor\x18\x05 \x01(\x0b\x32\x13.ppfr.v1.TensorSpec\x12\x16\n\x0e\x65mbedding_size\x18\x06 \x01(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x15\n\rsubject_count\x18\x08 \x01(\x03\x12\x16\n\x0etemplate_count\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x14\n\x0cppfr_version\x18\x0b \x01(\t2\xfe\x03\n\x10\x46\x61\x63\x65Verification\x12\x39\n\x06\x45nroll\x12\x16.ppfr.v1.EnrollRequest\x1a\x17.ppfr.v1.EnrollResponse\x12\x39\n\x06Verify\x12\x16.ppfr.v1.VerifyRequest\x1a\x17.ppfr.v1.VerifyResponse\x12?\n\x08Identify\x12\x18.ppfr.v1.IdentifyRequest\x1a\x19.ppfr.v1.IdentifyResponse\x12N\n\rDeleteSubject\x12\x1d.ppfr.v1.DeleteSubjectRequest\x1a\x1e.ppfr.v1.DeleteSubjectResponse\x12Q\n\x0e\x44\x65leteTemplate\x12\x1e.ppfr.v1.DeleteTemplateRequest\x1a\x1f.ppfr.v1.DeleteTemplateResponse\x12K\n\x0cListSubjects\x12\x1c.ppfr.v1.ListSubjectsRequest\x1a\x1d.ppfr.v1.ListSubjectsResponse\x12\x43\n\rGetServerInfo\x12\x1d.ppfr.v1.GetServerInfoRequest\x1a\x13.ppfr.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,27 +36,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROTECTEDFACE']._serialized_start=102
   _globals['_PROTECTEDFACE']._serialized_end=205
   _globals['_ENROLLREQUEST']._serialized_start=207
-  _globals['_ENROLLREQUEST']._serialized_end=280
-  _globals['_ENROLLRESPONSE']._serialized_start=283
-  _globals['_ENROLLRESPONSE']._serialized_end=413
-  _globals['_VERIFYREQUEST']._serialized_start=415
-  _globals['_VERIFYREQUEST']._serialized_end=488
-  _globals['_VERIFYRESPONSE']._serialized_start=490
-  _globals['_VERIFYRESPONSE']._serialized_end=575
-  _globals['_IDENTIFYREQUEST']._serialized_start=577
-  _globals['_IDENTIFYREQUEST']._serialized_end=647
-  _globals['_CANDIDATE']._serialized_start=649
-  _globals['_CANDIDATE']._serialized_end=710
-  _globals['_IDENTIFYRESPONSE']._serialized_start=712
-  _globals['_IDENTIFYRESPONSE']._serialized_end=789
-  _globals['_DELETESUBJECTREQUEST']._serialized_start=791
-  _globals['_DELETESUBJECTREQUEST']._serialized_end=833
-  _globals['_DELETESUBJECTRESPONSE']._serialized_start=835
-  _globals['_DELETESUBJECTRESPONSE']._serialized_end=910
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=912
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=934
-  _globals['_SERVERINFO']._serialized_start=937
-  _globals['_SERVERINFO']._serialized_end=1207
-  _globals['_FACEVERIFICATION']._serialized_start=1210
-  _globals['_FACEVERIFICATION']._serialized_end=1560
+  _globals['_ENROLLREQUEST']._serialized_end=305
+  _globals['_ENROLLRESPONSE']._serialized_start=308
+  _globals['_ENROLLRESPONSE']._serialized_end=438
+  _globals['_VERIFYREQUEST']._serialized_start=440
+  _globals['_VERIFYREQUEST']._serialized_end=513
+  _globals['_VERIFYRESPONSE']._serialized_start=515
+  _globals['_VERIFYRESPONSE']._serialized_end=600
+  _globals['_IDENTIFYREQUEST']._serialized_start=602
+  _globals['_IDENTIFYREQUEST']._serialized_end=672
+  _globals['_CANDIDATE']._serialized_start=674
+  _globals['_CANDIDATE']._serialized_end=735
+  _globals['_IDENTIFYRESPONSE']._serialized_start=737
+  _globals['_IDENTIFYRESPONSE']._serialized_end=814
+  _globals['_DELETESUBJECTREQUEST']._serialized_start=816
+  _globals['_DELETESUBJECTREQUEST']._serialized_end=858
+  _globals['_DELETESUBJECTRESPONSE']._serialized_start=860
+  _globals['_DELETESUBJECTRESPONSE']._serialized_end=935
+  _globals['_DELETETEMPLATEREQUEST']._serialized_start=937
+  _globals['_DELETETEMPLATEREQUEST']._serialized_end=981
+  _globals['_DELETETEMPLATERESPONSE']._serialized_start=983
+  _globals['_DELETETEMPLATERESPONSE']._serialized_end=1048
+  _globals['_LISTSUBJECTSREQUEST']._serialized_start=1050
+  _globals['_LISTSUBJECTSREQUEST']._serialized_end=1110
+  _globals['_SUBJECT']._serialized_start=1112
+  _globals['_SUBJECT']._serialized_end=1165
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=1167
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=1250
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1252
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1274
+  _globals['_SERVERINFO']._serialized_start=1277
+  _globals['_SERVERINFO']._serialized_end=1547
+  _globals['_FACEVERIFICATION']._serialized_start=1550
+  _globals['_FACEVERIFICATION']._serialized_end=2060
 # @@protoc_insertion_point(module_scope)

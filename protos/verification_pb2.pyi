@@ -23,12 +23,14 @@ class ProtectedFace(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., data_type: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., frontend_id: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("subject_id", "face")
+    __slots__ = ("subject_id", "face", "idempotency_key")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     face: ProtectedFace
-    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("subject_id", "template_id", "template_count", "create_time")
@@ -101,6 +103,44 @@ class DeleteSubjectResponse(_message.Message):
     subject_id: str
     deleted_template_count: int
     def __init__(self, subject_id: _Optional[str] = ..., deleted_template_count: _Optional[int] = ...) -> None: ...
+
+class DeleteTemplateRequest(_message.Message):
+    __slots__ = ("template_id",)
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: int
+    def __init__(self, template_id: _Optional[int] = ...) -> None: ...
+
+class DeleteTemplateResponse(_message.Message):
+    __slots__ = ("subject_id", "template_id")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    template_id: int
+    def __init__(self, subject_id: _Optional[str] = ..., template_id: _Optional[int] = ...) -> None: ...
+
+class ListSubjectsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Subject(_message.Message):
+    __slots__ = ("subject_id", "template_count")
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    subject_id: str
+    template_count: int
+    def __init__(self, subject_id: _Optional[str] = ..., template_count: _Optional[int] = ...) -> None: ...
+
+class ListSubjectsResponse(_message.Message):
+    __slots__ = ("subjects", "next_page_token")
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subjects: _containers.RepeatedCompositeFieldContainer[Subject]
+    next_page_token: str
+    def __init__(self, subjects: _Optional[_Iterable[_Union[Subject, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

@@ -55,6 +55,16 @@ class FaceVerificationStub:
                 request_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.SerializeToString,
                 response_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.FromString,
                 _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/ppfr.v1.FaceVerification/DeleteTemplate',
+                request_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListSubjects = channel.unary_unary(
+                '/ppfr.v1.FaceVerification/ListSubjects',
+                request_serializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.SerializeToString,
+                response_deserializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/GetServerInfo',
                 request_serializer=ppfr_dot_protos_dot_verification__pb2.GetServerInfoRequest.SerializeToString,
@@ -94,6 +104,20 @@ class FaceVerificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteTemplate(self, request, context):
+        """Removes one template (e.g. a bad enrollment); the subject keeps its other templates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubjects(self, request, context):
+        """The enrolled subjects in subject_id order, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """What the server serves: bundle, method, runtime, gallery size.
         """
@@ -123,6 +147,16 @@ def add_FaceVerificationServicer_to_server(servicer, server):
                     servicer.DeleteSubject,
                     request_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.FromString,
                     response_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.SerializeToString,
+            ),
+            'ListSubjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubjects,
+                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.FromString,
+                    response_serializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -239,6 +273,60 @@ class FaceVerification:
             '/ppfr.v1.FaceVerification/DeleteSubject',
             ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.SerializeToString,
             ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppfr.v1.FaceVerification/DeleteTemplate',
+            ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.SerializeToString,
+            ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ppfr.v1.FaceVerification/ListSubjects',
+            ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.SerializeToString,
+            ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

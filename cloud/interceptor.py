@@ -1,0 +1,145 @@
+"""The gate every FaceVerification call passes before the service: a request id, the server-wide limit on
+concurrent calls, the API key (authentication, scope, per-key rate limit), decoding, then one metrics
+observation and at most one log line per call. Health checks and reflection pass through untouched, so
+load balancers and grpcurl can use them without a key (they reveal no gallery content).
+
+Checks run cheapest first and before the request is decoded, so a caller without a valid key never gets
+its bytes parsed, and a request that is not valid protobuf is answered INVALID_ARGUMENT in one log line.
+"""
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+import grpc
+from google.protobuf.message import DecodeError
+from ppfr.cloud.auth import METHOD_SCOPES, KeyStore, RateLimiter
+
+log = logging.getLogger("ppfr.cloud")
+
+SERVICE_PREFIX = "/ppfr.v1.FaceVerification/"
+API_KEY_HEADER = "x-api-key"
+REQUEST_ID_HEADER = "x-request-id"
+# The current call's request id, for every log line written while serving it.
+REQUEST_ID = contextvars.ContextVar("request_id", default="-")
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# Successful calls of these RPCs are logged at DEBUG only (they are the bulk of the traffic).
+_QUIET = {"Verify", "Identify", "GetServerInfo", "ListSubjects"}
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
+        super().__init__(message)
+        self.code, self.message, self.reason = code, message, reason or message
+
+
+class CallGate(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: KeyStore | None, metrics=None, max_concurrent_calls: int = 256):
+        self.keys = keys  # None: authentication off (--insecure-no-auth)
+        self.metrics = metrics
+        self.max_concurrent_calls = max_concurrent_calls
+        self.in_flight = 0
+        self.limiter = RateLimiter()
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler
+        method = details.method[len(SERVICE_PREFIX) :]
+        headers = {m.key: m.value for m in details.invocation_metadata or ()}
+
+        async def behavior(raw: bytes, context):
+            return await self._call(method, headers, handler, raw, context)
+
+        # No deserializer: the raw bytes come here, and are decoded only after the checks.
+        return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=handler.response_serializer)
+
+    async def _call(self, method, headers, handler, raw, context):
+        start = time.perf_counter()
+        given = headers.get(REQUEST_ID_HEADER)
+        request_id = given if isinstance(given, str) and _CLIENT_REQUEST_ID.fullmatch(given) else None
+        request_id = request_id or uuid.uuid4().hex[:16]
+        REQUEST_ID.set(request_id)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        key_id, reason, code = "-", "", "OK"
+        self.in_flight += 1
+        try:
+            if self.in_flight > self.max_concurrent_calls:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server busy: {self.max_concurrent_calls} calls already in progress "
+                    "(--max-concurrent-calls); retry with backoff",
+                    "concurrency limit",
+                )
+            key = self._authorize(method, headers)
+            key_id = key.key_id if key else "-"
+            try:
+                request = handler.request_deserializer(raw)
+            except DecodeError:
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid ppfr.v1.{method}Request message",
+                    f"undecodable request ({len(raw)} bytes)",
+                ) from None
+            return await handler.unary_unary(request, context)
+        except Refused as refused:
+            code, reason = refused.code.name, refused.reason
+            await context.abort(refused.code, refused.message)
+        except BaseException:
+            status = context.code()
+            code = status.name if status is not None else "CANCELLED"
+            raise
+        finally:
+            self.in_flight -= 1
+            seconds = time.perf_counter() - start
+            if self.metrics is not None:
+                self.metrics.observe(method, code, seconds)
+            level = logging.DEBUG if code == "OK" and method in _QUIET else logging.INFO
+            if log.isEnabledFor(level):
+                detail = reason or (context.details() or "" if code != "OK" else "")
+                log.log(
+                    level,
+                    "request_id=%s key=%s peer=%s %s %s %.1fms%s",
+                    request_id,
+                    key_id,
+                    context.peer(),
+                    method,
+                    code,
+                    seconds * 1e3,
+                    f" ({str(detail)[:120]})" if detail else "",
+                )
+
+    def _authorize(self, method: str, headers: dict):
+        """The caller's key, or None when authentication is off; raises Refused otherwise."""
+        if self.keys is None:
+            return None
+        presented = headers.get(API_KEY_HEADER)
+        if not presented:
+            raise Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"this server needs an API key: send it as '{API_KEY_HEADER}' call metadata "
+                "(ppfr-edge --api-key, grpcurl -H 'x-api-key: ...')",
+                "no API key",
+            )
+        key = self.keys.authenticate(presented) if isinstance(presented, str) else None
+        if key is None:
+            raise Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the API key is not valid (unknown, revoked or mistyped)",
+                "invalid API key",
+            )
+        scope = METHOD_SCOPES.get(method, "admin")  # a call without a listed scope needs admin
+        if scope is not None and scope not in key.scopes:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"API key {key.key_id} lacks the '{scope}' scope that {method} needs",
+            )
+        if not self.limiter.allow(key):
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"API key {key.key_id} is over its rate limit of {key.rate:g} calls/s; retry later",
+                "rate limit",
+            )
+        return key
