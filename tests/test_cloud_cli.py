@@ -19,7 +19,7 @@ def run_cli(capsys):
         except SystemExit as exit_:
             code = exit_.code
         captured = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stderr=captured.err)
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
     return run
 
@@ -63,3 +63,23 @@ def test_unreadable_or_invalid_certificate(run_cli, tmp_path):
 def test_bad_batching_flags(run_cli, tmp_path):
     out = run_cli("serve", "--bundle", tmp_path, "--db", tmp_path / "g.sqlite", "--max-batch", 0)
     assert out.returncode == 2 and "--max-batch" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_keys_create_list_revoke(run_cli, tmp_path):
+    db = tmp_path / "g.sqlite"
+    out = run_cli("keys", "list", "--db", db)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    out = run_cli("keys", "create", "--db", db, "--name", "door-3", "--scopes", "verify,enroll", "--rate", 20)
+    assert out.returncode == 0 and "shown only this once" in out.stderr
+    key = out.stdout.strip()
+    assert key.startswith("ppfr_") and "\n" not in key  # stdout is the key alone
+    key_id = key.split("_")[1]
+    out = run_cli("keys", "list", "--keys", tmp_path / "g.sqlite.keys")
+    assert key_id in out.stdout and "door-3" in out.stdout and "enroll,verify" in out.stdout
+    assert "active" in out.stdout and key[18:] not in out.stdout
+    assert run_cli("keys", "revoke", "--db", db, key_id).returncode == 0
+    assert "revoked" in run_cli("keys", "list", "--db", db).stdout
+    out = run_cli("keys", "revoke", "--db", db, key_id)
+    assert out.returncode == 2 and "no active key" in out.stderr
+    out = run_cli("keys", "create", "--db", db, "--name", "x", "--scopes", "root")
+    assert out.returncode == 2 and "scopes" in out.stderr and "Traceback" not in out.stderr

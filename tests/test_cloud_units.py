@@ -204,3 +204,44 @@ def test_batcher_skips_cancelled_callers_and_reports_engine_errors():
         return runtime.calls
 
     assert asyncio.run(main()) == [1, 1, 1]
+
+
+# --- API keys -----------------------------------------------------------------------------------------
+
+
+def test_key_store_keeps_only_a_hash_and_checks_scopes_and_revocation(tmp_path):
+    import os
+    import stat
+
+    from ppfr.cloud.auth import KeyStore, parse_scopes
+
+    store = KeyStore(tmp_path / "keys")
+    record, key = store.create("door-3", parse_scopes("verify,enroll"), rate=5)
+    assert stat.S_IMODE(os.stat(tmp_path / "keys").st_mode) == 0o600
+    assert key.startswith(f"ppfr_{record.key_id}_") and len(key) == 5 + 12 + 1 + 43
+    assert key[18:].encode() not in (tmp_path / "keys").read_bytes() + (tmp_path / "keys-wal").read_bytes()
+    found = store.authenticate(key)
+    assert (found.key_id, found.scopes, found.rate) == (record.key_id, {"verify", "enroll"}, 5)
+    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")  # right id, wrong secret
+    assert store.authenticate(tampered) is None and store.authenticate("") is None
+    other = KeyStore(tmp_path / "keys")  # another process's connection
+    assert other.revoke(record.key_id) and not other.revoke(record.key_id)
+    assert store.authenticate(key) is None
+    assert [k.active for k in store.list_keys()] == [False]
+    for bad in ("", "verify,root", "admin,,x"):
+        with pytest.raises(Exception, match="scopes"):
+            parse_scopes(bad)
+    store.close(), other.close()
+
+
+def test_rate_limiter_allows_a_burst_then_the_rate():
+    from ppfr.cloud.auth import ApiKey, RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    key = ApiKey("k1", "n", frozenset({"verify"}), rate=10, create_time=0)
+    assert sum(limiter.allow(key) for _ in range(15)) == 10  # a second's worth at once
+    now[0] += 0.5
+    assert sum(limiter.allow(key) for _ in range(15)) == 5  # then 10 per second
+    unlimited = ApiKey("k2", "n", frozenset({"verify"}), rate=0, create_time=0)
+    assert all(limiter.allow(unlimited) for _ in range(1000))
