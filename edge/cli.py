@@ -13,6 +13,7 @@ several faces with --strict, wrong bundle, bad arguments). See docs/edge.md.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ def _common(parser: argparse.ArgumentParser, default) -> None:
     g.add_argument("--cert", default=d(None), help="client certificate (PEM) for mutual TLS")
     g.add_argument("--key", default=d(None), help="client private key (PEM) for mutual TLS")
     g.add_argument("--server-name", default=d(None), help="TLS name to expect in the server certificate")
+    g.add_argument(
+        "--api-key",
+        default=d(None),
+        help="the server's API key (default: $PPFR_API_KEY, which keeps it out of `ps`)",
+    )
     g.add_argument("--timeout", type=float, default=d(10.0), help="seconds per request (default 10)")
     g.add_argument("--json", action="store_true", default=d(False), help="one JSON document on stdout")
     g = parser.add_argument_group("face")
@@ -127,7 +133,8 @@ def _connect(args, frontend_id: str | None) -> Client:
     if not args.server:
         raise EdgeError(f"{args.command} needs --server HOST:PORT")
     channel = make_channel(args.server, args.ca, args.cert, args.key, args.server_name)
-    client = Client(channel, args.server, args.timeout, tls=bool(args.ca or args.cert))
+    api_key = args.api_key or os.environ.get("PPFR_API_KEY")
+    client = Client(channel, args.server, args.timeout, tls=bool(args.ca or args.cert), api_key=api_key)
     info = client.info()
     if frontend_id is not None and info.frontend_id and info.frontend_id != frontend_id:
         raise EdgeError(

@@ -49,16 +49,25 @@ def make_channel(server: str, ca=None, cert=None, key=None, server_name: str | N
 
 
 class Client:
-    def __init__(self, channel: grpc.Channel, server: str, timeout: float = 10.0, tls: bool = False):
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        server: str,
+        timeout: float = 10.0,
+        tls: bool = False,
+        api_key: str | None = None,
+    ):
         self.server = server
         self.tls = tls
         self.timeout = timeout
+        # The server's API key travels as call metadata on every call (see docs/cloud.md).
+        self.metadata = (("x-api-key", api_key),) if api_key else None
         self.stub = pb_grpc.FaceVerificationStub(channel)
         self.channel = channel
 
     def _call(self, name: str, request):
         try:
-            return getattr(self.stub, name)(request, timeout=self.timeout)
+            return getattr(self.stub, name)(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise self._error(err) from None
 
@@ -77,6 +86,13 @@ class Client:
             message = f"not found: {detail}"
         elif code == grpc.StatusCode.INVALID_ARGUMENT:
             message = f"the server rejected the request: {detail}"
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            given = "the API key was refused" if self.metadata else "no API key given"
+            message = f"{given}: {detail} (pass --api-key or set PPFR_API_KEY; `ppfr-cloud keys create`)"
+        elif code == grpc.StatusCode.PERMISSION_DENIED:
+            message = f"the API key may not do this: {detail}"
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            message = f"the server asks to slow down: {detail}"
         else:
             message = f"server error {code.name}: {detail}"
         return ServerError(message, code=code.name, fatal=code in FATAL)

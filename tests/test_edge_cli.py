@@ -5,6 +5,7 @@ twice with fresh randomness (the server must still match it), and "impostor" is 
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import DATA
+from keys import new_key
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.cli import main as edge_main
 from ppfr.protos.bundle import numpy_dtype, read_manifest
@@ -45,10 +47,16 @@ def server(bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def edge(bundle, server):
-    """Run ppfr-edge against the test server; returns (exit status, parsed --json or stdout, stderr)."""
+def api_key(server):
+    return new_key(server.config.db)
 
-    def run(*args, as_json=True, server_address=None):
+
+@pytest.fixture(scope="module")
+def edge(bundle, server, api_key):
+    """Run ppfr-edge against the test server with an API key in $PPFR_API_KEY (key=None: without one);
+    returns (exit status, parsed --json or stdout, stderr)."""
+
+    def run(*args, as_json=True, server_address=None, key=api_key):
         cmd = edge_command() + [
             "--server",
             server_address or f"127.0.0.1:{server.port}",
@@ -56,7 +64,11 @@ def edge(bundle, server):
             str(bundle),
         ]
         cmd += ["--json"] if as_json else []
-        done = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+        env = {k: v for k, v in os.environ.items() if k != "PPFR_API_KEY"}
+        env.update({"PPFR_API_KEY": key} if key else {})
+        done = subprocess.run(
+            cmd + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env
+        )
         assert "Traceback" not in done.stderr, done.stderr
         out = json.loads(done.stdout) if as_json and done.stdout.strip() else done.stdout
         return done.returncode, out, done.stderr
@@ -90,7 +102,8 @@ def test_enroll_verify_identify_through_detection_and_alignment(edge, bundle):
     status, out, _ = edge("identify", "--top", "2", SERENA, ABEL)
     assert status == 0
     assert [r["candidates"][0]["subject_id"] for r in out["results"]] == ["serena", "abel"]
-    assert all(len(r["candidates"]) == 2 for r in out["results"])
+    assert all(1 <= len(r["candidates"]) <= 2 for r in out["results"])  # matches only
+    assert all(c["match"] for r in out["results"] for c in r["candidates"])
 
     status, text, _ = edge("verify", "--id", "bush", BUSH, as_json=False)
     assert status == 0 and "bush: MATCH" in text and "round trip" in text and "threshold" in text
@@ -190,9 +203,14 @@ def test_fresh_random_inputs_per_query(edge, tmp_path):
     np.testing.assert_allclose(energy(first), energy(second), rtol=1e-4, atol=1e-5)
 
 
-def test_server_errors_are_clear(edge, tmp_path):
+def test_server_errors_are_clear(edge, server, tmp_path):
     status, _, err = edge("verify", "--id", "nobody-enrolled-this", BUSH, as_json=False)
     assert status == 1 and "nobody-enrolled-this" in err
+    status, _, err = edge("verify", "--id", "bush", BUSH, as_json=False, key=None)
+    assert status == 1 and "no API key given" in err and "PPFR_API_KEY" in err
+    verify_only = new_key(server.config.db, "verify")
+    status, _, err = edge("--api-key", verify_only, "enroll", "--id", "bush", BUSH, as_json=False, key=None)
+    assert status == 1 and "may not do this" in err and "'enroll' scope" in err
     status, _, err = edge("verify", "--id", "bush", BUSH, as_json=False, server_address="127.0.0.1:1")
     assert status == 1 and "cannot reach the server at 127.0.0.1:1" in err
     status, _, err = edge("verify", "--id", "bush", BUSH, as_json=False, server_address="no-port")
@@ -216,6 +234,7 @@ def test_mutual_tls(bundle, tmp_path):
     )
     with ServerThread(config) as running:
         base = edge_command() + ["--server", f"localhost:{running.port}", "--bundle", str(bundle)]
+        base += ["--api-key", new_key(config.db, "enroll")]  # mTLS admits the connection, the key the call
         tls = ["--ca", str(ca), "--cert", str(client_pem), "--key", str(client_key)]
         done = subprocess.run(
             base + tls + ["enroll", "--id", "tls", str(BUSH)], capture_output=True, text=True
