@@ -125,6 +125,17 @@ class Server:
             "--port",
             str(self.port),
         ]
+        # The server requires an API key: the demo makes its own (all scopes, no rate limit) and hands it to
+        # ppfr-edge through $PPFR_API_KEY, never on a command line.
+        made = subprocess.run(
+            [tool("ppfr-cloud"), "keys", "create", "--db", str(db), "--name", "demo"]
+            + ["--scopes", "verify,enroll,admin", "--rate", "0"],
+            capture_output=True,
+            text=True,
+        )
+        if made.returncode != 0:
+            raise DemoError(f"ppfr-cloud keys create failed: {made.stderr.strip()}")
+        self.api_key = made.stdout.strip()
         log(f"starting the server: {' '.join(cmd)}")
         self.log_file = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
@@ -179,7 +190,8 @@ def edge(server: Server, bundle: Path, command: str, rows: list, workdir: Path, 
         listing = workdir / f"{command}-{'aligned' if aligned else 'raw'}.txt"
         listing.write_text("".join(f"{subject}\t{path}\n" for subject, path in rows))
         cmd += [command, "--list", str(listing)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, "PPFR_API_KEY": server.api_key}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     try:
         document = json.loads(done.stdout)
     except json.JSONDecodeError:
