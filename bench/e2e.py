@@ -46,6 +46,24 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+_KEYS: dict[Path, str] = {}
+
+
+def bench_key(workdir) -> tuple[Path, str]:
+    """The key file every bench server in `workdir` uses, and its one key (all scopes, no rate limit),
+    made once per run; the load generator gets it through $PPFR_API_KEY."""
+    from ppfr.cloud.auth import KeyStore, parse_scopes
+
+    path = Path(workdir) / "bench.keys"
+    if path not in _KEYS:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        store = KeyStore(path)
+        _KEYS[path] = store.create("bench", parse_scopes("verify,enroll,admin"), rate=0)[1]
+        store.close()
+    return path, _KEYS[path]
+
+
 class Server:
     """A `ppfr-cloud serve` child process on loopback; use as a context manager."""
 
@@ -57,6 +75,8 @@ class Server:
         db = workdir / f"gallery_{self.port}.sqlite"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+        keys, self.api_key = bench_key(workdir)
+        self.metadata = (("x-api-key", self.api_key),)
         self.cmd = [
             *cloud_command(),
             "serve",
@@ -72,6 +92,8 @@ class Server:
             str(max_batch),
             "--max-delay-ms",
             str(max_delay_ms),
+            "--keys",
+            str(keys),
         ]
         self.log_path = Path(log_path)
         self.proc = None
@@ -117,7 +139,9 @@ class Server:
                         f"  {' '.join(self.cmd)}\n{self.log_tail()}"
                     )
                 try:
-                    self.info = info(verification_pb2.GetServerInfoRequest(), timeout=1.0)
+                    self.info = info(
+                        verification_pb2.GetServerInfoRequest(), timeout=1.0, metadata=self.metadata
+                    )
                     return
                 except grpc.RpcError:
                     time.sleep(0.2)
@@ -131,14 +155,14 @@ class Server:
         with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as ch:
             call = ch.unary_unary("/ppfr.v1.FaceVerification/Enroll")
             try:
-                call(request, timeout=30)
+                call(request, timeout=30, metadata=self.metadata)
             except grpc.RpcError as err:
                 raise ServerError(f"Enroll failed: {err.code().name}: {err.details()}") from None
 
 
-def run_loadgen(targets: dict, requests_file, cfg) -> list[dict]:
+def run_loadgen(targets: dict, requests_file, cfg, api_key: str | None = None) -> list[dict]:
     """Run the load-generator process over the sweep ({label: host:port}, interleaved per level);
-    one result dict per (level, target), streamed as the levels finish."""
+    one result dict per (level, target), streamed as the levels finish. `api_key`: the servers' key."""
     cmd = [sys.executable, "-m", "ppfr.bench.loadgen", "--requests", str(requests_file)]
     for label, target in targets.items():
         cmd += ["--target", f"{label}={target}"]
@@ -147,7 +171,8 @@ def run_loadgen(targets: dict, requests_file, cfg) -> list[dict]:
     cmd += ["--max-window-s", str(cfg.e2e_max_window_s)]
     # Hard bound on the whole sweep: per level the window, a warm-up and a drain of at most the deadline.
     budget = len(targets) * len(cfg.concurrency) * (cfg.e2e_max_window_s + cfg.e2e_warmup_s + 60) + 30
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    env = {**os.environ, **({"PPFR_API_KEY": api_key} if api_key else {})}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
     results = []
     try:
         deadline = time.monotonic() + budget
@@ -193,7 +218,8 @@ def bench_e2e(bundle_dir, name: str, verify_requests: list[bytes], enroll: bytes
             srv.enroll(enroll)
         cpu0 = {mode: cpu_seconds(s.proc.pid) for mode, s in servers.items()}
         t0 = time.perf_counter()
-        sweep = run_loadgen({label: servers[mode].target for label, mode in MODES}, requests_file, cfg)
+        targets = {label: servers[mode].target for label, mode in MODES}
+        sweep = run_loadgen(targets, requests_file, cfg, on.api_key)
         wall = time.perf_counter() - t0
         for label, mode in MODES:
             srv = servers[mode]

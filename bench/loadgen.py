@@ -6,12 +6,13 @@ FILE holds pre-serialized VerifyRequest messages (see `write_requests`); they ar
 (no per-request protobuf work in the client) and cycled. Each concurrency level runs `--concurrency`
 closed-loop workers on one HTTP/2 channel: a warm-up, then a measured window bounded both by time
 (`--seconds`) and by request count (`--max-requests`). One JSON line per level goes to stdout;
-progress goes to stderr.
+progress goes to stderr. The server's API key comes from $PPFR_API_KEY (sent as x-api-key metadata).
 """
 
 import argparse
 import asyncio
 import json
+import os
 import struct
 import sys
 import time
@@ -59,6 +60,8 @@ async def run_level(channel, payloads, concurrency, seconds, warmup_s, max_reque
     import grpc
 
     call = channel.unary_unary(VERIFY)  # bytes in, bytes out: no client-side (de)serialization
+    key = os.environ.get("PPFR_API_KEY")
+    metadata = (("x-api-key", key),) if key else None
     clock = time.perf_counter
     t_start = clock()
     inf = float("inf")
@@ -73,7 +76,7 @@ async def run_level(channel, payloads, concurrency, seconds, warmup_s, max_reque
         while True:
             t0 = clock()
             try:
-                await call(payloads[k % len(payloads)], timeout=timeout_s)
+                await call(payloads[k % len(payloads)], timeout=timeout_s, metadata=metadata)
                 ok = True
             except grpc.aio.AioRpcError as err:
                 ok = False

@@ -103,7 +103,7 @@ def profile_server(bundle_dir, workdir: Path, seconds: float, concurrency: int, 
     cfg = BenchConfig(concurrency=(concurrency,), e2e_seconds=seconds, e2e_max_requests=10**6)
     with srv:
         srv.enroll(enroll_request(fe, fe.protect(faces[0])))
-        (res,) = run_loadgen({"srv": srv.target}, reqs, cfg)
+        (res,) = run_loadgen({"srv": srv.target}, reqs, cfg, srv.api_key)
         srv.proc.send_signal(signal.SIGINT)
         srv.proc.wait(timeout=30)
     eng = json.loads(Path(f"{prof_path}.json").read_text())
