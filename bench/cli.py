@@ -1,5 +1,8 @@
 """ppfr-bench: what protection costs at the edge, on the wire and at the server, against the rgb baseline
-measured side by side in the same run (DESIGN §9). Writes runs/bench/{bench.json,bench.md,bench.png}."""
+measured side by side in the same run (DESIGN §9). Writes runs/bench/{bench.json,bench.md,bench.png}.
+
+`ppfr-bench raw-pairs --bundle DIR` is the other check: verification accuracy on raw LFW photos through
+the edge and the real server, next to the same pairs pre-aligned (bench/raw_pairs.py, docs/edge.md)."""
 
 import argparse
 import json
@@ -118,7 +121,9 @@ def run(
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="ppfr-bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="ppfr-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--artifacts", default="artifacts", help="folder of exported bundles (default: artifacts)")
     p.add_argument("--bundle", action="append", default=[], help="bench this bundle folder (repeatable)")
     p.add_argument("--methods", help=f"comma-separated methods (default: {','.join(bench_config.METHODS)})")
@@ -145,6 +150,11 @@ def make_config(args):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["raw-pairs"]:
+        from .raw_pairs import main as raw_pairs
+
+        return raw_pairs(argv[1:])
     args = parse_args(argv)
     log = Log()
     cfg = make_config(args)
@@ -186,7 +196,7 @@ def main(argv=None) -> int:
         "schema": "ppfr.bench.v1",
         "created": created,
         "tiny": args.tiny,
-        "command": ["ppfr-bench", *(argv if argv is not None else sys.argv[1:])],
+        "command": ["ppfr-bench", *argv],
         "wall_s": round(time.perf_counter() - t0, 1),
         "machine": machine,
         "config": cfg.to_dict(),
