@@ -183,7 +183,7 @@ def choose_people(count: int) -> list[dict]:
 def edge(server: Server, bundle: Path, command: str, rows: list, workdir: Path, aligned: bool) -> list[dict]:
     """One ppfr-edge run over many images; returns its per-image JSON results."""
     cmd = [tool("ppfr-edge"), "--server", server.address, "--bundle", str(bundle), "--json"]
-    cmd += ["--aligned"] if aligned else ["--largest"]
+    cmd += ["--aligned"] if aligned else []  # raw photos: the most prominent face, as by default
     if command == "identify":
         cmd += ["identify", "--top", "3", *[str(path) for _, path in rows]]
     else:
