@@ -154,10 +154,15 @@ def verify_pairs(client, frontend, crops: dict, pairs: list[Pair], mode: str, wo
 
     enrolled = sorted({p.a for p in pairs if p.a in crops})
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for _ in progress(pool.map(enroll, enrolled), len(enrolled), f"{mode}: enroll"):
             pass
         results = list(progress(pool.map(verify, pairs), len(pairs), f"{mode}: verify"))
+    except BaseException:  # a server error or Ctrl-C: drop the queued calls instead of waiting on them
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     calls = len(enrolled) + sum("score" in r for r in results)
     return results, {"calls": calls, "seconds": round(time.perf_counter() - started, 2)}
 
