@@ -1,13 +1,29 @@
-"""The enrolled templates: an embedded SQLite database (WAL, synchronous=FULL, so an enrollment is on disk
-before Enroll answers) and an in-memory matrix of L2-normalised templates for matching, kept in step.
+"""The enrolled templates, behind one small interface with two backends (docs/cloud.md, "Gallery"):
+
+* `SqliteGallery` (the default, `--db FILE`): an embedded SQLite file (WAL, synchronous=FULL, so an
+  enrollment is on disk before Enroll answers) and an in-process matrix of L2-normalised templates kept in
+  step (cloud/matrix.py: append + tombstone, O(1) per write). One server process owns the file.
+* `PostgresGallery` (`--db postgresql://...`, cloud/gallery_postgres.py): PostgreSQL with pgvector, shared
+  by several server replicas; every request reads committed state, so a write on one replica is seen by
+  every replica on its next request.
+
+`open_gallery(db, embedding_size, recognizer_sha256)` picks the backend from `db`.
 
 A subject may hold several templates (re-enrolling adds one); its score against a probe is the best
-(maximum) cosine similarity over its templates.
+(maximum) cosine similarity over its templates. 1:N search is exact (BLAS) up to `exact_max` templates and
+uses an approximate HNSW index beyond it (FAISS in process for SQLite, pgvector for PostgreSQL); the
+measured recall is in docs/cloud.md.
 
-Writes go through one connection; the server runs them on a single dedicated thread, and replaces the
-in-memory arrays only after the commit, so readers always see a consistent snapshot.
+Contract shared by both backends:
+    enroll(subject_id, embedding, idempotency_key=None) -> Enrollment   (a repeated key returns the first)
+    verify(subject_id, embedding) -> float | None;  identify(embedding, top_k) -> [Match]
+    delete(subject_id) -> int;  delete_template(template_id) -> subject_id | None
+    list_subjects(page_size, page_token="") -> ([(subject_id, template_count)], next_page_token)
+    has_subject, subject_count, template_count, close()
 """
 
+import base64
+import os
 import sqlite3
 import threading
 import time
@@ -15,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ppfr.cloud.matrix import TemplateMatrix
+
+# Below this many templates 1:N search is exact; above it an HNSW index answers (measured crossover and
+# recall: docs/cloud.md, "Gallery at scale"). Both backends take it as `exact_max`.
+EXACT_MAX = 100_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -42,130 +63,208 @@ class Match:
 class Enrollment:
     subject_id: str
     template_id: int
-    template_count: int
+    template_count: int  # the subject's templates now (for a repeated idempotency key: at the retry)
     create_time: float
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """Immutable view used by matching: templates [T, D], the subject index of each row, subject names."""
-
-    templates: np.ndarray
-    owner: np.ndarray
-    subjects: tuple[str, ...]
-    template_ids: np.ndarray
+def is_url(db) -> bool:
+    return "://" in str(db)
 
 
-class Gallery:
-    def __init__(self, path, embedding_size: int, recognizer_sha256: str = ""):
+def open_gallery(db, embedding_size: int, recognizer_sha256: str = "", **options):
+    """`postgresql://...` (or `postgres://...`) opens the shared PostgreSQL gallery; anything else is a
+    SQLite file."""
+    text = str(db)
+    if text.startswith(("postgresql://", "postgres://")):
+        from ppfr.cloud.gallery_postgres import PostgresGallery
+
+        return PostgresGallery(text, embedding_size, recognizer_sha256, **options)
+    if is_url(text):
+        raise GalleryError(f"--db {text.split('://')[0]}://... is not supported: use a file or postgresql://")
+    return SqliteGallery(db, embedding_size, recognizer_sha256, **options)
+
+
+def unit(x) -> np.ndarray:
+    v = np.asarray(x, dtype=np.float32).reshape(-1)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def encode_page_token(last_subject: str) -> str:
+    return base64.urlsafe_b64encode(b"s1:" + last_subject.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str | None:
+    """The last subject id of the previous page, or None for the first page; ValueError for a token this
+    code did not write."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        if not raw.startswith(b"s1:"):
+            raise ValueError
+        return raw[3:].decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not a page token of this gallery") from None
+
+
+def check_page_size(page_size: int) -> int:
+    if int(page_size) < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    return int(page_size)
+
+
+def check_meta(stored: dict, wanted: dict, where) -> None:
+    for key, value in wanted.items():
+        if key in stored and value and stored[key] != value:
+            raise GalleryError(
+                f"{where} holds templates from another recognizer ({key} {stored[key][:16]} != "
+                f"{value[:16]}); use a new --db for this bundle"
+            )
+
+
+class SqliteGallery:
+    """Consistency: one process. Writes are serialised (one lock, one connection) and durable before they
+    return; reads are lock-free on the in-process matrix and see every write that returned before they
+    started. Another process writing the same file is not seen until a restart: do not share the file."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path,
+        embedding_size: int,
+        recognizer_sha256: str = "",
+        exact_max: int = EXACT_MAX,
+        ann_options: dict | None = None,
+    ):
         self.path = Path(path)
         self.embedding_size = int(embedding_size)
+        self.exact_max = int(exact_max)
         self._lock = threading.Lock()
         try:
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # templates are biometric data: owner-only from the start
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(templates)")}
+            if "idempotency_key" not in columns:  # a gallery written before idempotent Enroll
+                self._db.execute("ALTER TABLE templates ADD COLUMN idempotency_key TEXT")
+            self._db.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS templates_idempotency ON templates "
+                "(subject_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+            )
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists() and side.stat().st_mode & 0o077:
+                    os.chmod(side, 0o600)
         except (sqlite3.Error, OSError) as err:
             raise GalleryError(f"cannot open the gallery database {self.path}: {err}") from None
         self._check_meta(recognizer_sha256)
+        self._matrix = TemplateMatrix(self.embedding_size)
         self._load()
+        self._ann_options = dict(ann_options or {})
+        self._maybe_attach_ann()
 
     # --- setup -----------------------------------------------------------------------------------
     def _check_meta(self, recognizer_sha256: str) -> None:
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         wanted = {"embedding_size": str(self.embedding_size), "recognizer_sha256": recognizer_sha256}
-        for key, value in wanted.items():
-            if key in meta and value and meta[key] != value:
-                raise GalleryError(
-                    f"{self.path} holds templates from another recognizer ({key} {meta[key][:16]} != "
-                    f"{value[:16]}); use a new --db for this bundle"
-                )
+        check_meta(stored, wanted, self.path)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             for key, value in wanted.items():
                 if value:
                     self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def _load(self) -> None:
-        rows = self._db.execute(
-            "SELECT template_id, subject_id, embedding FROM templates ORDER BY template_id"
-        ).fetchall()
+    def _load(self, chunk: int = 20_000) -> None:
         d = self.embedding_size
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        names = [r[1] for r in rows]
-        mat = np.empty((len(rows), d), dtype=np.float32)
-        for i, r in enumerate(rows):
-            vec = np.frombuffer(r[2], dtype="<f4")
-            if vec.size != d:
-                raise GalleryError(f"{self.path}: template {r[0]} has {vec.size} values, expected {d}")
-            mat[i] = vec
-        self._snapshot = self._build(mat, names, ids)
+        cur = self._db.execute(
+            "SELECT template_id, subject_id, embedding FROM templates ORDER BY template_id"
+        )
+        while rows := cur.fetchmany(chunk):
+            bad = next((r for r in rows if len(r[2]) != 4 * d), None)
+            if bad is not None:
+                raise GalleryError(
+                    f"{self.path}: template {bad[0]} has {len(bad[2]) // 4} values, expected {d}"
+                )
+            mat = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), d)
+            norms = np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            self._matrix.add_many([r[1] for r in rows], ids, (mat / norms).astype(np.float32))
 
-    @staticmethod
-    def _build(mat: np.ndarray, names: list[str], ids: np.ndarray) -> _Snapshot:
-        subjects = tuple(dict.fromkeys(names))
-        index = {s: i for i, s in enumerate(subjects)}
-        owner = np.array([index[n] for n in names], dtype=np.int64)
-        norms = np.linalg.norm(mat, axis=1, keepdims=True) if len(mat) else np.ones((0, 1), np.float32)
-        mat = (mat / np.maximum(norms, 1e-12)).astype(np.float32)
-        mat.setflags(write=False)
-        return _Snapshot(mat, owner, subjects, ids)
+    def _maybe_attach_ann(self) -> None:
+        """Starts the in-process HNSW index once the gallery holds more than exact_max templates (built in
+        the background; until it has caught up, the rows it lacks are searched exactly)."""
+        if self._matrix.ann is None and self._matrix.rows > self.exact_max:
+            from ppfr.cloud.ann import HnswIndex
 
-    # --- reads (any thread; lock-free on the current snapshot) ----------------------------------------
+            HnswIndex(self._matrix, **self._ann_options).start()
+
+    # --- reads (any thread; lock-free on the matrix) ---------------------------------------------------
     @property
     def subject_count(self) -> int:
-        return len(self._snapshot.subjects)
+        return self._matrix.subject_count
 
     @property
     def template_count(self) -> int:
-        return len(self._snapshot.owner)
+        return self._matrix.template_count
 
     def has_subject(self, subject_id: str) -> bool:
-        return subject_id in self._snapshot.subjects
+        return self._matrix.has_subject(subject_id)
 
     def verify(self, subject_id: str, embedding: np.ndarray) -> float | None:
         """Best cosine similarity over the subject's templates, or None for an unknown subject."""
-        snap = self._snapshot
-        if subject_id not in snap.subjects:
-            return None
-        rows = snap.templates[snap.owner == snap.subjects.index(subject_id)]
-        return float(np.max(rows @ _unit(embedding)))
+        return self._matrix.verify(subject_id, unit(embedding))
 
-    def identify(self, embedding: np.ndarray, top_k: int) -> list[Match]:
-        """The top_k subjects by best template score, best first."""
-        snap = self._snapshot
-        if not snap.subjects:
-            return []
-        scores = snap.templates @ _unit(embedding)
-        best = np.full(len(snap.subjects), -np.inf, dtype=np.float32)
-        np.maximum.at(best, snap.owner, scores)
-        k = min(top_k, len(best))
-        top = np.argpartition(-best, k - 1)[:k]
-        top = top[np.argsort(-best[top], kind="stable")]
-        return [Match(snap.subjects[i], float(best[i])) for i in top]
+    def identify(self, embedding: np.ndarray, top_k: int, exact: bool = False) -> list[Match]:
+        """The top_k subjects by best template score, best first (`exact` bypasses the ANN index)."""
+        return [Match(s, v) for s, v in self._matrix.identify(unit(embedding), top_k, exact=exact)]
+
+    def list_subjects(self, page_size: int, page_token: str = "") -> tuple[list[tuple[str, int]], str]:
+        """(subject_id, template_count) ordered by subject_id; the token to pass for the next page ("" at
+        the end). ValueError for a bad token or page size."""
+        after, size = decode_page_token(page_token), check_page_size(page_size)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT subject_id, count(*) FROM templates WHERE subject_id > ? "
+                "GROUP BY subject_id ORDER BY subject_id LIMIT ?",
+                ("" if after is None else after, size + 1),
+            ).fetchall()
+        page = [(s, int(n)) for s, n in rows[:size]]
+        return page, encode_page_token(page[-1][0]) if len(rows) > size else ""
 
     # --- writes (serialised by the lock; durable before they return) ---------------------------------
-    def enroll(self, subject_id: str, embedding: np.ndarray) -> Enrollment:
-        vec = _unit(embedding)
+    def enroll(
+        self, subject_id: str, embedding: np.ndarray, idempotency_key: str | None = None
+    ) -> Enrollment:
+        vec = unit(embedding)
         if vec.shape != (self.embedding_size,):
             raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_size},)")
         now = time.time()
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                if idempotency_key:
+                    row = self._db.execute(
+                        "SELECT template_id, create_time FROM templates "
+                        "WHERE subject_id = ? AND idempotency_key = ?",
+                        (subject_id, idempotency_key),
+                    ).fetchone()
+                    if row is not None:
+                        count = self._matrix.templates_of(subject_id)
+                        return Enrollment(subject_id, int(row[0]), count, float(row[1]))
                 cur = self._db.execute(
-                    "INSERT INTO templates (subject_id, embedding, create_time) VALUES (?, ?, ?)",
-                    (subject_id, vec.astype("<f4").tobytes(), now),
+                    "INSERT INTO templates (subject_id, embedding, create_time, idempotency_key) "
+                    "VALUES (?, ?, ?, ?)",
+                    (subject_id, vec.astype("<f4").tobytes(), now, idempotency_key or None),
                 )
                 template_id = int(cur.lastrowid)
-            snap = self._snapshot
-            names = [snap.subjects[i] for i in snap.owner] + [subject_id]
-            mat = np.vstack([snap.templates, vec[None]])
-            self._snapshot = self._build(mat, names, np.append(snap.template_ids, template_id))
-            count = names.count(subject_id)
+            self._matrix.add(subject_id, template_id, vec)
+            count = self._matrix.templates_of(subject_id)
+            self._maybe_attach_ann()
         return Enrollment(subject_id, template_id, count, now)
 
     def delete(self, subject_id: str) -> int:
@@ -176,18 +275,27 @@ class Gallery:
                 deleted = self._db.execute(
                     "DELETE FROM templates WHERE subject_id = ?", (subject_id,)
                 ).rowcount
-            if deleted:
-                snap = self._snapshot
-                keep = snap.owner != snap.subjects.index(subject_id)
-                names = [snap.subjects[i] for i in snap.owner[keep]]
-                self._snapshot = self._build(snap.templates[keep], names, snap.template_ids[keep])
+            self._matrix.remove_subject(subject_id)
         return deleted
+
+    def delete_template(self, template_id: int) -> str | None:
+        """Removes one template; returns its subject id, or None when there is no such template."""
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "DELETE FROM templates WHERE template_id = ? RETURNING subject_id", (int(template_id),)
+                ).fetchone()
+            if row is None:
+                return None
+            self._matrix.remove_template(template_id)
+        return row[0]
 
     def close(self) -> None:
         with self._lock:
+            if self._matrix.ann is not None:
+                self._matrix.ann.stop()
             self._db.close()
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    v = np.asarray(x, dtype=np.float32).reshape(-1)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+Gallery = SqliteGallery  # the name older code imports

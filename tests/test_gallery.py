@@ -1,0 +1,152 @@
+"""The gallery contract, on every backend: real SQLite files and a real PostgreSQL + pgvector server (from
+pgserver, started once per session). The same tests run against both."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from ppfr.cloud.gallery import GalleryError, SqliteGallery, open_gallery
+
+D = 8
+
+
+def unit(rng, d=D):
+    v = rng.standard_normal(d).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture(params=["sqlite"])
+def db(request, tmp_path):
+    """A fresh gallery location of each backend."""
+    return tmp_path / "g.sqlite"
+
+
+def test_enroll_verify_identify_delete_and_reopen(db):
+    rng = np.random.default_rng(0)
+    a, b, c = unit(rng), unit(rng), unit(rng)
+    g = open_gallery(db, D, "rec1")
+    first = g.enroll("alice", a)
+    assert first.template_count == 1 and first.create_time > 0
+    assert g.enroll("alice", c).template_count == 2  # re-enrolling adds a template
+    g.enroll("bob", b)
+    assert (g.subject_count, g.template_count) == (2, 3)
+    assert g.verify("alice", c) == pytest.approx(1.0, abs=1e-5)  # the subject's score is its best template
+    assert g.verify("alice", a) == pytest.approx(1.0, abs=1e-5)
+    assert g.verify("nobody", a) is None and not g.has_subject("nobody") and g.has_subject("bob")
+    top = g.identify(b, top_k=5)
+    assert [m.subject_id for m in top] == ["bob", "alice"] and top[0].score == pytest.approx(1.0, abs=1e-5)
+    assert top[1].score == pytest.approx(max(float(a @ b), float(c @ b)), abs=1e-5)
+    assert len(g.identify(b, top_k=1)) == 1
+    g.close()
+
+    g = open_gallery(db, D, "rec1")  # durable: a fresh process sees the same templates
+    assert (g.subject_count, g.template_count) == (2, 3)
+    assert g.delete("alice") == 2 and g.delete("alice") == 0
+    assert not g.has_subject("alice") and g.verify("alice", a) is None
+    assert [m.subject_id for m in g.identify(a, 5)] == ["bob"]
+    g.close()
+    g = open_gallery(db, D, "rec1")
+    assert (g.subject_count, g.template_count) == (1, 1)
+    g.close()
+
+
+def test_idempotent_enroll_returns_the_first_enrollment_and_writes_nothing(db):
+    rng = np.random.default_rng(1)
+    g = open_gallery(db, D, "rec1")
+    first = g.enroll("carol", unit(rng), idempotency_key="k-1")
+    again = g.enroll("carol", unit(rng), idempotency_key="k-1")
+    assert (again.template_id, again.template_count, again.create_time) == (
+        first.template_id,
+        1,
+        pytest.approx(first.create_time),
+    )
+    assert g.template_count == 1
+    other = g.enroll("carol", unit(rng), idempotency_key="k-2")
+    assert other.template_id != first.template_id and other.template_count == 2
+    dave = g.enroll("dave", unit(rng), idempotency_key="k-1")  # keys are per subject
+    assert dave.template_id not in (first.template_id, other.template_id)
+    plain = [g.enroll("carol", unit(rng)) for _ in range(2)]  # no key: every call adds one
+    assert plain[1].template_count == 4
+    g.close()
+    g = open_gallery(db, D, "rec1")  # the key survives a restart
+    assert g.enroll("carol", unit(rng), idempotency_key="k-1").template_id == first.template_id
+    assert g.template_count == 5
+    g.close()
+
+
+def test_delete_template_and_list_subjects(db):
+    rng = np.random.default_rng(2)
+    g = open_gallery(db, D, "rec1")
+    kept_vec, bad_vec = unit(rng), unit(rng)
+    kept = g.enroll("erin", kept_vec)
+    bad = g.enroll("erin", bad_vec)
+    assert g.delete_template(bad.template_id) == "erin"
+    assert g.delete_template(bad.template_id) is None and g.delete_template(10**9) is None
+    assert g.verify("erin", bad_vec) == pytest.approx(float(kept_vec @ bad_vec), abs=1e-5)
+    assert g.delete_template(kept.template_id) == "erin"  # the last template: the subject is gone
+    assert not g.has_subject("erin") and g.subject_count == 0 and g.identify(kept_vec, 3) == []
+
+    names = [f"s{i:02d}" for i in range(7)]
+    for i, name in enumerate(names):
+        for _ in range(1 + i % 3):
+            g.enroll(name, unit(rng))
+    listed, token, pages = [], "", 0
+    while True:
+        page, token = g.list_subjects(3, token)
+        assert len(page) <= 3
+        listed += page
+        pages += 1
+        if not token:
+            break
+    assert listed == [(n, 1 + i % 3) for i, n in enumerate(names)] and pages == 3
+    assert g.list_subjects(7) == ([(n, 1 + i % 3) for i, n in enumerate(names)], "")
+    for bad_token in ("garbage!", "czE6"[:-1] + "x"):
+        with pytest.raises(ValueError):
+            g.list_subjects(3, bad_token)
+    with pytest.raises(ValueError):
+        g.list_subjects(0)
+    g.close()
+
+
+def test_refuses_a_database_of_another_recognizer(db):
+    open_gallery(db, D, "rec1").close()
+    with pytest.raises(GalleryError, match="another recognizer"):
+        open_gallery(db, D, "rec2")
+    with pytest.raises(GalleryError, match="another recognizer"):
+        open_gallery(db, 16, "rec1")
+
+
+def test_identify_ranks_subjects_by_their_best_template_like_brute_force(db):
+    """Many subjects, several templates each, deletes in between: identify equals a brute-force answer."""
+    rng = np.random.default_rng(3)
+    g = open_gallery(db, D, "rec1")
+    vecs = {}
+    for i in range(60):
+        for _ in range(1 + i % 3):
+            v = unit(rng)
+            g.enroll(f"p{i}", v)
+            vecs.setdefault(f"p{i}", []).append(v)
+    for i in range(0, 60, 7):
+        g.delete(f"p{i}")
+        vecs.pop(f"p{i}")
+    probe = unit(rng)
+    best = sorted(((max(float(v @ probe) for v in vs), s) for s, vs in vecs.items()), reverse=True)[:10]
+    got = g.identify(probe, 10)
+    assert [m.subject_id for m in got] == [s for _, s in best]
+    assert [m.score for m in got] == pytest.approx([v for v, _ in best], abs=1e-5)
+    g.close()
+
+
+def test_a_new_sqlite_gallery_is_private(tmp_path):
+    db = tmp_path / "new" / "g.sqlite"
+    g = SqliteGallery(db, D)
+    g.enroll("x", np.ones(D, np.float32))
+    for path in (db, db.with_name("g.sqlite-wal")):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    g.close()
+
+
+def test_open_gallery_refuses_other_urls(tmp_path):
+    with pytest.raises(GalleryError, match="not supported"):
+        open_gallery("mysql://x/y", D)
