@@ -32,6 +32,10 @@ log = logging.getLogger("ppfr.cloud")
 
 SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["FaceVerification"].full_name
 MIN_MESSAGE_BYTES = 4 * 1024 * 1024
+# Calls gRPC holds before the application picks them up. Its default (1,000) cancels the rest of a burst
+# with a bare CANCELLED; this high, every call reaches the gate and beyond --max-concurrent-calls gets a
+# clear RESOURCE_EXHAUSTED. HTTP/2 flow control still bounds the bytes they hold.
+MAX_PENDING_CALLS = 20_000
 
 
 class ConfigError(ValueError):
@@ -201,6 +205,8 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate):
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ],
     )
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(service, server)

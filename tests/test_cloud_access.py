@@ -341,3 +341,18 @@ def test_zero_face_identify_lists_nobody(stubs, protect, faces):
     info = stubs["admin"].GetServerInfo(pb.GetServerInfoRequest())
     assert len(found.candidates) < info.subject_count
     assert np.all([c.score >= found.threshold for c in found.candidates])
+
+
+def test_a_fuzz_of_malformed_requests_gets_no_ok_and_no_internal_error(server, stubs, protect, faces):
+    """The harness's malformed cases (bench/harden.py; docs/cloud.md has the 1,200-case figures)."""
+    import asyncio
+
+    from ppfr.bench.harden import malformed_cases, send_all
+
+    good = protect(faces[0])
+    stubs["admin"].Enroll(pb.EnrollRequest(subject_id="fuzz-subject", face=good))
+    cases = malformed_cases(good, 300, seed=13)
+    metadata = (("x-api-key", new_key(server.config.db, rate=0)),)
+    codes = asyncio.run(send_all(server.address, [(m, p) for _, m, p in cases], metadata, 8, 30))
+    assert set(codes) == {"INVALID_ARGUMENT"}, {k: codes.count(k) for k in set(codes)}
+    assert stubs["verify"].Verify(pb.VerifyRequest(subject_id="fuzz-subject", face=good)).match
