@@ -66,7 +66,9 @@ class ApiKey:
 
 
 def default_key_path(db) -> Path:
-    """The key file beside a gallery file: `<db>.keys`."""
+    """The key file beside a gallery file: `<db>.keys`. A database URL has no "beside": --keys it is."""
+    if "://" in str(db):
+        raise KeyStoreError("the gallery is a database URL: give the API key file with --keys FILE")
     return Path(f"{db}.keys")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from ppfr.cloud.auth import KeyStore, create_private_file, default_key_path
+from ppfr.cloud.auth import KeyStore, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.gallery import Gallery
 from ppfr.cloud.interceptor import CallGate
@@ -239,7 +239,7 @@ async def start(config: ServerConfig) -> RunningServer:
     numpy_dtype(manifest.protected_tensor.data_type)
     if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
         raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
-    _private_gallery_file(Path(config.db))
+    _warn_if_gallery_is_readable(Path(config.db))
     keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
     gate = CallGate(keys, Metrics(), config.max_concurrent_calls)
     gallery = Gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
@@ -317,19 +317,11 @@ async def start(config: ServerConfig) -> RunningServer:
     return running
 
 
-def _private_gallery_file(db: Path) -> None:
-    """Templates are biometric data: a new gallery file is readable by its owner only (0600; SQLite gives
-    its -wal and -shm files the same mode). An existing file that others can read gets a warning."""
-    if "://" in str(db):  # a database URL, not a file
-        return
-    if db.exists():
-        if db.stat().st_mode & 0o077:
-            log.warning("gallery file %s is readable by other users (chmod 600 it)", db)
-        return
-    try:
-        create_private_file(db)
-    except OSError as err:
-        raise ConfigError(f"cannot create the gallery file {db}: {err.strerror}") from None
+def _warn_if_gallery_is_readable(db: Path) -> None:
+    """Templates are biometric data: the gallery creates its file 0600; an older one others can read gets
+    a warning (the operator decides, the server does not change it)."""
+    if "://" not in str(db) and db.exists() and db.stat().st_mode & 0o077:
+        log.warning("gallery file %s is readable by other users (chmod 600 it)", db)
 
 
 def _serve_metrics(config: ServerConfig, metrics: Metrics) -> int:

@@ -195,7 +195,8 @@ def test_delete_template_and_list_subjects(stubs, protect, faces):
     assert {"pages-a": 1, "pages-b": 1, "pages-c": 1, "pages-d": 1}.items() <= dict(listed).items()
     info = admin.GetServerInfo(pb.GetServerInfoRequest())
     assert (len(listed), sum(n for _, n in listed)) == (info.subject_count, info.template_count)
-    for bad_request in (pb.ListSubjectsRequest(page_size=-1), pb.ListSubjectsRequest(page_size=5000)):
+    bad_requests = [pb.ListSubjectsRequest(page_size=n) for n in (-1, 5000)]
+    for bad_request in [*bad_requests, pb.ListSubjectsRequest(page_token="not-a-token")]:
         assert code_of(lambda r=bad_request: admin.ListSubjects(r))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
