@@ -60,3 +60,26 @@ def small_bundle(tmp_path_factory, data_dir):
         return cache[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL 16 with pgvector (PyPI pgserver, no root needed; as root it runs the server as a
+    `pgserver` system user), started once per session. Calling it creates a fresh, empty database and
+    returns its postgresql:// URL."""
+    import uuid
+
+    import pgserver
+    import psycopg
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="stop")
+    admin = server.get_uri()
+
+    def new_database() -> str:
+        name = f"g_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return server.get_uri(name)
+
+    yield new_database
+    server.cleanup()

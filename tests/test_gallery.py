@@ -16,9 +16,11 @@ def unit(rng, d=D):
     return v / np.linalg.norm(v)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def db(request, tmp_path):
     """A fresh gallery location of each backend."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres")()
     return tmp_path / "g.sqlite"
 
 
@@ -150,3 +152,31 @@ def test_a_new_sqlite_gallery_is_private(tmp_path):
 def test_open_gallery_refuses_other_urls(tmp_path):
     with pytest.raises(GalleryError, match="not supported"):
         open_gallery("mysql://x/y", D)
+
+
+def test_the_hnsw_index_answers_beyond_exact_max_and_skips_deleted_subjects(db):
+    """exact_max=0: every identify goes through HNSW (FAISS in process, pgvector in PostgreSQL). On a few
+    hundred templates the graph finds the true best subject for probes near an enrolled template."""
+    rng = np.random.default_rng(4)
+    g = open_gallery(db, 16, "rec1", exact_max=0)
+    vecs = {f"p{i:03d}": unit(rng, 16) for i in range(300)}
+    for name, v in vecs.items():
+        g.enroll(name, v)
+    gone = [f"p{i:03d}" for i in range(0, 300, 10)]
+    for name in gone:
+        assert g.delete(name) == 1
+    if g.backend == "sqlite":
+        assert g._matrix.ann is not None and g._matrix.ann.wait_caught_up(30)
+    for name in ["p005", "p123", "p299", "p010", "p200"]:
+        probe = vecs[name] + rng.standard_normal(16).astype(np.float32) * 0.15
+        probe /= np.linalg.norm(probe)
+        live = {s: float(v @ probe) for s, v in vecs.items() if s not in gone}
+        truth = sorted(live, key=live.get, reverse=True)[:5]
+        got = g.identify(probe, 5)
+        assert [m.subject_id for m in got] == truth
+        assert [m.score for m in got] == pytest.approx([live[s] for s in truth], abs=1e-5)
+        exact = g.identify(probe, 5, exact=True)
+        assert [(m.subject_id, pytest.approx(m.score, abs=1e-5)) for m in exact] == [
+            (m.subject_id, m.score) for m in got
+        ]
+    g.close()
