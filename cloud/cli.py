@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStore, KeyStoreError, default_key_path, parse_scopes
-from ppfr.cloud.gallery import GalleryError
+from ppfr.cloud.gallery import GalleryError, db_arg
 from ppfr.cloud.runtime import RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
 from ppfr.protos.bundle import BundleError
@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     s = commands.add_parser("serve", help="serve a bundle's recognizer over gRPC")
     s.add_argument("--bundle", type=Path, required=True, help="bundle folder written by ppfr-export")
-    s.add_argument("--db", type=Path, required=True, help="SQLite gallery file (created if missing)")
+    s.add_argument(
+        "--db",
+        type=db_arg,
+        required=True,
+        help="SQLite gallery file (created if missing), or postgresql://... shared by replicas",
+    )
     s.add_argument("--port", type=_port, default=50051, help="TCP port; 0 picks a free one (default 50051)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all (default 127.0.0.1)")
     s.add_argument(

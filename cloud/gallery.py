@@ -299,3 +299,22 @@ class SqliteGallery:
 
 
 Gallery = SqliteGallery  # the name older code imports
+
+
+def db_label(db) -> str:
+    """`db` for logs: a URL without its password."""
+    text = str(db)
+    if not is_url(text):
+        return text
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def db_arg(text: str):
+    """--db: a database URL stays a string (a Path would fold its '//'); anything else is a file path."""
+    return text if is_url(text) else Path(text)

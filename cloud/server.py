@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from ppfr.cloud.auth import KeyStore, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
-from ppfr.cloud.gallery import Gallery
+from ppfr.cloud.gallery import db_label, open_gallery
 from ppfr.cloud.interceptor import CallGate
 from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 @dataclass
 class ServerConfig:
     bundle: Path
-    db: Path
+    db: Path | str  # a SQLite file, or a postgresql:// URL (cloud/gallery.py)
     port: int = 50051
     host: str = "127.0.0.1"
     runtime: str = "auto"
@@ -239,10 +239,10 @@ async def start(config: ServerConfig) -> RunningServer:
     numpy_dtype(manifest.protected_tensor.data_type)
     if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
         raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
-    _warn_if_gallery_is_readable(Path(config.db))
+    _warn_if_gallery_is_readable(config.db)
     keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
     gate = CallGate(keys, Metrics(), config.max_concurrent_calls)
-    gallery = Gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
+    gallery = open_gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
     runtime = None
     try:
         runtime = create_runtime(
@@ -291,7 +291,7 @@ async def start(config: ServerConfig) -> RunningServer:
         running.address,
         tls,
         batching,
-        config.db,
+        db_label(config.db),
         gallery.subject_count,
         gallery.template_count,
     )
@@ -317,10 +317,10 @@ async def start(config: ServerConfig) -> RunningServer:
     return running
 
 
-def _warn_if_gallery_is_readable(db: Path) -> None:
+def _warn_if_gallery_is_readable(db) -> None:
     """Templates are biometric data: the gallery creates its file 0600; an older one others can read gets
     a warning (the operator decides, the server does not change it)."""
-    if "://" not in str(db) and db.exists() and db.stat().st_mode & 0o077:
+    if "://" not in str(db) and Path(db).exists() and Path(db).stat().st_mode & 0o077:
         log.warning("gallery file %s is readable by other users (chmod 600 it)", db)
 
 
