@@ -68,9 +68,13 @@ def postgres(tmp_path_factory):
     `pgserver` system user), started once per session. Calling it creates a fresh, empty database and
     returns its postgresql:// URL."""
     import uuid
+    import warnings
 
-    import pgserver
     import psycopg
+
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR in CI: pgserver falls back to /tmp, and says so
+        warnings.simplefilter("ignore")
+        import pgserver
 
     server = pgserver.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="stop")
     admin = server.get_uri()
