@@ -10,8 +10,8 @@ its bytes parsed, and a request that is not valid protobuf is answered INVALID_A
 import contextvars
 import logging
 import re
+import secrets
 import time
-import uuid
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -60,7 +60,7 @@ class CallGate(grpc.aio.ServerInterceptor):
         start = time.perf_counter()
         given = headers.get(REQUEST_ID_HEADER)
         request_id = given if isinstance(given, str) and _CLIENT_REQUEST_ID.fullmatch(given) else None
-        request_id = request_id or uuid.uuid4().hex[:16]
+        request_id = request_id or secrets.token_hex(8)
         REQUEST_ID.set(request_id)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         key_id, reason, code = "-", "", "OK"
