@@ -7,7 +7,7 @@ CONFIG ?= configs/small_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
-.PHONY: setup test lint format train export serve demo bench attack protos clean
+.PHONY: setup test lint format train export serve demo bench attack protos clean postgres bench-gallery
 
 setup: $(STAMP)
 
@@ -62,3 +62,13 @@ bench: $(STAMP)
 
 attack: $(STAMP)
 	nice $(VENV)/bin/ppfr-attack --bundles-dir artifacts --out runs/attack $(ATTACK_ARGS)
+
+# A local PostgreSQL 16 + pgvector (PyPI pgserver) for the shared gallery: prints its postgresql:// URL for
+# `ppfr-cloud serve --db URL --keys FILE` (run two replicas on two ports), stops on Ctrl-C. docs/cloud.md.
+postgres: $(STAMP)
+	$(PY) -m ppfr.cloud.pglocal runs/postgres
+
+# The gallery at 10k/100k/1M templates: SQLite and PostgreSQL, exact and HNSW (runs/bench-gallery/gallery.{json,md,png}).
+# GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see python -m ppfr.bench.gallery_bench --help)
+bench-gallery: $(STAMP)
+	nice $(PY) -m ppfr.bench.gallery_bench $(GALLERY_ARGS)
