@@ -155,6 +155,10 @@ def main(argv=None) -> int:
         from .raw_pairs import main as raw_pairs
 
         return raw_pairs(argv[1:])
+    if argv[:1] == ["gallery"]:  # the gallery at scale (make bench-gallery; docs/cloud.md)
+        from .gallery_bench import main as gallery
+
+        return gallery(argv[1:])
     args = parse_args(argv)
     log = Log()
     cfg = make_config(args)
