@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CONFIG ?= configs/small_ppfr_fd.yaml
+CONFIG ?= configs/dlib_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
 .PHONY: setup test lint format train export serve demo bench attack protos clean postgres bench-gallery
 
-setup: $(STAMP)
+# The pretrained face model (dlib's ResNet) comes from the npm registry: `npm pack`, once (needs npm).
+PRETRAINED := $(VENV)/share/ppfr/face-api/face_recognition_model.bin
+SETUP := $(STAMP) $(PRETRAINED)
+
+setup: $(SETUP)
 
 # torch first and pinned: the CPU build on disk, never the multi-GB CUDA wheels.
 $(STAMP): pyproject.toml
@@ -19,48 +23,51 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-test: $(STAMP)
+$(PRETRAINED): | $(STAMP)
+	$(PY) -m ppfr.train.pretrained fetch
+
+test: $(SETUP)
 	$(PY) -m pytest -q tests
 
-lint: $(STAMP)
+lint: $(SETUP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: $(STAMP)
+format: $(SETUP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-protos: $(STAMP)
+protos: $(SETUP)
 	$(PY) -m ppfr.protos.generate
 
 clean:
 	rm -rf runs artifacts .pytest_cache .ruff_cache
 
 # --- the system's jobs (each target's recipe belongs to the issue that built it) ---
-train: $(STAMP)
+train: $(SETUP)
 	$(VENV)/bin/ppfr-train --config $(CONFIG)
 
 # Exports every trained run (runs/*/checkpoint.pt -> artifacts/<run>), parity-checks every config in
 # EXPORT_CONFIGS without a run (default: the small configs, one per method; EXPORT_CONFIGS=configs for
 # all, the paper ones are slow on CPU), prints payload bytes and parity per method. Needs runs/$(RUN).
 EXPORT_CONFIGS ?= $(wildcard configs/small_*.yaml)
-export: $(STAMP)
+export: $(SETUP)
 	@test -f runs/$(RUN)/checkpoint.pt || { echo "no runs/$(RUN)/checkpoint.pt: run make train first" >&2; exit 2; }
 	$(VENV)/bin/ppfr-export --all --runs runs --out artifacts --configs $(EXPORT_CONFIGS) $(EXPORT_ARGS)
 
-serve: $(STAMP)
+serve: $(SETUP)
 	$(VENV)/bin/ppfr-cloud serve --bundle artifacts/$(RUN) --db runs/$(RUN)/gallery.sqlite --port $(or $(PORT),50051)
 
 # Trains (or reuses runs/$(RUN)), exports (or reuses artifacts/$(RUN)), serves, enrolls and verifies LFW
 # faces through ppfr-edge, prints the summary and always stops the server. See docs/edge.md.
-demo: $(STAMP)
+demo: $(SETUP)
 	$(PY) scripts/demo.py --config $(CONFIG) --run $(RUN)
 
 # BENCH_ARGS: e.g. --tiny, --methods rgb,ppfr_fd, --no-e2e (see ppfr-bench --help)
-bench: $(STAMP)
+bench: $(SETUP)
 	$(VENV)/bin/ppfr-bench $(BENCH_ARGS)
 
-attack: $(STAMP)
+attack: $(SETUP)
 	nice $(VENV)/bin/ppfr-attack --bundles-dir artifacts --out runs/attack $(ATTACK_ARGS)
 
 # A local PostgreSQL 16 + pgvector (PyPI pgserver) for the shared gallery: prints its postgresql:// URL for

@@ -81,7 +81,7 @@ def from_metrics(path: Path, set_name: str = "lfw") -> dict | None:
         "tar": float(entry.get("tar_at_far_1e-03", 0.0)),
         "accuracy": float(entry.get("accuracy_mean", 0.0)),
         "num_pairs": int(entry.get("num_pairs", 0)),
-        "set": f"{set_name} (training evaluation: flip-summed embeddings)",
+        "set": f"{set_name} (training evaluation: single image, one protected tensor per face)",
     }
 
 

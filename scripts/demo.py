@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 LFW = DATA / "lfw" / "aligned112"
-LFW_RAW = DATA / "lfw" / "raw_samples_250"
+LFW_RAW = DATA / "lfw" / "raw250"  # raw originals, a folder per person
 BIN = Path(sys.executable).parent
 
 
@@ -53,16 +53,21 @@ def run(cmd: list, what: str) -> None:
 
 # --- model: train or reuse, export or reuse ----------------------------------------------------------
 def ensure_bundle(config: Path, run_name: str, overrides: list[str]) -> Path:
-    """runs/<run>/checkpoint.pt from a finished training run (metrics.json written after it), trained or
-    resumed here if needed; artifacts/<run> exported unless it is newer than the checkpoint."""
+    """runs/<run>/checkpoint.pt from a finished training run (metrics.json written after it); else the
+    shipped pretrained default pretrained/<run>/ (made by `make train`, see pretrained/README.md); else
+    trained or resumed here. artifacts/<run> is exported unless it is newer than the checkpoint."""
     out = REPO / "runs" / run_name
     checkpoint, metrics = out / "checkpoint.pt", out / "metrics.json"
     bundle = REPO / "artifacts" / run_name
+    shipped = REPO / "pretrained" / run_name / "checkpoint.pt"
     finished = (
         checkpoint.is_file() and metrics.is_file() and metrics.stat().st_mtime >= checkpoint.stat().st_mtime
     )
     if finished:
         log(f"reusing the finished run {out.relative_to(REPO)} (delete it to train again)")
+    elif shipped.is_file() and not checkpoint.is_file() and not overrides:
+        log(f"using the shipped pretrained default {shipped.relative_to(REPO)} (`make train` reproduces it)")
+        checkpoint = shipped
     else:
         cmd = [tool("ppfr-train"), "--config", config, "--out", out]
         cmd += ["--resume", checkpoint] if checkpoint.is_file() else []
@@ -160,23 +165,30 @@ class Server:
 
 
 # --- the faces ---------------------------------------------------------------------------------------
-def choose_people(count: int) -> list[dict]:
-    """LFW identities with two or more images: a gallery image and up to two probes each. People with
-    raw (unaligned) photos in raw_samples_250 use those, through detection and alignment."""
+def choose_people(count: int, enroll: int = 3) -> list[dict]:
+    """LFW identities, each enrolled from `enroll` photos (as deployments do) and probed with up to two
+    others. People with four or more raw originals in lfw/raw250 come first: every one of their photos
+    goes through detection and alignment on the edge. Aligned crops fill up the rest, if needed."""
     raw: dict[str, list[Path]] = {}
-    for photo in sorted(LFW_RAW.glob("*.jpg")) if LFW_RAW.is_dir() else []:
-        raw.setdefault(photo.stem.rsplit("_", 1)[0], []).append(photo)
+    for folder in sorted(LFW_RAW.iterdir()) if LFW_RAW.is_dir() else []:
+        photos = sorted(folder.glob("*.jpg"))
+        if len(photos) >= enroll + 1:
+            raw[folder.name] = photos
+    chosen = list(raw)[:: max(1, len(raw) // max(1, count))][:count]
     people = [
-        {"id": n, "raw": True, "gallery": p[0], "probes": p[1:3]} for n, p in raw.items() if len(p) >= 2
+        {"id": n, "raw": True, "gallery": raw[n][:enroll], "probes": raw[n][enroll : enroll + 2]}
+        for n in chosen
     ]
     if not LFW.is_dir():
         raise DemoError(f"the LFW faces are missing: expected {LFW} (clone the project beside ../shared)")
     names = sorted(d.name for d in LFW.iterdir() if d.is_dir() and d.name not in raw)
-    multi = [n for n in names if len(list((LFW / n).glob("*.jpg"))) >= 2]
+    multi = [n for n in names if len(list((LFW / n).glob("*.jpg"))) >= enroll + 1]
     step = max(1, len(multi) // max(1, count - len(people)))
     for name in multi[::step][: max(0, count - len(people))]:
         images = sorted((LFW / name).glob("*.jpg"))
-        people.append({"id": name, "raw": False, "gallery": images[0], "probes": images[1:3]})
+        people.append(
+            {"id": name, "raw": False, "gallery": images[:enroll], "probes": images[enroll : enroll + 2]}
+        )
     return people
 
 
@@ -277,7 +289,9 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
     print(f"ppfr demo - bundle {shown(bundle)}, verification threshold (cosine) {threshold:.3f}")
     n_raw = sum(p["raw"] for p in people)
     print(f"gallery: {len(people)} LFW identities, {sum(r['ok'] for r in enrolled)} templates enrolled")
-    print(f"         ({n_raw} from raw photos through YuNet + alignment, the rest from aligned crops)")
+    raw_probes = sum(len(p["probes"]) for p in people if p["raw"])
+    print(f"         ({n_raw} identities from raw photos through YuNet + alignment, the rest from aligned")
+    print(f"         crops; {raw_probes} of {sum(len(p['probes']) for p in people)} probes are raw photos)")
     print("\nsample decisions (probe -> claimed identity: score, decision):")
     for r in genuine[:4] + impostor[:4]:
         verdict = "ACCEPT" if r["match"] else "reject"
@@ -339,7 +353,7 @@ def demo(args, started: float) -> int:
             raise DemoError(f"config {config} not found")
         bundle = ensure_bundle(config, args.run or config.stem, args.set)
     calibration = json.loads((bundle / "manifest.json").read_text()).get("threshold", {})
-    people = choose_people(args.identities)
+    people = choose_people(args.identities, args.enroll)
     workdir = REPO / "runs" / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("gallery.sqlite*"):
@@ -349,7 +363,12 @@ def demo(args, started: float) -> int:
     try:
         log(f"enrolling {len(people)} identities through ppfr-edge")
         enrolled = batch(
-            server, bundle, workdir, people, "enroll", lambda ps: [(p["id"], p["gallery"], {}) for p in ps]
+            server,
+            bundle,
+            workdir,
+            people,
+            "enroll",
+            lambda ps: [(p["id"], g, {}) for p in ps for g in p["gallery"]],
         )
         log("verifying genuine and impostor probes")
         verified = batch(server, bundle, workdir, people, "verify", lambda ps: verify_rows(ps, ids))
@@ -372,7 +391,7 @@ def demo(args, started: float) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/small_ppfr_fd.yaml", help="training config")
+    parser.add_argument("--config", default="configs/dlib_ppfr_fd.yaml", help="training config")
     parser.add_argument("--run", help="run name (default: the config's file name without .yaml)")
     parser.add_argument(
         "--set",
@@ -383,6 +402,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--bundle", help="use this exported bundle as is (skips training and export)")
     parser.add_argument("--identities", type=int, default=30, help="LFW identities to enroll (default 30)")
+    parser.add_argument("--enroll", type=int, default=3, help="photos enrolled per identity (default 3)")
     args = parser.parse_args(argv)
     started = time.monotonic()
 

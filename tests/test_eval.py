@@ -51,8 +51,8 @@ def test_embed_faces_flip_sum_and_seed(faces):
     method, rec = build_model(cfg)
     rec.eval()
     x = torch.as_tensor(faces[:4])
-    a = embed_faces(method, rec, faces[:4], seed=3)
-    b = embed_faces(method, rec, faces[:4], seed=3)
+    a = embed_faces(method, rec, faces[:4], seed=3, flip=True)
+    b = embed_faces(method, rec, faces[:4], seed=3, flip=True)
     np.testing.assert_array_equal(a, b)  # a fixed seed reproduces a stochastic method exactly
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, rtol=1e-5)
     # By hand: both views draw from one generator seeded 3, plain first, flip in pixel space (width).
@@ -61,5 +61,9 @@ def test_embed_faces_flip_sum_and_seed(faces):
         f = rec(method(x, **method.sample_random(4, gen)))
         f = f + rec(method(x.flip(2), **method.sample_random(4, gen)))
     np.testing.assert_allclose(a, F.normalize(f, dim=1).numpy(), atol=1e-5)
-    single = embed_faces(method, rec, faces[:4], seed=3, flip=False)
+    single = embed_faces(method, rec, faces[:4], seed=3)  # the default: one view, as the server embeds
     assert np.abs(single - a).max() > 1e-3  # the flip view really contributes
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        plain = F.normalize(rec(method(x, **method.sample_random(4, gen))), dim=1).numpy()
+    np.testing.assert_allclose(single, plain, atol=1e-5)

@@ -215,12 +215,18 @@ def build_backbone(
     stem: str = "direct",
     **kw,
 ) -> nn.Module:
-    """Backbone by name: mobilefacenet, ir18, ir34, ir50, ir100, irse50 (SE variants: irse<depth>).
+    """Backbone by name: dlib (pretrained, see student.py), mobilefacenet, ir18, ir34, ir50, ir100, irse50
+    (SE variants: irse<depth>).
 
     kw: `width`, `blocks` (MobileFaceNet), `dropout` (IR), `upsample_mode` (bilinear|nearest),
     `full_res_steps` (see _strides).
     """
     name = backbone.lower().replace("-", "").replace("_", "")
+    if name == "dlib":  # the pretrained dlib ResNet as trunk (student.py)
+        from .student import DlibTrunk
+
+        return DlibTrunk(in_channels, in_size, embedding_size, **kw)
+    kw.pop("pretrained", None)
     try:
         if name == "mobilefacenet":
             return MobileFaceNet(in_channels, in_size, embedding_size, stem, **kw)

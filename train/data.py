@@ -8,6 +8,7 @@ cached once as uint8 .npy (runs/.cache): on 2 cores one memory array beats a Dat
 import csv
 import hashlib
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def decode_images(paths: list[Path], cache_dir=None, tag: str = "faces") -> np.n
         out[i] = _read(p)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{np.random.randint(1 << 30)}.tmp")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # per process: parallel runs share the cache
         with open(tmp, "wb") as f:
             np.save(f, out)
         tmp.replace(cache)  # atomic: parallel runs never see a half-written cache
@@ -200,11 +201,62 @@ def load_bin(name, path, max_pairs=None, folds: int = 10) -> PairSet:
     return PairSet(name, np.stack(images), np.arange(k) * 2, np.arange(k) * 2 + 1, same, fold_of)
 
 
+def load_cfp(name, root, protocol: str, cache_dir=None, max_pairs=None) -> PairSet:
+    """CFP (Sengupta et al.): protocol FF (frontal-frontal) or FP (frontal-profile), 10 splits of 350 same
+    + 350 different pairs, from root/Protocol/{Pair_list_F,Pair_list_P}.txt and root/Data/Images112."""
+    root = resolve(root)
+    if protocol not in ("FF", "FP"):
+        raise DataError(f"CFP protocol must be FF or FP, not {protocol!r}")
+
+    def listing(kind: str) -> dict[str, str]:
+        path = root / "Protocol" / f"Pair_list_{kind}.txt"
+        if not path.is_file():
+            raise DataError(f"{path} does not exist (is {root} the CFP folder?)")
+        rows = (ln.split() for ln in path.read_text().splitlines() if ln.strip())
+        return {i: p.replace("../Data/Images/", "Data/Images112/") for i, p in rows}
+
+    first_list, second_list = listing("F"), listing("F" if protocol == "FF" else "P")
+    plist, folds = [], []
+    for k in range(1, 11):
+        for fname, same in (("same.txt", True), ("diff.txt", False)):
+            path = root / "Protocol" / "Split" / protocol / f"{k:02d}" / fname
+            if not path.is_file():
+                raise DataError(f"{path} does not exist")
+            for ln in path.read_text().split():
+                a, b = ln.split(",")
+                plist.append((first_list[a], second_list[b], same))
+                folds.append(k - 1)
+    keep = _subset(len(plist), max_pairs)
+    plist, folds = [plist[i] for i in keep], np.array(folds)[keep]
+    uniq = sorted({p for a, b, _ in plist for p in (a, b)})
+    index = {u: i for i, u in enumerate(uniq)}
+    images = decode_images([root / u for u in uniq], cache_dir, tag=f"pairs-{name}")
+    first = np.array([index[a] for a, _, _ in plist])
+    second = np.array([index[b] for _, b, _ in plist])
+    return PairSet(name, images, first, second, np.array([s for _, _, s in plist], bool), folds)
+
+
+def load_unlabeled(root, cache_dir=None, max_images=None) -> tuple[np.ndarray, list[str]]:
+    """A flat folder of aligned faces without identities (UTKFace): (uint8 images, file names)."""
+    root = resolve(root)
+    if not root.is_dir():
+        raise DataError(f"unlabeled face folder {root} does not exist")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"no images in {root}")
+    if max_images:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, min(max_images, len(files))).astype(int)]
+    return decode_images(files, cache_dir, tag="unlabeled"), [p.name for p in files]
+
+
 def load_eval_set(spec: dict, cache_dir=None) -> PairSet:
-    """spec: {name, pairs, root} (pairs.txt form) or {name, bin} (InsightFace form); optional max_pairs."""
+    """spec: {name, pairs, root} (pairs.txt form), {name, bin} (InsightFace form) or {name, cfp, protocol}
+    (CFP FF/FP); optional max_pairs."""
     name = spec.get("name", "eval")
     if "bin" in spec:
         return load_bin(name, spec["bin"], spec.get("max_pairs"))
+    if "cfp" in spec:
+        return load_cfp(name, spec["cfp"], spec.get("protocol", "FP"), cache_dir, spec.get("max_pairs"))
     if "pairs" in spec and "root" in spec:
         return load_pairs(name, spec["pairs"], spec["root"], cache_dir, spec.get("max_pairs"))
     raise DataError(f"eval set {name!r} needs either 'bin' or both 'pairs' and 'root'")

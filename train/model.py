@@ -29,18 +29,23 @@ class Recognizer(nn.Module):
         """Unnormalised embedding features (training heads normalise themselves)."""
         return self.backbone(self.adapter(protected))
 
+    def forward_with_entry(self, protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activation where a pretrained trunk is entered, features): backbones with a stem (dlib)."""
+        return self.backbone.forward_with_entry(self.adapter(protected))
+
     def embed(self, protected: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.forward(protected), dim=1)
 
 
-def build_model(config: dict) -> tuple[ProtectionMethod, Recognizer]:
-    """Method and recognizer from a config dict (untrained)."""
+def build_model(config: dict, pretrained: bool = True) -> tuple[ProtectionMethod, Recognizer]:
+    """Method and recognizer from a config dict (untrained, but with pretrained layers where the backbone
+    has them; pretrained=False skips loading those when a checkpoint will overwrite them anyway)."""
     from .backbones import build_backbone
 
     method_cfg = dict(config["method"])
     method = build_method(method_cfg.pop("name"), **method_cfg)
     c, h, _ = method.output_shape()
-    backbone = build_backbone(in_channels=c, in_size=h, **config.get("model", {}))
+    backbone = build_backbone(in_channels=c, in_size=h, pretrained=pretrained, **config.get("model", {}))
     return method, Recognizer(method.server_adapter(), backbone)
 
 
@@ -66,7 +71,38 @@ def load_checkpoint(path, map_location="cpu") -> tuple[dict, ProtectionMethod, R
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (make train)")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    method, recognizer = build_model(ckpt["config"])
+    release = bool(ckpt.get("release"))  # frozen pretrained layers left out: they come from setup
+    method, recognizer = build_model(ckpt["config"], pretrained=release)
     method.load_state_dict(ckpt["method"])
-    recognizer.load_state_dict(ckpt["recognizer"])
+    missing, unexpected = recognizer.load_state_dict(ckpt["recognizer"], strict=not release)
+    if unexpected or any(FROZEN_TRUNK not in k for k in missing):
+        raise RuntimeError(
+            f"{path} does not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return ckpt["config"], method, recognizer, ckpt
+
+
+FROZEN_TRUNK = "backbone.trunk."
+
+
+def save_release(checkpoint, out) -> Path:
+    """The small file a project ships as its pretrained default: config, method state and the trained
+    recognizer parameters in float16 (BN statistics stay float32: raw DCT variances overflow float16).
+    A trunk that training kept frozen (train.trunk_lr_mult 0) is left out; loading takes it from the
+    registry package that `make setup` fetched. No optimizer state, no training history."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    frozen = ck["config"].get("train", {}).get("trunk_lr_mult", 1.0) == 0
+    params = {n for n, _ in build_model(ck["config"], pretrained=False)[1].named_parameters()}
+    rec = {}
+    for k, v in ck["recognizer"].items():
+        if frozen and k.startswith(FROZEN_TRUNK):
+            continue
+        rec[k] = v.half() if k in params and v.is_floating_point() else v
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: ck["state"][k] for k in ("step", "train_seconds", "total_steps") if k in ck.get("state", {})}
+    torch.save(
+        {"config": ck["config"], "method": ck["method"], "recognizer": rec, "state": state, "release": True},
+        out,
+    )
+    return out

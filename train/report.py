@@ -1,6 +1,7 @@
 """Markdown results table from runs/*/metrics.json (docs/results.md is generated with it).
 
-python -m ppfr.train.report runs/table_rgb runs/table_bdct ... [--baseline rgb] [--plot docs/results.png]
+python -m ppfr.train.report runs/dlib_rgb runs/dlib_bdct ... [--baseline rgb] [--plot docs/results.png]
+    [--bundles artifacts]
 """
 
 import argparse
@@ -13,25 +14,80 @@ def load(run_dirs) -> list[dict]:
     return [json.loads(f.read_text()) for f in (Path(d) / "metrics.json" for d in run_dirs) if f.is_file()]
 
 
-def rows(ms: list[dict], eval_set: str = "lfw", baseline: str = "rgb") -> str:
+def _acc(m: dict, eval_set: str, key: str = "accuracy_mean", flip: bool = False):
+    r = (m["results"].get(eval_set) or {}).get("trained")
+    if r is None or (flip and "flip_sum" not in r):
+        return None
+    return 100 * (r["flip_sum"] if flip else r)[key]
+
+
+def server_cost(config: dict) -> tuple[float, float]:
+    """(parameters in millions, GFLOPs per face) of the recognizer the config builds (server side)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import build_model
+
+    method, recognizer = build_model(config, pretrained=False)
+    recognizer.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        recognizer(torch.zeros(1, *method.output_shape()))
+    return sum(p.numel() for p in recognizer.parameters()) / 1e6, counter.get_total_flops() / 1e9
+
+
+def onnx_ms(bundle: Path, runs: int = 50) -> float | None:
+    """Median ONNX Runtime CPU latency of recognizer.onnx at batch 1 (all cores, as the server runs it)."""
+    import time
+
+    import numpy as np
+
+    path = bundle / "recognizer.onnx"
+    if not path.is_file():
+        return None
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    dtype = np.float16 if "float16" in inp.type else np.float32
+    x = np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(dtype)
+    for _ in range(5):
+        sess.run(None, {inp.name: x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append(1000 * (time.perf_counter() - t))
+    return float(np.median(times))
+
+
+def rows(ms: list[dict], eval_set: str = "lfw", baseline: str = "rgb", bundles=None) -> str:
+    """Headline: single image, one protected tensor per face (as deployed); flip-summed as an extra."""
     base = next((m for m in ms if m["method"] == baseline), None)
-    base_acc = base["results"][eval_set]["trained"]["accuracy_mean"] if base else None
+
+    def cell(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    def delta(m, s):
+        a, b = _acc(m, s), _acc(base, s) if base else None
+        return "n/a" if a is None or b is None else f"{a - b:+.2f}"
+
     out = [
-        f"| method | run | steps | {eval_set.upper()} 10-fold acc (%) | at init (%) | gain "
-        "| TAR@FAR=1e-3 (%) "
-        f"| delta vs {baseline} | payload bytes/face (fp16) | pairs | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| method | run | steps | {eval_set.upper()} acc (%) | flip-sum (%) | TAR@FAR=1e-3 (%) | delta vs "
+        f"{baseline} | CFP-FP (%) | delta | CFP-FF (%) | payload B (fp16) | params (M) | GFLOPs "
+        "| ORT CPU b=1 (ms) | train time |",
+        "|" + "---|" * 15,
     ]
     for m in ms:
-        r = m["results"][eval_set]
-        t, i = r["trained"], r.get("init")
-        delta = f"{100 * (t['accuracy_mean'] - base_acc):+.2f}" if base_acc is not None else "n/a"
-        init = f"{100 * i['accuracy_mean']:.2f} ± {100 * i['accuracy_std']:.2f}" if i else "-"
-        gain = f"{100 * r['delta_accuracy']:+.2f}" if "delta_accuracy" in r else "-"
+        t = m["results"][eval_set]["trained"]
+        params, gflops = server_cost(m["config"])
+        ms_b1 = onnx_ms(Path(bundles) / m["name"]) if bundles else None
         out.append(
             f"| {m['method']} | {m['name']} | {m['train']['steps']} | {100 * t['accuracy_mean']:.2f} ± "
-            f"{100 * t['accuracy_std']:.2f} | {init} | {gain} | {100 * t['tar_at_far_1e-03']:.2f} | {delta} "
-            f"| {m['payload_bytes_float16']:,} | {t['num_pairs']} | {m['train']['seconds'] / 60:.1f} min |"
+            f"{100 * t['accuracy_std']:.2f} | {cell(_acc(m, eval_set, flip=True))} "
+            f"| {100 * t['tar_at_far_1e-03']:.2f} | {delta(m, eval_set)} | {cell(_acc(m, 'cfp_fp'))} "
+            f"| {delta(m, 'cfp_fp')} | {cell(_acc(m, 'cfp_ff'))} | {m['payload_bytes_float16']:,} "
+            f"| {params:.2f} | {gflops:.2f} | {cell(ms_b1, '{:.1f}')} "
+            f"| {m['train']['seconds'] / 60:.1f} min |"
         )
     return "\n".join(out)
 
@@ -74,12 +130,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-set", default="lfw")
     ap.add_argument("--baseline", default="rgb")
     ap.add_argument("--plot", default=None, help="also write a PNG: accuracy per run and against payload")
+    ap.add_argument("--bundles", default=None, help="exported bundles (artifacts/): adds ONNX Runtime ms")
     args = ap.parse_args(argv)
     ms = [m for m in load(args.runs) if args.eval_set in m["results"]]
     if not ms:
         print(f"no metrics.json with a '{args.eval_set}' result in the given folders", file=sys.stderr)
         return 2
-    print(rows(ms, args.eval_set, args.baseline))
+    print(rows(ms, args.eval_set, args.baseline, args.bundles))
     if args.plot:
         plot(ms, args.plot, args.eval_set)
     return 0

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .data import load_eval_set, load_face_folder, resolve
+from .augment import augment
+from .data import FaceFolder, load_eval_set, load_face_folder, load_unlabeled, resolve
 from .distill import DistillLoss, load_teacher
 from .evaluate import evaluate_pairs, format_row, plot_roc
 from .heads import build_head
@@ -34,12 +35,22 @@ DEFAULTS = {
     "method": {"name": "ppfr_fd"},
     "model": {"backbone": "mobilefacenet", "embedding_size": 128, "stem": "direct"},
     "head": {"type": "cosface", "s": 32.0, "m": 0.35, "weight": 1.0},
-    "distill": {"weight": 0.0, "teacher": f"{SHARED}/teacher/dlib_celeba.npz", "center": True},
+    # online: the pretrained dlib net runs beside the student on the same augmented faces (student.py);
+    # otherwise the cached `teacher` embeddings are the targets.
+    "distill": {
+        "weight": 0.0,
+        "teacher": f"{SHARED}/teacher/dlib_celeba.npz",
+        "center": True,
+        "online": False,
+        "feature_weight": 1.0,
+    },
     "data": {
         "train": f"{SHARED}/celeba/aligned112",
         "labels_csv": f"{SHARED}/celeba/labels.csv",
         "overlap_json": f"{SHARED}/celeba/overlap_flags.json",
         "max_images": None,
+        "unlabeled": [],  # [{root, max_images}]: flat folders of faces without identities (UTKFace)
+        "leak_far": 1e-5,  # unlabeled faces this close to an eval image are dropped (leak_filter.py)
         "cache": "runs/.cache",
         "eval": [{"name": "lfw", "pairs": f"{SHARED}/lfw/pairs.txt", "root": f"{SHARED}/lfw/aligned112"}],
     },
@@ -58,6 +69,8 @@ DEFAULTS = {
         "gamma": 0.1,
         "warmup_steps": 0,
         "flip": True,
+        "augment": {},  # augment.py: scale, rotate, shift, brightness, contrast, gray
+        "trunk_lr_mult": 1.0,  # learning-rate factor for a pretrained trunk (0 freezes it)
         "calibrate_images": 1024,
         "eval_every": 0,  # steps; 0 = only at the end
         "save_every": 0,
@@ -137,17 +150,24 @@ def _barrier(world):
 class TrainStep(nn.Module):
     """Everything with trainable parameters in one module, so DDP syncs all of their gradients."""
 
-    def __init__(self, method, recognizer, head, distill, head_w: float, distill_w: float):
+    def __init__(self, method, recognizer, head, distill, head_w: float, distill_w: float, online=None):
         super().__init__()
         self.method, self.recognizer, self.head, self.distill = method, recognizer, head, distill
-        self.head_w, self.distill_w = head_w, distill_w
+        self.head_w, self.distill_w, self.online = head_w, distill_w, online
 
     def forward(self, images, labels, teacher, rand: dict) -> dict:
-        feats = self.recognizer(self.method(images, **rand))
+        protected = self.method(images, **rand)
         losses = {}
+        if self.online is not None:  # targets from the pretrained net on the same clean faces
+            s_entry, feats = self.recognizer.forward_with_entry(protected)
+            t_entry, t_emb = self.online(images)
+            parts = self.distill(s_entry, feats, t_entry, t_emb, self.online.mean)
+            losses |= {k: self.distill_w * v for k, v in parts.items()}
+        else:
+            feats = self.recognizer(protected)
         if self.head is not None:
             losses["margin"] = self.head_w * F.cross_entropy(self.head(feats, labels), labels)
-        if self.distill is not None:
+        if self.distill is not None and self.online is None:
             losses["distill"] = self.distill_w * self.distill(feats, teacher)
         extra = self.method.extra_loss()
         if extra is not None:
@@ -173,13 +193,17 @@ def lr_factor(step: int, total: int, tc: dict, steps_per_epoch: int) -> float:
 def _optimizer(step_mod: TrainStep, tc: dict):
     method_params = [p for p in step_mod.method.parameters() if p.requires_grad]
     ids = {id(p) for p in method_params}
-    rest = [p for p in step_mod.parameters() if p.requires_grad and id(p) not in ids]
-    decay = [p for p in rest if p.ndim > 1]
-    no_decay = [p for p in rest if p.ndim <= 1]  # BN, PReLU, biases: no weight decay
-    groups = [
-        {"params": decay, "weight_decay": tc["weight_decay"]},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    rest = [(n, p) for n, p in step_mod.named_parameters() if p.requires_grad and id(p) not in ids]
+    groups = []
+    for trunk in (False, True):  # a pretrained trunk learns at trunk_lr_mult x lr
+        sel = [p for n, p in rest if (".backbone.trunk." in n) == trunk]
+        lr = tc["lr"] * (tc["trunk_lr_mult"] if trunk else 1.0)
+        groups += [
+            {"params": [p for p in sel if p.ndim > 1], "weight_decay": tc["weight_decay"], "lr": lr},
+            # BN, PReLU, biases, scales: no weight decay
+            {"params": [p for p in sel if p.ndim <= 1], "weight_decay": 0.0, "lr": lr},
+        ]
+    groups = [g for g in groups if g["params"]]
     name = tc["optimizer"]
     if name == "sgd":
         main = torch.optim.SGD(groups, lr=tc["lr"], momentum=tc["momentum"], nesterov=True)
@@ -196,6 +220,29 @@ def _optimizer(step_mod: TrainStep, tc: dict):
         for g in o.param_groups:
             g["base_lr"] = g["lr"]
     return opts
+
+
+def _with_unlabeled(data: FaceFolder, dc: dict, log) -> FaceFolder:
+    """The labeled faces plus every unlabeled folder, each face its own class, minus the faces the leak
+    filter finds too close to an evaluation image."""
+    from .leak_filter import filter_unlabeled
+
+    images, labels, paths, classes = [data.images], [data.labels], list(data.paths), list(data.classes)
+    for spec in dc["unlabeled"]:
+        verdict = filter_unlabeled(spec, dc["eval"], dc["cache"], dc["leak_far"])
+        imgs, files = load_unlabeled(spec["root"], dc["cache"], spec.get("max_images"))
+        keep = np.isin(np.array(files), np.array(verdict["keep"]))
+        log(
+            f"{spec['root']}: {len(files)} faces, dropped {verdict['dropped_count']} near-matches of "
+            f"{verdict['eval_images']} evaluation images (teacher cosine > {verdict['threshold']:.3f}, "
+            f"impostor FAR {verdict['far']:g})"
+        )
+        kept = [f for f, k in zip(files, keep) if k]
+        images.append(np.asarray(imgs)[keep])
+        labels.append(len(classes) + np.arange(len(kept)))
+        paths += [f"{Path(spec['root']).name}/{f}" for f in kept]
+        classes += [f"{Path(spec['root']).name}/{f}" for f in kept]
+    return FaceFolder(np.concatenate(images), np.concatenate(labels), paths, classes)
 
 
 def _eval_all(method, recognizer, sets, seed, bs) -> tuple[dict, dict]:
@@ -226,8 +273,10 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
 
     dc = cfg["data"]
     data = load_face_folder(dc["train"], dc["labels_csv"], dc["overlap_json"], dc["cache"], dc["max_images"])
+    if dc["unlabeled"]:
+        data = _with_unlabeled(data, dc, log)
     n = len(data.labels)
-    head = distill = None
+    head = distill = online = None
     teacher = teacher_flip = None
     if cfg["head"].get("weight", 0) > 0:
         hc = {k: v for k, v in cfg["head"].items() if k != "weight"}
@@ -235,7 +284,15 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
             head = build_head(embedding_size=emb_dim, num_classes=data.num_classes, **hc)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"head: {err}") from None
-    if cfg["distill"].get("weight", 0) > 0:
+    calib = np.random.default_rng(cfg["seed"]).choice(n, min(n, tc["calibrate_images"]), replace=False)
+    calib_images = torch.as_tensor(np.ascontiguousarray(data.images[np.sort(calib)]))
+    if cfg["distill"].get("weight", 0) > 0 and cfg["distill"]["online"]:
+        from .student import OnlineDistillLoss, OnlineTeacher
+
+        online = OnlineTeacher(cfg["model"].get("entry", "conv64_1"))
+        online.set_mean(calib_images)
+        distill = OnlineDistillLoss(cfg["distill"]["feature_weight"])
+    elif cfg["distill"].get("weight", 0) > 0:
         teacher, teacher_flip = load_teacher(cfg["distill"]["teacher"], data.paths, cfg["distill"]["center"])
         distill = DistillLoss(emb_dim, teacher.shape[1])
     log(
@@ -244,12 +301,21 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
     )
 
     # Data statistics the method needs (DCTDP clip bounds): a fixed sample of training faces.
-    calib = np.random.default_rng(cfg["seed"]).choice(n, min(n, tc["calibrate_images"]), replace=False)
-    method.calibrate(torch.as_tensor(np.ascontiguousarray(data.images[np.sort(calib)])))
+    method.calibrate(calib_images)
 
     step_mod = TrainStep(
-        method, recognizer, head, distill, cfg["head"].get("weight", 0), cfg["distill"].get("weight", 0)
+        method,
+        recognizer,
+        head,
+        distill,
+        cfg["head"].get("weight", 0),
+        cfg["distill"].get("weight", 0),
+        online,
     ).to(device)
+    if tc["trunk_lr_mult"] == 0:  # a frozen pretrained trunk: no weight gradients to compute at all
+        for name, p in step_mod.named_parameters():
+            if ".backbone.trunk." in name:
+                p.requires_grad_(False)
     opts = _optimizer(step_mod, tc)
 
     bs = tc["batch_size"]
@@ -322,6 +388,7 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
             else torch.zeros(len(idx), dtype=torch.bool)
         )
         images = torch.where(flip[:, None, None, None], images.flip(2), images)  # pixel-space flip
+        images = augment(images, gen, tc["augment"])
         tgt = None
         if teacher is not None:
             rows = np.sort(idx)

@@ -1,0 +1,86 @@
+"""Training on the pretrained trunk: online teacher, unlabeled faces minus leaks, CFP, the shipped release."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA
+from ppfr.train.augment import augment
+from ppfr.train.data import load_cfp
+from ppfr.train.leak_filter import filter_unlabeled
+from ppfr.train.model import load_checkpoint, save_release
+from ppfr.train.trainer import train
+
+LFW = {"name": "lfw", "pairs": "../shared/data/lfw/pairs.txt", "root": "../shared/data/lfw/aligned112"}
+
+
+def pretrained_cfg(method: str, steps: int = 2, **data) -> dict:
+    return {
+        "name": "p",
+        "method": {"name": method},
+        "model": {"backbone": "dlib", "embedding_size": 128, "entry": "conv64_1", "width": 16, "depth": 1},
+        "head": {"weight": 0.0},
+        "distill": {"weight": 1.0, "online": True, "feature_weight": 1.0},
+        "data": {"max_images": 24, "eval": [dict(LFW, max_pairs=20)], **data},
+        "train": {
+            "batch_size": 8,
+            "max_steps": steps,
+            "threads": 1,
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "trunk_lr_mult": 0.0,
+            "augment": {"scale": 0.05, "rotate": 5, "shift": 2, "brightness": 0.2, "contrast": 0.2},
+        },
+        "eval": {"init": False, "batch_size": 32},
+    }
+
+
+def test_stem_trains_on_a_frozen_trunk_and_ships_small(tmp_path):
+    ckpt = train(pretrained_cfg("ppfr_fd"), out_dir=tmp_path / "run", progress=False)
+    _, _, rec, raw = load_checkpoint(ckpt)
+    stem = {k: v for k, v in rec.state_dict().items() if "stem" in k}
+    assert raw["state"]["step"] == 2 and stem
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    lfw = metrics["results"]["lfw"]["trained"]
+    assert "single image" in lfw["view"] and 0 <= lfw["flip_sum"]["accuracy_mean"] <= 1
+    # The release leaves the frozen pretrained trunk out (it comes from setup) and loads back exactly.
+    out = save_release(ckpt, tmp_path / "release" / "checkpoint.pt")
+    assert out.stat().st_size < ckpt.stat().st_size / 4
+    _, _, rec2, raw2 = load_checkpoint(out)
+    assert raw2["release"] and not any(k.startswith("backbone.trunk.") for k in raw2["recognizer"])
+    x = torch.randn(2, 34, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(rec2.eval()(x), rec.eval()(x), rtol=2e-2, atol=2e-2)  # float16 stem
+
+
+def test_augment_is_deterministic_and_stays_uint8(data_dir):
+    from conftest import lfw_faces
+
+    x = torch.from_numpy(lfw_faces(4))
+    cfg = {"scale": 0.05, "rotate": 6, "shift": 3, "brightness": 0.2, "contrast": 0.2, "gray": 0.5}
+    a = augment(x, torch.Generator().manual_seed(1), cfg)
+    b = augment(x, torch.Generator().manual_seed(1), cfg)
+    assert a.dtype == torch.uint8 and a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(augment(x, torch.Generator(), {}), x)
+
+
+def test_leak_filter_drops_evaluation_faces_hidden_in_unlabeled_data(tmp_path, data_dir):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for p in sorted((DATA / "utkface" / "aligned112").glob("*.jpg"))[:12]:
+        shutil.copy(p, folder / p.name)
+    first_pair = (DATA / "lfw" / "pairs.txt").read_text().splitlines()[1].split()
+    leaked = DATA / "lfw" / "aligned112" / first_pair[0] / f"{first_pair[0]}_{int(first_pair[1]):04d}.jpg"
+    shutil.copy(leaked, folder / "zz_leaked.jpg")
+    verdict = filter_unlabeled({"root": str(folder)}, [dict(LFW, max_pairs=40)], tmp_path / "cache")
+    assert "zz_leaked.jpg" in verdict["dropped"] and verdict["faces"] == 13
+    assert 0.5 < verdict["threshold"] < 1 and len(verdict["keep"]) >= 10
+
+
+def test_cfp_protocols(data_dir):
+    fp = load_cfp("cfp_fp", DATA / "cfp", "FP", max_pairs=140)
+    assert len(fp.same) == 140 and fp.same.sum() == 70 and set(np.unique(fp.folds)) == set(range(10))
+    with pytest.raises(Exception, match="FF or FP"):
+        load_cfp("x", DATA / "cfp", "PP")

