@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import lfw_faces
-from ppfr.train.dlib_resnet import CHIP_AFFINE, ChipWarp, DlibResNet, embed_crops, load_dlib_resnet
+from ppfr.train.dlib_resnet import (
+    CHIP_AFFINE,
+    ChipWarp,
+    DlibResNet,
+    dlib_descriptors,
+    embed_crops,
+    load_dlib_resnet,
+    parity,
+)
 from ppfr.train.pretrained import PretrainedError, weights_dir
 from ppfr.train.student import DlibTrunk, OnlineTeacher
 
@@ -14,23 +22,11 @@ def net():
     return load_dlib_resnet()
 
 
-def _dlib_descriptors(faces: np.ndarray) -> np.ndarray:
-    import cv2
-    import dlib
-    import face_recognition_models
-
-    rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
-    m = np.array(CHIP_AFFINE)
-    chips = [cv2.warpAffine(f, m, (150, 150), flags=cv2.INTER_LINEAR) for f in faces]
-    return np.array([rec.compute_face_descriptor(np.ascontiguousarray(c)) for c in chips])
-
-
 def test_port_matches_dlib_on_real_faces(net, data_dir):
     faces = lfw_faces(6, start=100)
-    ours = embed_crops(net, faces)
-    ref = _dlib_descriptors(faces)
-    cos = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    cos = parity(net, faces)
     assert cos.min() > 0.999, cos
+    ours, ref = embed_crops(net, faces), dlib_descriptors(faces)
     assert np.allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(ref, axis=1), rtol=0.01)
 
 

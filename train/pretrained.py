@@ -7,6 +7,7 @@ e.g. for a machine without npm that was given the two files another way.
 
     python -m ppfr.train.pretrained fetch      # what `make setup` runs
     python -m ppfr.train.pretrained where      # the folder in use
+    python -m ppfr.train.pretrained parity     # the port against dlib itself on LFW crops
 """
 
 import argparse
@@ -82,16 +83,43 @@ def fetch(directory=None, quiet: bool = False) -> Path:
     return d
 
 
+def _parity_report(directory, data: Path, n: int) -> str:
+    """Cosine to dlib-bin on n LFW pair images spread over the list, and the port's speed."""
+    import time
+
+    import numpy as np
+
+    from .data import decode_images
+    from .dlib_resnet import embed_crops, load_dlib_resnet, parity
+
+    names = (data / "lfw" / "pairs_images.txt").read_text().split()
+    picked = [data / "lfw" / "aligned112" / names[i] for i in np.linspace(0, len(names) - 1, n).astype(int)]
+    faces = decode_images(picked)
+    net = load_dlib_resnet(directory)
+    cos = parity(net, faces)
+    t = time.perf_counter()
+    embed_crops(net, faces, batch_size=64)
+    rate = len(faces) / (time.perf_counter() - t)
+    return (
+        f"port vs dlib-bin on {len(faces)} LFW crops: cosine mean {cos.mean():.5f}, min {cos.min():.5f}; "
+        f"port speed {rate:.0f} faces/s (batch 64, {__import__('torch').get_num_threads()} threads)"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Fetch or locate the pretrained face model (dlib ResNet)")
-    ap.add_argument("command", choices=["fetch", "where"])
+    ap.add_argument("command", choices=["fetch", "where", "parity"])
     ap.add_argument("--dir", default=None, help="target folder (default: <venv>/share/ppfr/face-api)")
+    ap.add_argument("--faces", type=int, default=200, help="parity: LFW crops to compare (default 200)")
+    ap.add_argument("--data", default="../shared/data", help="parity: the shared face data")
     args = ap.parse_args(argv)
     try:
         if args.command == "fetch":
             fetch(args.dir)
-        else:
+        elif args.command == "where":
             print(weights_dir(args.dir))
+        else:
+            print(_parity_report(args.dir, Path(args.data), args.faces))
     except PretrainedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
