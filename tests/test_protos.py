@@ -34,5 +34,7 @@ def test_stubs_import_under_the_package_path():
         "Verify",
         "Identify",
         "DeleteSubject",
+        "DeleteTemplate",
+        "ListSubjects",
         "GetServerInfo",
     }
