@@ -11,8 +11,10 @@ of the same person), so the true best match is well defined.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -70,7 +72,36 @@ def timed(fn, args_list) -> tuple[list, list[float]]:
     return out, ms
 
 
-def measure(g, names, probes, truth, rng, d, n_writes, exact: bool) -> dict:
+@contextlib.contextmanager
+def priority(nice: int | None, pids=()):
+    """Loads and index builds run at the niceness the benchmark was started with (nice -n 15 beside other
+    jobs); the latency windows run at `nice` (this process and its PostgreSQL backend), so they measure the
+    gallery rather than the scheduler. Needs root to lower the niceness; otherwise nothing changes."""
+    if nice is None:
+        yield
+        return
+    pids = [os.getpid(), *pids]
+    before = {p: os.getpriority(os.PRIO_PROCESS, p) for p in pids}
+    try:
+        for p in pids:
+            os.setpriority(os.PRIO_PROCESS, p, nice)
+    except PermissionError:
+        pass
+    try:
+        yield
+    finally:
+        for p, v in before.items():
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, p, v)
+
+
+def measure(g, names, probes, truth, rng, d, n_writes, exact: bool, nice=None) -> dict:
+    pids = [g._conn().info.backend_pid] if getattr(g, "backend", "") == "postgres" else []
+    with priority(nice, pids):
+        return _measure(g, names, probes, truth, rng, d, n_writes, exact)
+
+
+def _measure(g, names, probes, truth, rng, d, n_writes, exact: bool) -> dict:
     found, ident_ms = timed(lambda p: g.identify(p, 5, exact=exact), [(p,) for p in probes])
     hits = [bool(f) and f[0].subject_id == names[t] for f, t in zip(found, truth)]
     _, verify_ms = timed(g.verify, [(names[t], p) for t, p in zip(truth, probes)])
@@ -111,7 +142,7 @@ def bench_sqlite(n, d, vecs, names, probes, truth, args, work: Path) -> dict:
     res["db_mb"] = path.stat().st_size / 2**20
     rng = np.random.default_rng(7)
     eq = probes[: args.exact_queries] if n > 200_000 else probes
-    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, exact=True)
+    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
     log(f"  sqlite exact {short(res['exact'])}")
     rss1 = rss_mb()
     t0 = time.perf_counter()
@@ -121,7 +152,7 @@ def bench_sqlite(n, d, vecs, names, probes, truth, args, work: Path) -> dict:
     res["hnsw_build_s"] = time.perf_counter() - t0
     res["memory_mb"]["hnsw"] = rss_mb() - rss1
     log(f"  sqlite hnsw built in {res['hnsw_build_s']:.1f} s (+{res['memory_mb']['hnsw']:.0f} MB)")
-    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, exact=False)
+    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
     log(f"  sqlite hnsw {short(res['hnsw'])}")
     g.close()
     for f in work.glob(f"sqlite-{n}.sqlite*"):
@@ -140,13 +171,13 @@ def bench_postgres(n, d, vecs, names, probes, truth, args, url) -> dict:
     res["db_mb"] = size / 2**20
     rng = np.random.default_rng(7)
     eq = probes[: args.exact_queries] if n > 200_000 else probes
-    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, exact=True)
+    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
     log(f"  postgres exact {short(res['exact'])}")
     res["hnsw_build_s"] = g.build_index()
     idx = g._conn().execute("SELECT pg_relation_size('ppfr_templates_hnsw')").fetchone()[0]
     res["memory_mb"] = {"hnsw_index": idx / 2**20}
     log(f"  postgres hnsw built in {res['hnsw_build_s']:.1f} s ({idx / 2**20:.0f} MB index)")
-    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, exact=False)
+    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
     log(f"  postgres hnsw {short(res['hnsw'])}")
     g.close()
     return res
@@ -177,7 +208,8 @@ def markdown(result: dict) -> str:
         f"{result['machine'].get('cpu_model', '?')}, {result['machine'].get('usable_cores', '?')} cores; "
         f"embedding size {result['dim']}; {result['queries']} genuine probes (top_k 5); "
         f"HNSW m={result['hnsw']['m']} ef_construction={result['hnsw']['ef_construction']} "
-        f"ef_search={result['hnsw']['ef_search']}; load average at end {result['load_average_at_end']}.",
+        f"ef_search={result['hnsw']['ef_search']}; niceness {result.get('niceness')}; "
+        f"load average at end {result['load_average_at_end']}.",
         "",
         "| backend | index | templates | identify p50 ms | identify p99 ms | recall@1 | verify p50 ms "
         "| enroll p50 ms | enroll p99 ms | delete p50 ms | delete p99 ms | index build s | memory MB |",
@@ -261,12 +293,18 @@ def parse_args(argv=None):
         "--pg-url",
         help="a scratch PostgreSQL database with pgvector (its ppfr_* tables are dropped); default: pgserver",
     )
+    p.add_argument(
+        "--measure-nice",
+        type=int,
+        help="niceness for the latency windows (e.g. 0 when started under nice -n 15; needs root)",
+    )
     p.add_argument("--out", default="runs/bench-gallery", help="output folder (default runs/bench-gallery)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exit through atexit: pgserver stops its server
     out = Path(args.out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -285,6 +323,7 @@ def main(argv=None) -> int:
         "dim": args.dim,
         "queries": args.queries,
         "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
+        "niceness": {"build": os.getpriority(os.PRIO_PROCESS, 0), "measure": args.measure_nice},
         "runs": {b: {} for b in backends},
     }
     t0 = time.perf_counter()

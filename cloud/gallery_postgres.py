@@ -206,18 +206,20 @@ class PostgresGallery:
             exact = self._size() <= self.exact_max
         want = max(4 * top_k, 16)
 
+        # One statement, one round trip. Exact: ordering by an expression the index cannot serve forces a
+        # full scan. HNSW: ORDER BY <#> LIMIT through the index, with the connection's hnsw.ef_search (set
+        # once per connection, raised when a query needs more rows).
+        order = "(embedding <#> %s::vector) + 0" if exact else "embedding <#> %s::vector"
+        sql = f"SELECT subject_id, -(embedding <#> %s::vector) FROM ppfr_templates ORDER BY {order} LIMIT %s"
+
         def query(conn, limit):
-            with conn.transaction():
-                if exact:
-                    conn.execute("SET LOCAL enable_indexscan = off")
-                else:
-                    conn.execute("SET LOCAL enable_seqscan = off")
-                    conn.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, limit)}")
-                return conn.execute(
-                    "SELECT subject_id, -(embedding <#> %s::vector) FROM ppfr_templates "
-                    "ORDER BY embedding <#> %s::vector LIMIT %s",
-                    (probe, probe, limit),
-                ).fetchall()
+            ef = max(self.ef_search, limit)
+            if not exact and getattr(self._local, "ef", None) != (conn, ef):
+                # enable_seqscan off: the index is used whenever it exists, at any table size (the exact
+                # query cannot use it and still scans; other queries use their B-trees)
+                conn.execute(f"SET enable_seqscan = off; SET hnsw.ef_search = {ef}")
+                self._local.ef = (conn, ef)
+            return conn.execute(sql, (probe, probe, limit)).fetchall()
 
         while True:
             rows = self._run(lambda c, n=want: query(c, n))
@@ -249,34 +251,35 @@ class PostgresGallery:
         if vec.shape != (self.embedding_size,):
             raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_size},)")
         text = vector_text(vec)
-        Rollback = self._psycopg.Rollback
+        UniqueViolation = self._psycopg.errors.UniqueViolation
+
+        def existing(conn):
+            return conn.execute(
+                "SELECT t.template_id, t.create_time, s.template_count FROM ppfr_templates t "
+                "JOIN ppfr_subjects s USING (subject_id) WHERE t.subject_id = %s AND t.idempotency_key = %s",
+                (subject_id, idempotency_key),
+            ).fetchone()
 
         def write(conn):
-            now, found = time.time(), None
-            with conn.transaction():
-                # the subject's row lock serialises every write to this subject, across replicas
-                (count,) = conn.execute(
-                    "INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
-                    "ON CONFLICT (subject_id) DO UPDATE "
-                    "SET template_count = ppfr_subjects.template_count + 1 "
-                    "RETURNING template_count",
-                    (subject_id,),
+            if idempotency_key and (found := existing(conn)) is not None:
+                return Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
+            now = time.time()
+            try:
+                # One statement (one round trip, its own transaction): lock/upsert the subject's row first
+                # (the template insert reads it), which serialises every write to this subject across
+                # replicas, then insert the template.
+                template_id, count = conn.execute(
+                    "WITH s AS (INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
+                    "  ON CONFLICT (subject_id) DO UPDATE "
+                    "  SET template_count = ppfr_subjects.template_count + 1 RETURNING template_count), "
+                    "t AS (INSERT INTO ppfr_templates (subject_id, embedding, create_time, idempotency_key) "
+                    "  SELECT %s, %s::vector, %s, %s FROM s RETURNING template_id) "
+                    "SELECT t.template_id, s.template_count FROM t, s",
+                    (subject_id, subject_id, text, now, idempotency_key or None),
                 ).fetchone()
-                if idempotency_key:
-                    found = conn.execute(
-                        "SELECT template_id, create_time FROM ppfr_templates "
-                        "WHERE subject_id = %s AND idempotency_key = %s",
-                        (subject_id, idempotency_key),
-                    ).fetchone()
-                    if found is not None:
-                        raise Rollback()  # nothing written; the count goes back too
-                (template_id,) = conn.execute(
-                    "INSERT INTO ppfr_templates (subject_id, embedding, create_time, idempotency_key) "
-                    "VALUES (%s, %s::vector, %s, %s) RETURNING template_id",
-                    (subject_id, text, now, idempotency_key or None),
-                ).fetchone()
-            if found is not None:
-                return Enrollment(subject_id, int(found[0]), int(count) - 1, float(found[1]))
+            except UniqueViolation:  # the same key committed meanwhile (a concurrent retry)
+                found = existing(conn)
+                return Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
             return Enrollment(subject_id, int(template_id), int(count), now)
 
         return self._run(write, retry=False)

@@ -180,3 +180,47 @@ def test_the_hnsw_index_answers_beyond_exact_max_and_skips_deleted_subjects(db):
             (m.subject_id, m.score) for m in got
         ]
     g.close()
+
+
+def test_postgres_hnsw_queries_use_the_index_and_exact_ones_scan(postgres):
+    from ppfr.cloud.gallery_postgres import vector_text
+
+    g = open_gallery(postgres(), D, "rec1", exact_max=0)
+    rng = np.random.default_rng(5)
+    for i in range(50):
+        g.enroll(f"p{i}", unit(rng))
+    g.identify(unit(rng), 3)  # sets the connection up for HNSW
+    conn, probe = g._conn(), vector_text(unit(rng))
+    plans = {}
+    for kind, order in (("hnsw", "embedding <#> %s::vector"), ("exact", "(embedding <#> %s::vector) + 0")):
+        rows = conn.execute(
+            f"EXPLAIN SELECT subject_id FROM ppfr_templates ORDER BY {order} LIMIT 5", (probe,)
+        )
+        plans[kind] = " ".join(r[0] for r in rows)
+    assert "ppfr_templates_hnsw" in plans["hnsw"] and "ppfr_templates_hnsw" not in plans["exact"]
+    g.close()
+
+
+def test_postgres_replicas_writing_one_subject_at_once_stay_consistent(postgres):
+    """Two gallery instances (two replicas' connections) and eight threads: concurrent retries of one
+    idempotency key store one template; concurrent enrolls and template deletes leave every subject's count
+    equal to its templates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = postgres()
+    a, b = open_gallery(url, D, "rec1"), open_gallery(url, D, "rec1")
+    rng = np.random.default_rng(6)
+    vec = unit(rng)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: (a, b)[i % 2].enroll("same", vec, idempotency_key="once"), range(16)))
+    assert len({e.template_id for e in got}) == 1 and a.template_count == 1
+    vecs = [unit(rng) for _ in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda i: (a, b)[i % 2].enroll(f"c{i % 4}", vecs[i]), range(40)))
+        list(pool.map(lambda e: (b, a)[e.template_id % 2].delete_template(e.template_id), made[::3]))
+    listed = dict(a.list_subjects(100)[0])
+    counts = dict(
+        a._conn().execute("SELECT subject_id, count(*) FROM ppfr_templates GROUP BY subject_id").fetchall()
+    )
+    assert listed == counts and sum(counts.values()) == 1 + 40 - len(made[::3])
+    a.close(), b.close()
