@@ -240,11 +240,12 @@ async def start(config: ServerConfig) -> RunningServer:
     if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
         raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
     _warn_if_gallery_is_readable(config.db)
-    keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
-    gate = CallGate(keys, Metrics(), config.max_concurrent_calls)
     gallery = open_gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
-    runtime = None
+    keys = runtime = None
+    metrics = Metrics()
     try:
+        keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
+        gate = CallGate(keys, metrics, config.max_concurrent_calls)
         runtime = create_runtime(
             config.runtime, bundle, threads=config.threads, max_batch=max(config.max_batch, 1)
         )
@@ -253,7 +254,7 @@ async def start(config: ServerConfig) -> RunningServer:
         )
         metrics_port = None if config.metrics_port is None else _serve_metrics(config, gate.metrics)
     except BaseException:
-        gate.metrics.stop()
+        metrics.stop()
         gallery.close()
         if keys is not None:
             keys.close()
