@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=text, description=text)
         where = a.add_mutually_exclusive_group(required=True)
         where.add_argument("--keys", type=Path, help="API key file")
-        where.add_argument("--db", type=Path, help="the server's --db; the key file is <db>.keys")
+        where.add_argument("--db", help="the server's --db; the key file is <db>.keys")
         if name == "create":
             a.add_argument("--name", required=True, help="who or what uses the key, e.g. door-3")
             a.add_argument(
