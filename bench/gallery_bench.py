@@ -72,31 +72,54 @@ def timed(fn, args_list) -> tuple[list, list[float]]:
     return out, ms
 
 
+def _threads_of(pids) -> list[int]:
+    """Every thread of these processes and of their children (BLAS workers, PostgreSQL's backends and
+    parallel workers): Linux niceness is per thread."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                out += [t.id for t in proc.threads()]
+            except psutil.Error:
+                pass
+    return out
+
+
 @contextlib.contextmanager
 def priority(nice: int | None, pids=()):
     """Loads and index builds run at the niceness the benchmark was started with (nice -n 15 beside other
-    jobs); the latency windows run at `nice` (this process and its PostgreSQL backend), so they measure the
-    gallery rather than the scheduler. Needs root to lower the niceness; otherwise nothing changes."""
+    jobs); the latency windows run at `nice` (every thread of this process, and PostgreSQL's postmaster
+    with its children), so they measure the gallery rather than the scheduler. Needs root to lower the
+    niceness; otherwise nothing changes."""
     if nice is None:
         yield
         return
-    pids = [os.getpid(), *pids]
-    before = {p: os.getpriority(os.PRIO_PROCESS, p) for p in pids}
-    try:
-        for p in pids:
-            os.setpriority(os.PRIO_PROCESS, p, nice)
-    except PermissionError:
-        pass
+    tids = _threads_of([os.getpid(), *pids])
+    before = {}
+    for t in tids:
+        with contextlib.suppress(OSError):
+            before[t] = os.getpriority(os.PRIO_PROCESS, t)
+            os.setpriority(os.PRIO_PROCESS, t, nice)
     try:
         yield
     finally:
-        for p, v in before.items():
+        for t, v in before.items():
             with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, p, v)
+                os.setpriority(os.PRIO_PROCESS, t, v)
 
 
 def measure(g, names, probes, truth, rng, d, n_writes, exact: bool, nice=None) -> dict:
-    pids = [g._conn().info.backend_pid] if getattr(g, "backend", "") == "postgres" else []
+    pids = []
+    if getattr(g, "backend", "") == "postgres":  # the postmaster: parent of this connection's backend
+        import psutil
+
+        pids = [psutil.Process(g._conn().info.backend_pid).ppid()]
     with priority(nice, pids):
         return _measure(g, names, probes, truth, rng, d, n_writes, exact)
 
