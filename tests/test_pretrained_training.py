@@ -74,7 +74,12 @@ def test_leak_filter_drops_evaluation_faces_hidden_in_unlabeled_data(tmp_path, d
     first_pair = (DATA / "lfw" / "pairs.txt").read_text().splitlines()[1].split()
     leaked = DATA / "lfw" / "aligned112" / first_pair[0] / f"{first_pair[0]}_{int(first_pair[1]):04d}.jpg"
     shutil.copy(leaked, folder / "zz_leaked.jpg")
-    verdict = filter_unlabeled({"root": str(folder)}, [dict(LFW, max_pairs=40)], tmp_path / "cache")
+    # A small pairs.txt (2 folds x 10 same + 10 different pairs) keeps the test fast.
+    lines = (DATA / "lfw" / "pairs.txt").read_text().splitlines()
+    small = ["2\t10"] + lines[1:11] + lines[301:311] + lines[601:611] + lines[901:911]
+    (tmp_path / "pairs.txt").write_text("\n".join(small) + "\n")
+    spec = dict(LFW, pairs=str(tmp_path / "pairs.txt"))
+    verdict = filter_unlabeled({"root": str(folder)}, [spec], tmp_path / "cache")
     assert "zz_leaked.jpg" in verdict["dropped"] and verdict["faces"] == 13
     assert 0.5 < verdict["threshold"] < 1 and len(verdict["keep"]) >= 10
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _subset, load_cfp, load_pairs, load_unlabeled, read_pairs_txt, resolve
+from .data import load_cfp, load_pairs, load_unlabeled, read_pairs_txt, resolve
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -48,6 +48,8 @@ def filter_unlabeled(spec: dict, eval_specs: list[dict], cache_dir, far: float =
     from .dlib_resnet import embed_crops, load_dlib_resnet
 
     root = resolve(spec["root"])
+    # Always against whole evaluation sets: a run that evaluates on a subset must not train on the rest.
+    eval_specs = [{k: v for k, v in s.items() if k != "max_pairs"} for s in eval_specs]
     sources = sorted(json.dumps(s, sort_keys=True) for s in eval_specs)
     key = hashlib.sha1(json.dumps([str(root), sources, far, spec.get("max_images")]).encode()).hexdigest()[
         :16
@@ -61,16 +63,15 @@ def filter_unlabeled(spec: dict, eval_specs: list[dict], cache_dir, far: float =
     ref, lfw_emb, lfw_names = [], None, None
     for s in eval_specs:
         if "cfp" in s:
-            ps = load_cfp(s["name"], s["cfp"], s.get("protocol", "FP"), cache_dir, s.get("max_pairs"))
+            ps = load_cfp(s["name"], s["cfp"], s.get("protocol", "FP"), cache_dir)
         elif "pairs" in s:
-            ps = load_pairs(s["name"], s["pairs"], s["root"], cache_dir, s.get("max_pairs"))
+            ps = load_pairs(s["name"], s["pairs"], s["root"], cache_dir)
         else:
             continue
         emb = embed_crops(net, ps.images, progress=f"teacher: {s['name']}")
         ref.append(emb)
         if "pairs" in s and lfw_emb is None:  # identities from the pair list: impostor statistics
             plist, _ = read_pairs_txt(s["pairs"])
-            plist = [plist[i] for i in _subset(len(plist), s.get("max_pairs"))]
             uniq = sorted({p for a, b, _ in plist for p in (a, b)})
             lfw_emb, lfw_names = emb, [u.split("/")[0] for u in uniq]
     if lfw_emb is None:

@@ -53,23 +53,39 @@ class ResBlock(nn.Module):
 class FrequencyStem(nn.Module):
     """C x S x S protected tensor -> the trunk's activation before its entry block."""
 
-    def __init__(self, in_channels: int, in_size: int, out_channels: int, grid: torch.Tensor, width, depth):
+    def __init__(
+        self, in_channels: int, in_size: int, out_channels: int, grid: torch.Tensor, width, depth, upscale=1
+    ):
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)  # DCT channels differ in scale by orders of magnitude
         self.inp = nn.Sequential(
             nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
         )
         self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(depth)])
+        # upscale > 1: sub-pixel convolution to a finer grid than the 8x8 blocks, so detail inside a block
+        # reaches the trunk's grid as space rather than squeezed through bilinear resampling.
+        fine = width // upscale if upscale > 1 else width
+        self.up = (
+            nn.Sequential(
+                nn.Conv2d(width, fine * upscale * upscale, 1, bias=False),
+                nn.PixelShuffle(upscale),
+                nn.BatchNorm2d(fine),
+                nn.ReLU(),
+                ResBlock(fine),
+            )
+            if upscale > 1
+            else nn.Identity()
+        )
         self.out = nn.Sequential(
-            nn.Conv2d(width, width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(width),
+            nn.Conv2d(fine, fine, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(fine),
             nn.ReLU(),
-            nn.Conv2d(width, out_channels, 1),
+            nn.Conv2d(fine, out_channels, 1),
         )
         self.register_buffer("grid", grid, persistent=False)
 
     def forward(self, x):
-        x = self.blocks(self.inp(self.norm(x)))
+        x = self.up(self.blocks(self.inp(self.norm(x))))
         x = F.grid_sample(x, self.grid.expand(x.shape[0], -1, -1, -1), align_corners=False)
         return F.relu(self.out(x))  # the trunk's activations are post-ReLU
 
@@ -83,6 +99,7 @@ class DlibTrunk(nn.Module):
         entry: str = "conv64_1",
         width: int = 128,
         depth: int = 4,
+        upscale: int = 1,
         pretrained: bool = True,
         **_ignored,
     ):
@@ -98,7 +115,7 @@ class DlibTrunk(nn.Module):
             self.start = DlibResNet.block_index(entry)
             out_c = DlibResNet.in_channels(self.start)
             self.stem = FrequencyStem(
-                in_channels, in_size, out_c, _entry_grid(self.start, in_size), width, depth
+                in_channels, in_size, out_c, _entry_grid(self.start, in_size), width, depth, upscale
             )
         self.entry = entry
 
