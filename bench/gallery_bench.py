@@ -142,6 +142,42 @@ def _measure(g, names, probes, truth, rng, d, n_writes, exact: bool) -> dict:
     }
 
 
+def set_ef(g, ef: int) -> None:
+    """hnsw ef_search is a search-time setting: the same graph is measured at several."""
+    if getattr(g, "backend", "") == "postgres":
+        g.ef_search = ef
+        g._local.ef = None
+    else:
+        g._matrix.ann.ef_search = ef
+
+
+def sweep(g, names, probes, truth, efs, nice) -> dict:
+    """identify latency and recall@1 at each ef_search (larger: better recall, slower)."""
+    out = {}
+    pids = []
+    if getattr(g, "backend", "") == "postgres":
+        import psutil
+
+        pids = [psutil.Process(g._conn().info.backend_pid).ppid()]
+    for ef in efs:
+        set_ef(g, ef)
+        with priority(nice, pids):
+            found, ms = timed(lambda p: g.identify(p, 5, exact=False), [(p,) for p in probes])
+        hits = [bool(f) and f[0].subject_id == names[t] for f, t in zip(found, truth)]
+        out[str(ef)] = {"identify": summarize(ms), "recall_at_1": float(np.mean(hits))}
+        log(
+            f"    ef_search {ef}: identify p50 {out[str(ef)]['identify']['p50_ms']:.2f} ms, "
+            f"recall@1 {np.mean(hits):.3f}"
+        )
+    return out
+
+
+def pick_ef(swept: dict, target: float = 0.99) -> int:
+    """The smallest ef_search whose recall@1 reaches the target, else the largest measured."""
+    efs = sorted(int(e) for e in swept)
+    return next((e for e in efs if swept[str(e)]["recall_at_1"] >= target), efs[-1])
+
+
 def short(r: dict) -> str:
     return (
         f"identify p50 {r['identify']['p50_ms']:.2f} p99 {r['identify']['p99_ms']:.2f} ms "
@@ -169,12 +205,15 @@ def bench_sqlite(n, d, vecs, names, probes, truth, args, work: Path) -> dict:
     log(f"  sqlite exact {short(res['exact'])}")
     rss1 = rss_mb()
     t0 = time.perf_counter()
-    index = HnswIndex(g._matrix, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search)
+    index = HnswIndex(g._matrix, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0])
     index.start()
     index.wait_caught_up()
     res["hnsw_build_s"] = time.perf_counter() - t0
     res["memory_mb"]["hnsw"] = rss_mb() - rss1
     log(f"  sqlite hnsw built in {res['hnsw_build_s']:.1f} s (+{res['memory_mb']['hnsw']:.0f} MB)")
+    res["ef_sweep"] = sweep(g, names, probes, truth, args.ef_search, args.measure_nice)
+    res["ef_search"] = pick_ef(res["ef_sweep"])
+    set_ef(g, res["ef_search"])
     res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
     log(f"  sqlite hnsw {short(res['hnsw'])}")
     g.close()
@@ -187,7 +226,7 @@ def bench_postgres(n, d, vecs, names, probes, truth, args, url) -> dict:
     from ppfr.cloud.gallery_postgres import PostgresGallery
 
     g = PostgresGallery(
-        url, d, exact_max=0, ef_search=args.ef_search, hnsw_m=args.m, ef_construction=args.ef_construction
+        url, d, exact_max=0, ef_search=args.ef_search[0], hnsw_m=args.m, ef_construction=args.ef_construction
     )
     res = {"load": g.bulk_load(names, vecs, rebuild_index=False)}
     size = g._conn().execute("SELECT pg_total_relation_size('ppfr_templates')").fetchone()[0]
@@ -200,6 +239,9 @@ def bench_postgres(n, d, vecs, names, probes, truth, args, url) -> dict:
     idx = g._conn().execute("SELECT pg_relation_size('ppfr_templates_hnsw')").fetchone()[0]
     res["memory_mb"] = {"hnsw_index": idx / 2**20}
     log(f"  postgres hnsw built in {res['hnsw_build_s']:.1f} s ({idx / 2**20:.0f} MB index)")
+    res["ef_sweep"] = sweep(g, names, probes, truth, args.ef_search, args.measure_nice)
+    res["ef_search"] = pick_ef(res["ef_sweep"])
+    set_ef(g, res["ef_search"])
     res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
     log(f"  postgres hnsw {short(res['hnsw'])}")
     g.close()
@@ -231,12 +273,13 @@ def markdown(result: dict) -> str:
         f"{result['machine'].get('cpu_model', '?')}, {result['machine'].get('usable_cores', '?')} cores; "
         f"embedding size {result['dim']}; {result['queries']} genuine probes (top_k 5); "
         f"HNSW m={result['hnsw']['m']} ef_construction={result['hnsw']['ef_construction']} "
-        f"ef_search={result['hnsw']['ef_search']}; niceness {result.get('niceness')}; "
+        f"ef_search swept over {result['hnsw']['ef_search']} (the table: the smallest reaching recall@1 "
+        f">= 0.99, column ef); niceness {result.get('niceness')}; "
         f"load average at end {result['load_average_at_end']}.",
         "",
-        "| backend | index | templates | identify p50 ms | identify p99 ms | recall@1 | verify p50 ms "
+        "| backend | index | ef | templates | identify p50 ms | identify p99 ms | recall@1 | verify p50 ms "
         "| enroll p50 ms | enroll p99 ms | delete p50 ms | delete p99 ms | index build s | memory MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for backend, sizes in result["runs"].items():
         for n, r in sizes.items():
@@ -249,7 +292,9 @@ def markdown(result: dict) -> str:
                     mem = r["db_mb"] + (r["memory_mb"]["hnsw_index"] if kind == "hnsw" else 0)
                     build = r["hnsw_build_s"] if kind == "hnsw" else None
                 lines.append(
-                    f"| {backend} | {kind} | {int(n):,} | {m['identify']['p50_ms']:.2f} | "
+                    f"| {backend} | {kind} | {r.get('ef_search', '') if kind == 'hnsw' else ''} | "
+                    f"{int(n):,} | "
+                    f"{m['identify']['p50_ms']:.2f} | "
                     f"{m['identify']['p99_ms']:.2f} | {m['recall_at_1']:.3f} | {m['verify']['p50_ms']:.2f} | "
                     f"{m['enroll']['p50_ms']:.2f} | {m['enroll']['p99_ms']:.2f} | "
                     f"{m['delete']['p50_ms']:.2f} | {m['delete']['p99_ms']:.2f} | "
@@ -311,7 +356,13 @@ def parse_args(argv=None):
     p.add_argument("--writes", type=int, default=200, help="single enrolls (then deletes) per run")
     p.add_argument("--m", type=int, default=16, help="HNSW graph degree (default 16)")
     p.add_argument("--ef-construction", type=int, default=64, help="HNSW build beam (default 64)")
-    p.add_argument("--ef-search", type=int, default=100, help="HNSW search beam (default 100)")
+    p.add_argument(
+        "--ef-search",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[40, 100, 200, 400, 800],
+        help="HNSW search beams to measure (default 40,100,200,400,800); the table uses the smallest "
+        "with recall@1 >= 0.99",
+    )
     p.add_argument(
         "--pg-url",
         help="a scratch PostgreSQL database with pgvector (its ppfr_* tables are dropped); default: pgserver",
