@@ -89,3 +89,17 @@ def test_cfp_protocols(data_dir):
     assert len(fp.same) == 140 and fp.same.sum() == 70 and set(np.unique(fp.folds)) == set(range(10))
     with pytest.raises(Exception, match="FF or FP"):
         load_cfp("x", DATA / "cfp", "PP")
+
+
+def test_trunk_unfreezes_after_its_frozen_steps_and_then_ships(tmp_path):
+    from ppfr.train.dlib_resnet import load_dlib_resnet
+
+    cfg = pretrained_cfg("bdct", steps=2)
+    cfg["train"] |= {"trunk_lr_mult": 0.1, "trunk_frozen_steps": 1}
+    ckpt = train(cfg, out_dir=tmp_path, progress=False)
+    _, _, rec, _ = load_checkpoint(ckpt)
+    pretrained = load_dlib_resnet().state_dict()
+    trunk = {k.removeprefix("backbone.trunk."): v for k, v in rec.state_dict().items() if ".trunk." in k}
+    assert any(not torch.equal(v, pretrained[k]) for k, v in trunk.items())  # step 2 moved it
+    release = save_release(ckpt, tmp_path / "release.pt")
+    assert any(k.startswith("backbone.trunk.") for k in torch.load(release, weights_only=False)["recognizer"])

@@ -91,7 +91,9 @@ def save_release(checkpoint, out) -> Path:
     A trunk that training kept frozen (train.trunk_lr_mult 0) is left out; loading takes it from the
     registry package that `make setup` fetched. No optimizer state, no training history."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    frozen = ck["config"].get("train", {}).get("trunk_lr_mult", 1.0) == 0
+    tc = ck["config"].get("train", {})
+    steps = ck.get("state", {}).get("step", 0)
+    frozen = tc.get("trunk_lr_mult", 1.0) == 0 or tc.get("trunk_frozen_steps", 0) >= steps
     params = {n for n, _ in build_model(ck["config"], pretrained=False)[1].named_parameters()}
     rec = {}
     for k, v in ck["recognizer"].items():

@@ -71,6 +71,7 @@ DEFAULTS = {
         "flip": True,
         "augment": {},  # augment.py: scale, rotate, shift, brightness, contrast, gray
         "trunk_lr_mult": 1.0,  # learning-rate factor for a pretrained trunk (0 freezes it)
+        "trunk_frozen_steps": 0,  # the trunk stays frozen this many steps (the stem learns first)
         "calibrate_images": 1024,
         "eval_every": 0,  # steps; 0 = only at the end
         "save_every": 0,
@@ -190,13 +191,30 @@ def lr_factor(step: int, total: int, tc: dict, steps_per_epoch: int) -> float:
     raise ConfigError(f"unknown train.schedule {tc['schedule']!r}; choose cosine, step or constant")
 
 
+def _is_trunk(name: str) -> bool:
+    return ".backbone.trunk." in name
+
+
+def _trainable(name: str, p, tc: dict) -> bool:
+    """Parameters the optimizer holds: a pretrained trunk joins unless trunk_lr_mult is 0 (even while
+    trunk_frozen_steps keeps it still: frozen parameters get no gradient, and the optimizer skips them)."""
+    return p.requires_grad or (_is_trunk(name) and tc["trunk_lr_mult"] > 0)
+
+
+def _freeze_trunk(step_mod: nn.Module, frozen: bool) -> None:
+    """A frozen trunk computes no weight gradients at all (cheaper steps); input gradients still flow."""
+    for name, p in step_mod.named_parameters():
+        if _is_trunk(name):
+            p.requires_grad_(not frozen)
+
+
 def _optimizer(step_mod: TrainStep, tc: dict):
     method_params = [p for p in step_mod.method.parameters() if p.requires_grad]
     ids = {id(p) for p in method_params}
-    rest = [(n, p) for n, p in step_mod.named_parameters() if p.requires_grad and id(p) not in ids]
+    rest = [(n, p) for n, p in step_mod.named_parameters() if _trainable(n, p, tc) and id(p) not in ids]
     groups = []
     for trunk in (False, True):  # a pretrained trunk learns at trunk_lr_mult x lr
-        sel = [p for n, p in rest if (".backbone.trunk." in n) == trunk]
+        sel = [p for n, p in rest if _is_trunk(n) == trunk]
         lr = tc["lr"] * (tc["trunk_lr_mult"] if trunk else 1.0)
         groups += [
             {"params": [p for p in sel if p.ndim > 1], "weight_decay": tc["weight_decay"], "lr": lr},
@@ -312,10 +330,6 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
         cfg["distill"].get("weight", 0),
         online,
     ).to(device)
-    if tc["trunk_lr_mult"] == 0:  # a frozen pretrained trunk: no weight gradients to compute at all
-        for name, p in step_mod.named_parameters():
-            if ".backbone.trunk." in name:
-                p.requires_grad_(False)
     opts = _optimizer(step_mod, tc)
 
     bs = tc["batch_size"]
@@ -375,6 +389,7 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
     running = {}
     while state["step"] < total:
         step = state["step"]
+        _freeze_trunk(step_mod, tc["trunk_lr_mult"] == 0 or step < tc["trunk_frozen_steps"])
         epoch, within = divmod(step, steps_per_epoch)
         # Data order and random inputs derive from (seed, step): resume reproduces the same batches.
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] * 100003 + epoch))
