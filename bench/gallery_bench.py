@@ -300,6 +300,16 @@ def markdown(result: dict) -> str:
                     f"{m['delete']['p50_ms']:.2f} | {m['delete']['p99_ms']:.2f} | "
                     f"{'' if build is None else f'{build:.0f}'} | {mem:.0f} |"
                 )
+    lines += ["", "HNSW recall against search cost (one graph, ef_search varied):", ""]
+    lines += ["| backend | templates | ef_search | identify p50 ms | identify p99 ms | recall@1 |"]
+    lines += ["|---|---:|---:|---:|---:|---:|"]
+    for backend, sizes in result["runs"].items():
+        for n, r in sizes.items():
+            for ef, v in r.get("ef_sweep", {}).items():
+                lines.append(
+                    f"| {backend} | {int(n):,} | {ef} | {v['identify']['p50_ms']:.2f} | "
+                    f"{v['identify']['p99_ms']:.2f} | {v['recall_at_1']:.3f} |"
+                )
     lines += [
         "",
         "Memory: SQLite = growth of the server process (the template matrix; + the FAISS graph and its copy "
@@ -347,7 +357,11 @@ def plot(result: dict, path: Path) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="ppfr-bench gallery", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ppfr-bench gallery",
+        description=__doc__.split("\n\n")[0],
+        epilog="ppfr-bench gallery --merge A/gallery.json B/gallery.json OUT: one report from several runs",
+    )
     p.add_argument("--sizes", default="10000,100000,1000000", help="gallery sizes (default 10k,100k,1M)")
     p.add_argument("--backends", default="sqlite,postgres", help="sqlite,postgres (default both)")
     p.add_argument("--dim", type=int, default=128, help="embedding size (default 128, the deployed one)")
@@ -376,7 +390,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def merge(paths, out: Path) -> int:
+    """One report from several runs' gallery.json (e.g. the 1M runs made as separate processes)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    result = {**runs[0], "runs": {}, "merged_from": [str(p) for p in paths]}
+    result["command"] = [c for r in runs for c in (r["command"] + [";"])][:-1]
+    for r in runs:
+        for backend, sizes in r["runs"].items():
+            result["runs"].setdefault(backend, {}).update(sizes)
+    for backend in result["runs"]:
+        result["runs"][backend] = dict(sorted(result["runs"][backend].items(), key=lambda kv: int(kv[0])))
+    result["load_average_at_end"] = [r.get("load_average_at_end") for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gallery.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "gallery.md").write_text(markdown(result))
+    plot(result, out / "gallery.png")
+    print((out / "gallery.md").read_text())
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--merge"]:
+        *inputs, out = argv[1:]
+        return merge(inputs, Path(out))
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # exit through atexit: pgserver stops its server
     out = Path(args.out)
