@@ -9,7 +9,7 @@ too few live subjects the search asks for more candidates, and falls back to exa
 A restart indexes only the live rows.
 
 FAISS's graph is not safe for a search during an add, so both take one lock; the indexer holds it for one
-chunk at a time (small chunks once caught up).
+chunk of 256 rows at a time, so a search waits at most one small chunk.
 """
 
 import logging
@@ -28,7 +28,7 @@ class HnswIndex:
         m: int = 16,
         ef_construction: int = 64,
         ef_search: int = 100,
-        chunk: int = 2048,
+        chunk: int = 256,
         threads: int = 1,
     ):
         import faiss
