@@ -313,7 +313,10 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
         t, acc = best_split(g_scores, i_scores)
         print(f"  for reference, the threshold that best separates these probes ({t:.3f}, chosen after")
         print(f"  the fact, so optimistic) gives accuracy {acc:.1%}")
-    print(f"identification 1:{len(people)}, rank-1 correct {share(rank1, len(ranked))}")
+    asked = sum(r["ok"] for r in identified)
+    print(f"identification 1:{len(people)} (Identify answers only candidates above the threshold):")
+    print(f"  probes with a match       {share(len(ranked), asked)}")
+    print(f"  top match the right person {share(rank1, len(ranked))}")
     print("\nlatency per image in ms (this machine; one ppfr-edge process per batch of images):")
     for stage in ("detect", "align", "protect", "round_trip"):
         values = [r["timings_ms"][stage] for r in done if stage in r["timings_ms"]]

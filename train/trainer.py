@@ -72,6 +72,9 @@ DEFAULTS = {
         "augment": {},  # augment.py: scale, rotate, shift, brightness, contrast, gray
         "trunk_lr_mult": 1.0,  # learning-rate factor for a pretrained trunk (0 freezes it)
         "trunk_frozen_steps": 0,  # the trunk stays frozen this many steps (the stem learns first)
+        # Steps where a new stage begins: a fresh optimizer, and the LR schedule runs to the next boundary
+        # (to max_steps after the last). E.g. [1000] with trunk_frozen_steps 1000: stem, then fine-tuning.
+        "stages": [],
         "calibrate_images": 1024,
         "eval_every": 0,  # steps; 0 = only at the end
         "save_every": 0,
@@ -344,9 +347,10 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
             head.load_state_dict(ck["head"])
         if distill is not None and ck.get("distill"):
             distill.load_state_dict(ck["distill"])
-        for o, s in zip(opts, ck.get("optimizer") or []):
-            o.load_state_dict(s)
         state.update(ck.get("state", {}))
+        if state["step"] not in tc["stages"]:  # at a stage boundary the optimizer starts afresh anyway
+            for o, s in zip(opts, ck.get("optimizer") or []):
+                o.load_state_dict(s)
         log(f"resumed from {resume} at step {state['step']}")
 
     sets = []
@@ -412,7 +416,12 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
             )
             tgt = tgt.to(device)
         rand = {k: v.to(device) for k, v in method.sample_random(len(idx), gen, labels).items()}
-        f = lr_factor(step, total, tc, steps_per_epoch)
+        if step in tc["stages"] and step > 0 and state.get("stage_start") != step:
+            opts = _optimizer(step_mod, tc)
+            state["stage_start"] = step
+            log(f"step {step}: a new stage begins (fresh optimizer)")
+        horizon = min([b for b in tc["stages"] if b > step] + [total])
+        f = lr_factor(step, horizon, tc, steps_per_epoch)
         for o in opts:
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * f
