@@ -91,12 +91,13 @@ def test_cfp_protocols(data_dir):
         load_cfp("x", DATA / "cfp", "PP")
 
 
-def test_trunk_unfreezes_after_its_frozen_steps_and_then_ships(tmp_path):
+def test_trunk_unfreezes_after_its_frozen_steps_and_then_ships(tmp_path, capsys):
     from ppfr.train.dlib_resnet import load_dlib_resnet
 
     cfg = pretrained_cfg("bdct", steps=2)
-    cfg["train"] |= {"trunk_lr_mult": 0.1, "trunk_frozen_steps": 1}
+    cfg["train"] |= {"trunk_lr_mult": 0.1, "trunk_frozen_steps": 1, "stages": [1]}
     ckpt = train(cfg, out_dir=tmp_path, progress=False)
+    assert "step 1: a new stage begins" in capsys.readouterr().out
     _, _, rec, _ = load_checkpoint(ckpt)
     pretrained = load_dlib_resnet().state_dict()
     trunk = {k.removeprefix("backbone.trunk."): v for k, v in rec.state_dict().items() if ".trunk." in k}
