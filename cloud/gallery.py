@@ -33,9 +33,16 @@ from pathlib import Path
 import numpy as np
 from ppfr.cloud.matrix import TemplateMatrix
 
-# Below this many templates 1:N search is exact; above it an HNSW index answers (measured crossover and
-# recall: docs/cloud.md, "Gallery at scale"). Both backends take it as `exact_max`.
-EXACT_MAX = 100_000
+# Up to `exact_max` templates 1:N search is exact; beyond it an HNSW graph answers, searched with
+# `ef_search` candidates. Defaults from the measurements in docs/cloud.md ("Gallery: SQLite or PostgreSQL,
+# at scale"): in process, exact search is cheap while the matrix stays in cache (10k: 0.3 ms) and costs
+# 25 ms at 100k, where the graph answers in ~3 ms; in PostgreSQL a sequential scan already costs more than
+# the index at 10k. ef_search: the smallest measured that reached recall@1 0.99 at the largest size.
+SQLITE_EXACT_MAX = 50_000
+POSTGRES_EXACT_MAX = 10_000
+SQLITE_EF_SEARCH = 400
+POSTGRES_EF_SEARCH = 400
+EXACT_MAX = SQLITE_EXACT_MAX  # the default gallery's
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -134,7 +141,7 @@ class SqliteGallery:
         path,
         embedding_size: int,
         recognizer_sha256: str = "",
-        exact_max: int = EXACT_MAX,
+        exact_max: int = SQLITE_EXACT_MAX,
         ann_options: dict | None = None,
     ):
         self.path = Path(path)
@@ -201,7 +208,7 @@ class SqliteGallery:
         if self._matrix.ann is None and self._matrix.rows > self.exact_max:
             from ppfr.cloud.ann import HnswIndex
 
-            HnswIndex(self._matrix, **self._ann_options).start()
+            HnswIndex(self._matrix, **{"ef_search": SQLITE_EF_SEARCH, **self._ann_options}).start()
 
     # --- reads (any thread; lock-free on the matrix) ---------------------------------------------------
     @property

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 from ppfr.cloud.gallery import (
-    EXACT_MAX,
+    POSTGRES_EF_SEARCH,
+    POSTGRES_EXACT_MAX,
     Enrollment,
     GalleryError,
     Match,
@@ -64,8 +65,8 @@ class PostgresGallery:
         url: str,
         embedding_size: int,
         recognizer_sha256: str = "",
-        exact_max: int = EXACT_MAX,
-        ef_search: int = 100,
+        exact_max: int = POSTGRES_EXACT_MAX,
+        ef_search: int = POSTGRES_EF_SEARCH,
         hnsw_m: int = 16,
         ef_construction: int = 64,
         create_index: bool = True,
