@@ -63,10 +63,13 @@ def small_bundle(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     """A real PostgreSQL 16 with pgvector (PyPI pgserver, no root needed; as root it runs the server as a
     `pgserver` system user), started once per session. Calling it creates a fresh, empty database and
-    returns its postgresql:// URL."""
+    returns its postgresql:// URL. Its data folder is outside pytest's tmp folder: pytest resets that to
+    0700 when another session starts, which would lock the `pgserver` user out of a running server."""
+    import shutil
+    import tempfile
     import uuid
     import warnings
 
@@ -76,7 +79,8 @@ def postgres(tmp_path_factory):
         warnings.simplefilter("ignore")
         import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="stop")
+    folder = Path(tempfile.mkdtemp(prefix="ppfr-pg-"))
+    server = pgserver.get_server(folder / "data", cleanup_mode="stop")
     admin = server.get_uri()
 
     def new_database() -> str:
@@ -87,3 +91,4 @@ def postgres(tmp_path_factory):
 
     yield new_database
     server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
