@@ -35,10 +35,10 @@ from ppfr.cloud.matrix import TemplateMatrix
 
 # Up to `exact_max` templates 1:N search is exact; beyond it an HNSW graph answers, searched with
 # `ef_search` candidates. Defaults from the measurements in docs/cloud.md ("Gallery: SQLite or PostgreSQL,
-# at scale"): in process, exact search is cheap while the matrix stays in cache (10k: 0.3 ms) and costs
-# 25 ms at 100k, where the graph answers in ~3 ms; in PostgreSQL a sequential scan already costs more than
-# the index at 10k. ef_search: the smallest measured that reached recall@1 0.99 at the largest size.
-SQLITE_EXACT_MAX = 50_000
+# at scale"): in process, exact search costs 0.3 ms at 10k, 2.8 ms at 100k and 53 ms at 1M (one core);
+# in PostgreSQL a sequential scan costs 4 ms at 10k and 32 ms at 100k, where the index answers in 2-10 ms.
+# ef_search 400: the smallest measured that reached recall@1 0.99 on both backends.
+SQLITE_EXACT_MAX = 200_000
 POSTGRES_EXACT_MAX = 10_000
 SQLITE_EF_SEARCH = 400
 POSTGRES_EF_SEARCH = 400
