@@ -11,7 +11,6 @@ from ppfr.train.dlib_resnet import (
     dlib_descriptors,
     embed_crops,
     load_dlib_resnet,
-    parity,
 )
 from ppfr.train.pretrained import PretrainedError, weights_dir
 from ppfr.train.student import DlibTrunk, OnlineTeacher
@@ -24,9 +23,9 @@ def net():
 
 def test_port_matches_dlib_on_real_faces(net, data_dir):
     faces = lfw_faces(6, start=100)
-    cos = parity(net, faces)
-    assert cos.min() > 0.999, cos
     ours, ref = embed_crops(net, faces), dlib_descriptors(faces)
+    cos = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.999, cos
     assert np.allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(ref, axis=1), rtol=0.01)
 
 

@@ -70,28 +70,24 @@ def compute_teacher(root, out, affine=DEFAULT_AFFINE, model_path=None, progress:
     points), then passed to dlib.face_recognition_model_v1.compute_face_descriptor.
     """
     import cv2
-    import dlib
     from tqdm import tqdm
+
+    from .dlib_resnet import dlib_descriptors, dlib_recognizer
 
     root = resolve(root)
     files = sorted(p for p in root.glob("**/*") if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise DataError(f"no images under {root}")
     m = np.loadtxt(resolve(affine)).reshape(2, 3)
-    if model_path is None:
-        import face_recognition_models
-
-        model_path = face_recognition_models.face_recognition_model_location()
-    rec = dlib.face_recognition_model_v1(str(model_path))
+    rec = dlib_recognizer(model_path)
     emb = np.zeros((len(files), 128), np.float16)
     emb_flip = np.zeros_like(emb)
     for i, p in enumerate(tqdm(files, desc="dlib teacher", disable=not progress)):
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is None:
             raise DataError(f"cannot read {p}")
-        for dst, img in ((emb, bgr), (emb_flip, bgr[:, ::-1])):
-            chip = cv2.warpAffine(np.ascontiguousarray(img), m, (150, 150), flags=cv2.INTER_LINEAR)
-            dst[i] = np.array(rec.compute_face_descriptor(np.ascontiguousarray(chip[:, :, ::-1])))
+        rgb = bgr[:, :, ::-1]
+        emb[i], emb_flip[i] = dlib_descriptors([rgb, rgb[:, ::-1]], rec, m)
     out = resolve(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, paths=np.array([str(p.relative_to(root)) for p in files]), emb=emb, emb_flip=emb_flip)

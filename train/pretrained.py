@@ -88,6 +88,7 @@ def _parity_report(directory, data: Path, n: int) -> str:
     import time
 
     import numpy as np
+    import torch
 
     from .data import decode_images
     from .dlib_resnet import embed_crops, load_dlib_resnet, parity
@@ -102,7 +103,7 @@ def _parity_report(directory, data: Path, n: int) -> str:
     rate = len(faces) / (time.perf_counter() - t)
     return (
         f"port vs dlib-bin on {len(faces)} LFW crops: cosine mean {cos.mean():.5f}, min {cos.min():.5f}; "
-        f"port speed {rate:.0f} faces/s (batch 64, {__import__('torch').get_num_threads()} threads)"
+        f"port speed {rate:.0f} faces/s (batch 64, {torch.get_num_threads()} threads)"
     )
 
 
