@@ -75,7 +75,7 @@ attack: $(SETUP)
 postgres: $(STAMP)
 	$(PY) -m ppfr.cloud.pglocal runs/postgres
 
-# The gallery at 10k/100k/1M templates: SQLite and PostgreSQL, exact and HNSW (runs/bench-gallery/gallery.{json,md,png}).
+# The gallery at 10k/100k/1M templates: SQLite and PostgreSQL, exact and compressed (runs/bench-gallery/gallery.{json,md,png}).
 # GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see python -m ppfr.bench.gallery_bench --help)
 bench-gallery: $(STAMP)
 	nice $(PY) -m ppfr.bench.gallery_bench $(GALLERY_ARGS)

@@ -1,13 +1,18 @@
-"""The gallery benchmark (`make bench-gallery`, `ppfr-bench gallery`): each backend (SQLite + in-process
-matrix, PostgreSQL + pgvector) and each 1:N search (exact, HNSW) at several gallery sizes, on synthetic unit
-vectors of the deployed embedding size. Writes gallery.json, gallery.md, gallery.png.
+"""The gallery benchmark (`make bench-gallery`, `ppfr-bench gallery`): each backend (SQLite, PostgreSQL +
+pgvector; both answer reads from an in-process matrix) and each 1:N search (exact, compressed scan + exact
+rerank) at several gallery sizes, on synthetic unit vectors of the deployed embedding size. Writes
+gallery.json, gallery.md, gallery.png.
 
-Per backend and size: bulk-load N templates (one per subject), then for the exact variant (no index) and
-the HNSW variant (index built over the loaded gallery; its build time is reported):
+Per backend and size: bulk-load N templates (one per subject; PostgreSQL: then a fresh replica starts on
+them, its load time reported), then for the exact variant (no index) and the compressed variant (index built
+over the loaded gallery; its build time is reported, and its rerank depth swept):
   identify p50/p99 and recall@1 against brute force computed here with numpy (not by the gallery),
   verify p50, enroll p50/p99 (single enrolls on top of the loaded gallery, durable commits), delete p50/p99.
 Probes are "genuine": a random enrolled template plus Gaussian noise (cosine ~0.7 to it, like a second photo
-of the same person), so the true best match is well defined.
+of the same person), so the true best match is well defined. The sweep also reports recall@1 on random
+probes (no enrolled template near them): the worst case for any approximate search, and one where its misses
+cannot change a decision, since an approximate best score is never above the exact one: a probe that exact
+search rejects at the threshold is rejected.
 """
 
 import argparse
@@ -115,12 +120,7 @@ def priority(nice: int | None, pids=()):
 
 
 def measure(g, names, probes, truth, rng, d, n_writes, exact: bool, nice=None) -> dict:
-    pids = []
-    if getattr(g, "backend", "") == "postgres":  # the postmaster: parent of this connection's backend
-        import psutil
-
-        pids = [psutil.Process(g._conn().info.backend_pid).ppid()]
-    with priority(nice, pids):
+    with priority(nice, _postmaster(g)):  # the postmaster: parent of this connection's backend
         return _measure(g, names, probes, truth, rng, d, n_writes, exact)
 
 
@@ -142,40 +142,62 @@ def _measure(g, names, probes, truth, rng, d, n_writes, exact: bool) -> dict:
     }
 
 
-def set_ef(g, ef: int) -> None:
-    """hnsw ef_search is a search-time setting: the same graph is measured at several."""
-    if getattr(g, "backend", "") == "postgres":
-        g.ef_search = ef
-        g._local.ef = None
-    else:
-        g._matrix.ann.ef_search = ef
+def set_candidates(g, k: int) -> None:
+    """The rerank depth is a search-time setting: the same index is measured at several."""
+    g._matrix.ann.candidates = k
 
 
-def sweep(g, names, probes, truth, efs, nice) -> dict:
-    """identify latency and recall@1 at each ef_search (larger: better recall, slower)."""
+def _postmaster(g) -> list:
+    if getattr(g, "backend", "") != "postgres":
+        return []
+    import psutil
+
+    return [psutil.Process(g._conn().info.backend_pid).ppid()]
+
+
+def sweep(g, names, probes, truth, random_probes, random_truth, depths, nice) -> dict:
+    """identify latency and recall@1 at each rerank depth (larger: better recall, slower)."""
     out = {}
-    pids = []
-    if getattr(g, "backend", "") == "postgres":
-        import psutil
-
-        pids = [psutil.Process(g._conn().info.backend_pid).ppid()]
-    for ef in efs:
-        set_ef(g, ef)
-        with priority(nice, pids):
+    for k in depths:
+        set_candidates(g, k)
+        with priority(nice, _postmaster(g)):
             found, ms = timed(lambda p: g.identify(p, 5, exact=False), [(p,) for p in probes])
         hits = [bool(f) and f[0].subject_id == names[t] for f, t in zip(found, truth)]
-        out[str(ef)] = {"identify": summarize(ms), "recall_at_1": float(np.mean(hits))}
+        rfound = [g.identify(p, 1, exact=False) for p in random_probes]
+        rhits = [bool(f) and f[0].subject_id == names[t] for f, t in zip(rfound, random_truth)]
+        out[str(k)] = {
+            "identify": summarize(ms),
+            "recall_at_1": float(np.mean(hits)),
+            "random_recall_at_1": float(np.mean(rhits)),
+        }
         log(
-            f"    ef_search {ef}: identify p50 {out[str(ef)]['identify']['p50_ms']:.2f} ms, "
-            f"recall@1 {np.mean(hits):.3f}"
+            f"    candidates {k}: identify p50 {out[str(k)]['identify']['p50_ms']:.2f} ms, "
+            f"recall@1 {np.mean(hits):.3f} (random probes {np.mean(rhits):.3f})"
         )
     return out
 
 
-def pick_ef(swept: dict, target: float = 0.99) -> int:
-    """The smallest ef_search whose recall@1 reaches the target, else the largest measured."""
-    efs = sorted(int(e) for e in swept)
-    return next((e for e in efs if swept[str(e)]["recall_at_1"] >= target), efs[-1])
+def compressed(g, names, probes, truth, random_probes, random_truth, rng, d, args, res) -> None:
+    """Attaches the compressed index to the loaded gallery, sweeps its rerank depth, measures the pick."""
+    from ppfr.cloud.ann import CompressedIndex
+    from ppfr.cloud.gallery import ANN_CANDIDATES
+
+    rss1 = rss_mb()
+    t0 = time.perf_counter()
+    CompressedIndex(g._matrix, candidates=args.candidates[0]).start().wait_caught_up()
+    res["build_s"] = time.perf_counter() - t0
+    res["memory_mb"]["index"] = rss_mb() - rss1
+    log(
+        f"  {g.backend} compressed index built in {res['build_s']:.1f} s "
+        f"(+{res['memory_mb']['index']:.0f} MB)"
+    )
+    res["sweep"] = sweep(
+        g, names, probes, truth, random_probes, random_truth, args.candidates, args.measure_nice
+    )
+    res["candidates"] = ANN_CANDIDATES  # the table measures what a server runs with
+    set_candidates(g, res["candidates"])
+    res["compressed"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
+    log(f"  {g.backend} compressed {short(res['compressed'])}")
 
 
 def short(r: dict) -> str:
@@ -187,8 +209,7 @@ def short(r: dict) -> str:
     )
 
 
-def bench_sqlite(n, d, vecs, names, probes, truth, args, work: Path) -> dict:
-    from ppfr.cloud.ann import HnswIndex
+def bench_sqlite(n, d, vecs, names, probes, truth, rprobes, rtruth, args, work: Path) -> dict:
     from ppfr.cloud.gallery import SqliteGallery
 
     path = work / f"sqlite-{n}.sqlite"
@@ -203,47 +224,33 @@ def bench_sqlite(n, d, vecs, names, probes, truth, args, work: Path) -> dict:
     eq = probes[: args.exact_queries] if n > 200_000 else probes
     res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
     log(f"  sqlite exact {short(res['exact'])}")
-    rss1 = rss_mb()
-    t0 = time.perf_counter()
-    index = HnswIndex(g._matrix, m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search[0])
-    index.start()
-    index.wait_caught_up()
-    res["hnsw_build_s"] = time.perf_counter() - t0
-    res["memory_mb"]["hnsw"] = rss_mb() - rss1
-    log(f"  sqlite hnsw built in {res['hnsw_build_s']:.1f} s (+{res['memory_mb']['hnsw']:.0f} MB)")
-    res["ef_sweep"] = sweep(g, names, probes, truth, args.ef_search, args.measure_nice)
-    res["ef_search"] = pick_ef(res["ef_sweep"])
-    set_ef(g, res["ef_search"])
-    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
-    log(f"  sqlite hnsw {short(res['hnsw'])}")
+    compressed(g, names, probes, truth, rprobes, rtruth, rng, d, args, res)
     g.close()
     for f in work.glob(f"sqlite-{n}.sqlite*"):
         f.unlink()
     return res
 
 
-def bench_postgres(n, d, vecs, names, probes, truth, args, url) -> dict:
+def bench_postgres(n, d, vecs, names, probes, truth, rprobes, rtruth, args, url) -> dict:
     from ppfr.cloud.gallery_postgres import PostgresGallery
 
-    g = PostgresGallery(
-        url, d, exact_max=0, ef_search=args.ef_search[0], hnsw_m=args.m, ef_construction=args.ef_construction
-    )
-    res = {"load": g.bulk_load(names, vecs, rebuild_index=False)}
+    loader = PostgresGallery(url, d, exact_max=10**12)
+    res = {"load": loader.bulk_load(names, vecs)}
+    loader.close()
+    size = 0
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    g = PostgresGallery(url, d, exact_max=10**12)  # a replica starting on the loaded gallery
+    res["load"]["replica_start_s"] = time.perf_counter() - t0
+    res["memory_mb"] = {"matrix": rss_mb() - rss0}
     size = g._conn().execute("SELECT pg_total_relation_size('ppfr_templates')").fetchone()[0]
     res["db_mb"] = size / 2**20
+    log(f"  postgres replica started on {n:,} templates in {res['load']['replica_start_s']:.1f} s")
     rng = np.random.default_rng(7)
     eq = probes[: args.exact_queries] if n > 200_000 else probes
     res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
     log(f"  postgres exact {short(res['exact'])}")
-    res["hnsw_build_s"] = g.build_index()
-    idx = g._conn().execute("SELECT pg_relation_size('ppfr_templates_hnsw')").fetchone()[0]
-    res["memory_mb"] = {"hnsw_index": idx / 2**20}
-    log(f"  postgres hnsw built in {res['hnsw_build_s']:.1f} s ({idx / 2**20:.0f} MB index)")
-    res["ef_sweep"] = sweep(g, names, probes, truth, args.ef_search, args.measure_nice)
-    res["ef_search"] = pick_ef(res["ef_sweep"])
-    set_ef(g, res["ef_search"])
-    res["hnsw"] = measure(g, names, probes, truth, rng, d, args.writes, False, args.measure_nice)
-    log(f"  postgres hnsw {short(res['hnsw'])}")
+    compressed(g, names, probes, truth, rprobes, rtruth, rng, d, args, res)
     g.close()
     return res
 
@@ -262,7 +269,9 @@ def scratch(url: str) -> str:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS ppfr_templates, ppfr_subjects, ppfr_meta")
+        conn.execute(
+            "DROP TABLE IF EXISTS ppfr_templates, ppfr_subjects, ppfr_meta, ppfr_changes, ppfr_log_head"
+        )
     return url
 
 
@@ -271,51 +280,61 @@ def markdown(result: dict) -> str:
         f"# Gallery benchmark ({result['created']})",
         "",
         f"{result['machine'].get('cpu_model', '?')}, {result['machine'].get('usable_cores', '?')} cores; "
-        f"embedding size {result['dim']}; {result['queries']} genuine probes (top_k 5); "
-        f"HNSW m={result['hnsw']['m']} ef_construction={result['hnsw']['ef_construction']} "
-        f"ef_search swept over {result['hnsw']['ef_search']} (the table: the smallest reaching recall@1 "
-        f">= 0.99, column ef); niceness {result.get('niceness')}; "
+        f"embedding size {result['dim']}; {result['queries']} genuine probes (top_k 5); compressed index: "
+        f"4-bit product-quantiser codes, rerank depth swept over {result['index']['candidates']} (the table: "
+        f"the server's default, column depth); niceness {result.get('niceness')}; "
         f"load average at end {result['load_average_at_end']}.",
         "",
-        "| backend | index | ef | templates | identify p50 ms | identify p99 ms | recall@1 | verify p50 ms "
-        "| enroll p50 ms | enroll p99 ms | delete p50 ms | delete p99 ms | index build s | memory MB |",
+        "| backend | search | depth | templates | identify p50 ms | identify p99 ms | recall@1 "
+        "| verify p50 ms | enroll p50 ms | enroll p99 ms | delete p50 ms | delete p99 ms | index build s "
+        "| memory MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for backend, sizes in result["runs"].items():
         for n, r in sizes.items():
-            for kind in ("exact", "hnsw"):
+            for kind in ("exact", "compressed"):
                 m = r[kind]
-                if backend == "sqlite":
-                    mem = r["memory_mb"]["matrix"] + (r["memory_mb"]["hnsw"] if kind == "hnsw" else 0)
-                    build = r["hnsw_build_s"] if kind == "hnsw" else None
-                else:
-                    mem = r["db_mb"] + (r["memory_mb"]["hnsw_index"] if kind == "hnsw" else 0)
-                    build = r["hnsw_build_s"] if kind == "hnsw" else None
+                mem = r["memory_mb"]["matrix"] + (r["memory_mb"]["index"] if kind == "compressed" else 0)
+                build = f"{r['build_s']:.1f}" if kind == "compressed" else ""
                 lines.append(
-                    f"| {backend} | {kind} | {r.get('ef_search', '') if kind == 'hnsw' else ''} | "
+                    f"| {backend} | {kind} | {r['candidates'] if kind == 'compressed' else ''} | "
                     f"{int(n):,} | "
                     f"{m['identify']['p50_ms']:.2f} | "
                     f"{m['identify']['p99_ms']:.2f} | {m['recall_at_1']:.3f} | {m['verify']['p50_ms']:.2f} | "
                     f"{m['enroll']['p50_ms']:.2f} | {m['enroll']['p99_ms']:.2f} | "
-                    f"{m['delete']['p50_ms']:.2f} | {m['delete']['p99_ms']:.2f} | "
-                    f"{'' if build is None else f'{build:.0f}'} | {mem:.0f} |"
+                    f"{m['delete']['p50_ms']:.2f} | {m['delete']['p99_ms']:.2f} | {build} | {mem:.0f} |"
                 )
-    lines += ["", "HNSW recall against search cost (one graph, ef_search varied):", ""]
-    lines += ["| backend | templates | ef_search | identify p50 ms | identify p99 ms | recall@1 |"]
-    lines += ["|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "Recall against search cost (one index, rerank depth varied):", ""]
+    lines += [
+        "| backend | templates | depth | identify p50 ms | identify p99 ms | recall@1 "
+        "| recall@1, random probes |"
+    ]
+    lines += ["|---|---:|---:|---:|---:|---:|---:|"]
     for backend, sizes in result["runs"].items():
         for n, r in sizes.items():
-            for ef, v in r.get("ef_sweep", {}).items():
+            for k, v in r.get("sweep", {}).items():
                 lines.append(
-                    f"| {backend} | {int(n):,} | {ef} | {v['identify']['p50_ms']:.2f} | "
-                    f"{v['identify']['p99_ms']:.2f} | {v['recall_at_1']:.3f} |"
+                    f"| {backend} | {int(n):,} | {k} | {v['identify']['p50_ms']:.2f} | "
+                    f"{v['identify']['p99_ms']:.2f} | {v['recall_at_1']:.3f} | "
+                    f"{v['random_recall_at_1']:.3f} |"
                 )
+    starts = [
+        f"{int(n):,}: {r['load']['replica_start_s']:.1f} s"
+        for n, r in result["runs"].get("postgres", {}).items()
+        if "replica_start_s" in r["load"]
+    ]
     lines += [
         "",
-        "Memory: SQLite = growth of the server process (the template matrix; + the FAISS graph and its copy "
-        "of the vectors for hnsw); PostgreSQL = table size on disk (+ the HNSW index), held by PostgreSQL, "
-        "not by the replicas. Enroll and delete are durable commits (SQLite WAL synchronous=FULL; "
-        "PostgreSQL synchronous_commit on) on top of the loaded gallery.",
+        "Memory: growth of the server process (the template matrix; + the index's codes for compressed), "
+        "the same on both backends: PostgreSQL replicas hold the templates in memory too, and PostgreSQL "
+        "holds the table on disk. Enroll and delete are durable commits (SQLite WAL synchronous=FULL; "
+        "PostgreSQL synchronous_commit on) on top of the loaded gallery; PostgreSQL's include the change "
+        "log. "
+        "Random probes: unit vectors near no template (the worst case; a miss there cannot turn a reject "
+        "into an accept). "
+        + (
+            f"A PostgreSQL replica starting on the gallery loads it in {'; '.join(starts)}." if starts else ""
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -330,7 +349,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for backend, sizes in result["runs"].items():
         ns = [int(n) for n in sizes]
-        for kind, style in (("exact", "--"), ("hnsw", "-")):
+        for kind, style in (("exact", "--"), ("compressed", "-")):
             label = f"{backend} {kind}"
             axes[0].plot(
                 ns, [sizes[n][kind]["identify"]["p50_ms"] for n in sizes], style, marker="o", label=label
@@ -368,15 +387,14 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=int, default=200, help="identify/verify probes per run (default 200)")
     p.add_argument("--exact-queries", type=int, default=50, help="probes for exact search above 200k")
     p.add_argument("--writes", type=int, default=200, help="single enrolls (then deletes) per run")
-    p.add_argument("--m", type=int, default=16, help="HNSW graph degree (default 16)")
-    p.add_argument("--ef-construction", type=int, default=64, help="HNSW build beam (default 64)")
     p.add_argument(
-        "--ef-search",
+        "--candidates",
         type=lambda t: [int(x) for x in t.split(",")],
-        default=[40, 100, 200, 400, 800],
-        help="HNSW search beams to measure (default 40,100,200,400,800); the table uses the smallest "
-        "with recall@1 >= 0.99",
+        default=[16, 64, 256, 1024],
+        help="rerank depths of the compressed index to sweep (default 16,64,256,1024); the table uses "
+        "the server's default (cloud/gallery.py ANN_CANDIDATES)",
     )
+    p.add_argument("--random-queries", type=int, default=100, help="random probes per depth (default 100)")
     p.add_argument(
         "--pg-url",
         help="a scratch PostgreSQL database with pgvector (its ppfr_* tables are dropped); default: pgserver",
@@ -427,13 +445,13 @@ def main(argv=None) -> int:
 
         admin = pgserver.get_server(work / "pg", cleanup_mode="stop").get_uri()
     result = {
-        "schema": "ppfr.bench.gallery.v1",
+        "schema": "ppfr.bench.gallery.v2",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": ["ppfr-bench", "gallery", *(argv if argv is not None else sys.argv[1:])],
         "machine": describe(),
         "dim": args.dim,
         "queries": args.queries,
-        "hnsw": {"m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
+        "index": {"kind": "faiss IndexPQFastScan, 4-bit codes, d/4 of them", "candidates": args.candidates},
         "niceness": {"build": os.getpriority(os.PRIO_PROCESS, 0), "measure": args.measure_nice},
         "runs": {b: {} for b in backends},
     }
@@ -444,14 +462,16 @@ def main(argv=None) -> int:
         names = [f"s{i:08d}" for i in range(n)]
         probes = genuine_probes(rng, vecs, args.queries)
         truth = true_top1(vecs, probes)
+        rprobes = unit_rows(rng, args.random_queries, args.dim)
+        rtruth = true_top1(vecs, rprobes)
         log(f"{n:,} templates ({args.dim}-d), {args.queries} probes")
         for backend in backends:
             if backend == "sqlite":
-                r = bench_sqlite(n, args.dim, vecs, names, probes, truth, args, work)
+                r = bench_sqlite(n, args.dim, vecs, names, probes, truth, rprobes, rtruth, args, work)
             else:
                 dbname = f"ppfr_bench_{n}"
                 url = new_database(admin, dbname) if not args.pg_url else scratch(admin)
-                r = bench_postgres(n, args.dim, vecs, names, probes, truth, args, url)
+                r = bench_postgres(n, args.dim, vecs, names, probes, truth, rprobes, rtruth, args, url)
             log(f"  {backend} loaded in {r['load']['load_s']:.1f} s")
             result["runs"][backend][str(n)] = r
             partial = {**result, "load_average_at_end": load_average(), "wall_s": time.perf_counter() - t0}

@@ -4,15 +4,16 @@
   enrollment is on disk before Enroll answers) and an in-process matrix of L2-normalised templates kept in
   step (cloud/matrix.py: append + tombstone, O(1) per write). One server process owns the file.
 * `PostgresGallery` (`--db postgresql://...`, cloud/gallery_postgres.py): PostgreSQL with pgvector, shared
-  by several server replicas; every request reads committed state, so a write on one replica is seen by
-  every replica on its next request.
+  by several server replicas. Each replica keeps the same in-process matrix, brought up to date from the
+  database's change log at the start of every request, so a write on one replica is seen by every replica
+  on its next request.
 
 `open_gallery(db, embedding_size, recognizer_sha256)` picks the backend from `db`.
 
 A subject may hold several templates (re-enrolling adds one); its score against a probe is the best
-(maximum) cosine similarity over its templates. 1:N search is exact (BLAS) up to `exact_max` templates and
-uses an approximate HNSW index beyond it (FAISS in process for SQLite, pgvector for PostgreSQL); the
-measured recall is in docs/cloud.md.
+(maximum) cosine similarity over its templates. On both backends 1:N search runs in process: exact (BLAS)
+up to `exact_max` templates, beyond it a compressed scan with an exact rerank (cloud/ann.py); the measured
+recall is in docs/cloud.md.
 
 Contract shared by both backends:
     enroll(subject_id, embedding, idempotency_key=None) -> Enrollment   (a repeated key returns the first)
@@ -33,16 +34,12 @@ from pathlib import Path
 import numpy as np
 from ppfr.cloud.matrix import TemplateMatrix
 
-# Up to `exact_max` templates 1:N search is exact; beyond it an HNSW graph answers, searched with
-# `ef_search` candidates. Defaults from the measurements in docs/cloud.md ("Gallery: SQLite or PostgreSQL,
-# at scale"): in process, exact search costs 0.3 ms at 10k, 2.8 ms at 100k and 53 ms at 1M (one core);
-# in PostgreSQL a sequential scan costs 4 ms at 10k and 32 ms at 100k, where the index answers in 2-10 ms.
-# ef_search 400: the smallest measured that reached recall@1 0.99 on both backends.
-SQLITE_EXACT_MAX = 200_000
-POSTGRES_EXACT_MAX = 10_000
-SQLITE_EF_SEARCH = 400
-POSTGRES_EF_SEARCH = 400
-EXACT_MAX = SQLITE_EXACT_MAX  # the default gallery's
+# Up to `exact_max` templates 1:N search is exact; beyond it the compressed index answers, reranking
+# `ANN_CANDIDATES` rows exactly. From the measurements in docs/cloud.md ("Gallery: SQLite or PostgreSQL, at
+# scale"): exact search costs 0.3 ms at 10k, 2.8 ms at 100k and 53 ms at 1M on one core, where the
+# compressed index answers in about 1 ms with recall@1 1.000 on genuine probes.
+EXACT_MAX = 100_000
+ANN_CANDIDATES = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -129,7 +126,59 @@ def check_meta(stored: dict, wanted: dict, where) -> None:
             )
 
 
-class SqliteGallery:
+class MatrixGallery:
+    """What both backends share: the in-process template matrix (cloud/matrix.py) that answers every read,
+    and the compressed index attached to it beyond `exact_max` templates. `_refresh()` brings the matrix
+    up to date before a read (nothing to do for SQLite, whose process makes every write; the change log
+    for PostgreSQL)."""
+
+    def _init_matrix(self, exact_max: int, ann_options: dict | None) -> None:
+        self.exact_max = int(exact_max)
+        self._ann_options = dict(ann_options or {})
+        self._matrix = TemplateMatrix(self.embedding_size)
+
+    def _refresh(self) -> None:
+        pass
+
+    def _maybe_attach_ann(self) -> None:
+        """Starts the compressed index once the gallery holds more than exact_max templates (built in the
+        background; until it has caught up, the rows it lacks are searched exactly)."""
+        if self._matrix.ann is None and self._matrix.rows > self.exact_max:
+            from ppfr.cloud.ann import CompressedIndex
+
+            CompressedIndex(self._matrix, **{"candidates": ANN_CANDIDATES, **self._ann_options}).start()
+
+    def _stop_ann(self) -> None:
+        if self._matrix.ann is not None:
+            self._matrix.ann.stop()
+
+    # --- reads (any thread; lock-free on the matrix) ---------------------------------------------------
+    @property
+    def subject_count(self) -> int:
+        self._refresh()
+        return self._matrix.subject_count
+
+    @property
+    def template_count(self) -> int:
+        self._refresh()
+        return self._matrix.template_count
+
+    def has_subject(self, subject_id: str) -> bool:
+        self._refresh()
+        return self._matrix.has_subject(subject_id)
+
+    def verify(self, subject_id: str, embedding: np.ndarray) -> float | None:
+        """Best cosine similarity over the subject's templates, or None for an unknown subject."""
+        self._refresh()
+        return self._matrix.verify(subject_id, unit(embedding))
+
+    def identify(self, embedding: np.ndarray, top_k: int, exact: bool = False) -> list[Match]:
+        """The top_k subjects by best template score, best first (`exact` bypasses the compressed index)."""
+        self._refresh()
+        return [Match(s, v) for s, v in self._matrix.identify(unit(embedding), top_k, exact=exact)]
+
+
+class SqliteGallery(MatrixGallery):
     """Consistency: one process. Writes are serialised (one lock, one connection) and durable before they
     return; reads are lock-free on the in-process matrix and see every write that returned before they
     started. Another process writing the same file is not seen until a restart: do not share the file."""
@@ -141,12 +190,11 @@ class SqliteGallery:
         path,
         embedding_size: int,
         recognizer_sha256: str = "",
-        exact_max: int = SQLITE_EXACT_MAX,
+        exact_max: int = EXACT_MAX,
         ann_options: dict | None = None,
     ):
         self.path = Path(path)
         self.embedding_size = int(embedding_size)
-        self.exact_max = int(exact_max)
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,9 +218,8 @@ class SqliteGallery:
         except (sqlite3.Error, OSError) as err:
             raise GalleryError(f"cannot open the gallery database {self.path}: {err}") from None
         self._check_meta(recognizer_sha256)
-        self._matrix = TemplateMatrix(self.embedding_size)
+        self._init_matrix(exact_max, ann_options)
         self._load()
-        self._ann_options = dict(ann_options or {})
         self._maybe_attach_ann()
 
     # --- setup -----------------------------------------------------------------------------------
@@ -201,34 +248,6 @@ class SqliteGallery:
             norms = np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             self._matrix.add_many([r[1] for r in rows], ids, (mat / norms).astype(np.float32))
-
-    def _maybe_attach_ann(self) -> None:
-        """Starts the in-process HNSW index once the gallery holds more than exact_max templates (built in
-        the background; until it has caught up, the rows it lacks are searched exactly)."""
-        if self._matrix.ann is None and self._matrix.rows > self.exact_max:
-            from ppfr.cloud.ann import HnswIndex
-
-            HnswIndex(self._matrix, **{"ef_search": SQLITE_EF_SEARCH, **self._ann_options}).start()
-
-    # --- reads (any thread; lock-free on the matrix) ---------------------------------------------------
-    @property
-    def subject_count(self) -> int:
-        return self._matrix.subject_count
-
-    @property
-    def template_count(self) -> int:
-        return self._matrix.template_count
-
-    def has_subject(self, subject_id: str) -> bool:
-        return self._matrix.has_subject(subject_id)
-
-    def verify(self, subject_id: str, embedding: np.ndarray) -> float | None:
-        """Best cosine similarity over the subject's templates, or None for an unknown subject."""
-        return self._matrix.verify(subject_id, unit(embedding))
-
-    def identify(self, embedding: np.ndarray, top_k: int, exact: bool = False) -> list[Match]:
-        """The top_k subjects by best template score, best first (`exact` bypasses the ANN index)."""
-        return [Match(s, v) for s, v in self._matrix.identify(unit(embedding), top_k, exact=exact)]
 
     def list_subjects(self, page_size: int, page_token: str = "") -> tuple[list[tuple[str, int]], str]:
         """(subject_id, template_count) ordered by subject_id; the token to pass for the next page ("" at
@@ -328,8 +347,7 @@ class SqliteGallery:
 
     def close(self) -> None:
         with self._lock:
-            if self._matrix.ann is not None:
-                self._matrix.ann.stop()
+            self._stop_ann()
             self._db.close()
 
 

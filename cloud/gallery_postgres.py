@@ -1,14 +1,21 @@
 """The shared gallery: PostgreSQL with the pgvector extension, for several server replicas.
 
-Consistency: every call reads PostgreSQL at the time of the call; nothing is cached in the process. A write
-(enroll, delete) is committed (WAL flushed: synchronous_commit stays on) before it returns, so any replica's
-next request sees it: enroll on A, verify on B; delete on B, NOT_FOUND on A. Writes to one subject are
-serialised by a row lock on its `ppfr_subjects` row (which also keeps its template count), so concurrent
-enrolls, idempotent retries and deletes from different replicas cannot interleave badly.
+PostgreSQL is the store of record and the channel between replicas; every replica answers reads from its own
+in-process template matrix (cloud/matrix.py, the same as the SQLite gallery's, with the same compressed index
+beyond `exact_max` templates, cloud/ann.py). Every write also appends to a change log (`ppfr_changes`:
+template added or removed, numbered by `ppfr_log_head`), and every read first applies the log entries it has
+not seen: one indexed query, one round trip.
 
-1:N search runs in PostgreSQL: exact (a sequential scan, every distance computed) while the table holds at
-most `exact_max` templates, and through the pgvector HNSW index (inner product on unit vectors) beyond it,
-with `hnsw.ef_search` = `ef_search`. Inserts maintain the index: no rebuild, O(log n) per enroll.
+Consistency: a write (enroll, delete) is committed (WAL flushed: synchronous_commit stays on) before it
+returns, and a read applies every log entry committed before the read began, so any replica's next request
+sees it: enroll on A, verify on B; delete on B, NOT_FOUND on A. Log numbers follow commit order because every
+write takes the row lock on `ppfr_log_head` first and holds it to its commit: writes from all replicas are
+serialised (about 1 ms each), the price of a log that a reader can follow with `seq > last`. The same lock
+keeps concurrent enrolls, idempotent retries and deletes of one subject from interleaving badly.
+
+Why not search in PostgreSQL: pgvector's HNSW index was measured here first, at 1M templates: 17 ms per
+insert (the target is 5) and recall@1 0.85 at ef_search 800, 92 ms per search (docs/cloud.md). Each replica
+holds the templates in memory instead (512 MB per million 128-d templates, plus 16 MB of codes).
 
 Connections: one per thread that uses the gallery (the server: its event loop and its write thread), opened
 on first use, reopened after a failure.
@@ -19,11 +26,10 @@ import time
 
 import numpy as np
 from ppfr.cloud.gallery import (
-    POSTGRES_EF_SEARCH,
-    POSTGRES_EXACT_MAX,
+    EXACT_MAX,
     Enrollment,
     GalleryError,
-    Match,
+    MatrixGallery,
     check_meta,
     check_page_size,
     decode_page_token,
@@ -47,9 +53,21 @@ CREATE TABLE IF NOT EXISTS ppfr_templates (
 CREATE INDEX IF NOT EXISTS ppfr_templates_subject ON ppfr_templates (subject_id);
 CREATE UNIQUE INDEX IF NOT EXISTS ppfr_templates_idempotency ON ppfr_templates (subject_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ppfr_log_head (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL
+);
+INSERT INTO ppfr_log_head (one, seq) VALUES (true, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS ppfr_changes (
+    seq bigint NOT NULL,
+    template_id bigint NOT NULL,
+    added boolean NOT NULL,
+    PRIMARY KEY (seq, template_id)
+);
 """
-HNSW_INDEX = "ppfr_templates_hnsw"
+OLD_HNSW_INDEX = "ppfr_templates_hnsw"  # made by earlier versions; dropped (it made every insert slow)
 SCHEMA_LOCK = 0x70706672  # advisory lock: replicas starting together create the schema once
+NEXT_SEQ = "UPDATE ppfr_log_head SET seq = seq + 1 RETURNING seq"  # every write's first statement
 
 
 def vector_text(vec: np.ndarray) -> str:
@@ -57,7 +75,7 @@ def vector_text(vec: np.ndarray) -> str:
     return "[" + ",".join(map(repr, np.asarray(vec, np.float32).tolist())) + "]"
 
 
-class PostgresGallery:
+class PostgresGallery(MatrixGallery):
     backend = "postgres"
 
     def __init__(
@@ -65,11 +83,8 @@ class PostgresGallery:
         url: str,
         embedding_size: int,
         recognizer_sha256: str = "",
-        exact_max: int = POSTGRES_EXACT_MAX,
-        ef_search: int = POSTGRES_EF_SEARCH,
-        hnsw_m: int = 16,
-        ef_construction: int = 64,
-        create_index: bool = True,
+        exact_max: int = EXACT_MAX,
+        ann_options: dict | None = None,
     ):
         try:
             import psycopg
@@ -80,20 +95,25 @@ class PostgresGallery:
         self._psycopg = psycopg
         self.url = url
         self.embedding_size = int(embedding_size)
-        self.exact_max = int(exact_max)
-        self.ef_search = int(ef_search)
-        self.hnsw = {"m": int(hnsw_m), "ef_construction": int(ef_construction)}
         self._local = threading.local()
         self._all: list = []
         self._all_lock = threading.Lock()
-        self._size_cache = (0.0, 0)
         self._closed = False
-        self._setup(recognizer_sha256, create_index)
+        self._vector_oid = None
+        self._sync_lock = threading.Lock()  # one thread applies the log at a time (the matrix's one writer)
+        self._seq = 0  # log entries applied up to here
+        self._synced_at = -1.0  # monotonic time the last applied log query was sent
+        self._setup(recognizer_sha256)
+        self._init_matrix(exact_max, ann_options)
+        self._load()
+        self._maybe_attach_ann()
 
     # --- connections -------------------------------------------------------------------------------
     def _connect(self):
         try:
             conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            if self._vector_oid is not None:
+                conn.adapters.register_loader(self._vector_oid, _vector_loader(self._psycopg))
         except self._psycopg.Error as err:
             raise GalleryError(f"cannot connect to the gallery database: {_short(err)}") from None
         with self._all_lock:
@@ -120,7 +140,7 @@ class PostgresGallery:
                 raise GalleryError(f"gallery database error: {_short(err)}") from None
             return fn(self._conn())
 
-    def _setup(self, recognizer_sha256: str, create_index: bool) -> None:
+    def _setup(self, recognizer_sha256: str) -> None:
         psycopg = self._psycopg
         conn = self._conn()
         try:
@@ -130,6 +150,7 @@ class PostgresGallery:
                 if not installed:
                     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 conn.execute(SCHEMA.format(dim=self.embedding_size))
+                conn.execute(f"DROP INDEX IF EXISTS {OLD_HNSW_INDEX}")
                 stored = dict(conn.execute("SELECT key, value FROM ppfr_meta").fetchall())
                 column = conn.execute(
                     "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -144,8 +165,7 @@ class PostgresGallery:
                             "INSERT INTO ppfr_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                             (key, value),
                         )
-                if create_index:
-                    self._create_index(conn)
+                self._vector_oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         except psycopg.errors.FeatureNotSupported as err:
             raise GalleryError(f"pgvector is missing: {_short(err)}") from None
         except (psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege) as err:
@@ -155,87 +175,65 @@ class PostgresGallery:
             ) from None
         except psycopg.Error as err:
             raise GalleryError(f"cannot set up the gallery tables: {_short(err)}") from None
+        conn.adapters.register_loader(self._vector_oid, _vector_loader(psycopg))
 
-    def _create_index(self, conn) -> None:
-        conn.execute(
-            f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON ppfr_templates USING hnsw (embedding vector_ip_ops) "
-            f"WITH (m = {self.hnsw['m']}, ef_construction = {self.hnsw['ef_construction']})"
-        )
+    # --- the in-process copy -------------------------------------------------------------------------
+    def _load(self, chunk: int = 50_000) -> None:
+        """Every template and the log position they reflect, from one snapshot."""
+        conn = self._conn()
+        with self._sync_lock, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            self._seq = int(conn.execute("SELECT seq FROM ppfr_log_head").fetchone()[0])
+            with conn.cursor(name="ppfr_load", binary=True) as cur:
+                cur.itersize = chunk
+                cur.execute(
+                    "SELECT template_id, subject_id, embedding FROM ppfr_templates ORDER BY template_id"
+                )
+                while rows := cur.fetchmany(chunk):
+                    self._add_rows(rows)
 
-    def has_index(self) -> bool:
-        return bool(self._run(lambda c: c.execute("SELECT to_regclass(%s)", (HNSW_INDEX,)).fetchone()[0]))
+    def _add_rows(self, rows) -> None:
+        known = self._matrix._row_of
+        rows = [r for r in rows if r[1] is not None and int(r[0]) not in known]
+        if rows:
+            ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            self._matrix.add_many([r[1] for r in rows], ids, np.stack([unit(r[2]) for r in rows]))
 
-    # --- reads ---------------------------------------------------------------------------------------
-    @property
-    def subject_count(self) -> int:
-        return int(self._run(lambda c: c.execute("SELECT count(*) FROM ppfr_subjects").fetchone()[0]))
-
-    @property
-    def template_count(self) -> int:
-        return int(self._run(lambda c: c.execute("SELECT count(*) FROM ppfr_templates").fetchone()[0]))
-
-    def has_subject(self, subject_id: str) -> bool:
-        sql = "SELECT 1 FROM ppfr_subjects WHERE subject_id = %s"
-        return self._run(lambda c: c.execute(sql, (subject_id,)).fetchone()) is not None
-
-    def verify(self, subject_id: str, embedding) -> float | None:
-        sql = "SELECT max(-(embedding <#> %s::vector)) FROM ppfr_templates WHERE subject_id = %s"
-        probe = vector_text(unit(embedding))
-        score = self._run(lambda c: c.execute(sql, (probe, subject_id)).fetchone()[0])
-        return None if score is None else float(score)
-
-    def _size(self) -> int:
-        """Templates in the table, for choosing exact or HNSW search: the planner's estimate
-        (pg_class.reltuples, kept by autovacuum/ANALYZE), refreshed at most every 5 s."""
-        at, size = self._size_cache
-        if time.monotonic() - at > 5.0:
-            size = self._run(
-                lambda c: c.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = 'ppfr_templates'::regclass"
-                ).fetchone()[0]
+    def _refresh(self) -> None:
+        """Applies the log entries committed before this call began. A query sent after that moment sees
+        them all, so a caller that waited for another thread's newer query needs none of its own."""
+        began = time.monotonic()
+        with self._sync_lock:
+            if self._synced_at >= began:
+                return
+            sent = time.monotonic()
+            rows = self._run(
+                lambda c: (
+                    c.cursor(binary=True)
+                    .execute(
+                        "SELECT c.seq, c.added, c.template_id, t.subject_id, t.embedding FROM ppfr_changes c "
+                        "LEFT JOIN ppfr_templates t ON c.added AND t.template_id = c.template_id "
+                        "WHERE c.seq > %s ORDER BY c.seq, c.template_id",
+                        (self._seq,),
+                    )
+                    .fetchall()
+                )
             )
-            if size < 0:  # never analysed
-                size = self.template_count
-            self._size_cache = (time.monotonic(), int(size))
-        return self._size_cache[1]
+            adds = []
+            for _seq, added, template_id, subject_id, embedding in rows:
+                if added:
+                    adds.append((template_id, subject_id, embedding))
+                    continue
+                self._add_rows(adds)  # in log order: a template removed after it was added stays removed
+                adds = []
+                self._matrix.remove_template(template_id)
+            self._add_rows(adds)
+            if rows:
+                self._seq = int(rows[-1][0])
+                self._maybe_attach_ann()
+            self._synced_at = sent
 
-    def identify(self, embedding, top_k: int, exact: bool | None = None) -> list[Match]:
-        """The top_k subjects by best template score. The query walks templates in score order and keeps
-        the first top_k distinct subjects; exact=None chooses by the table size (exact_max)."""
-        probe = vector_text(unit(embedding))
-        if exact is None:
-            exact = self._size() <= self.exact_max
-        want = max(4 * top_k, 16)
-
-        # One statement, one round trip. Exact: ordering by an expression the index cannot serve forces a
-        # full scan. HNSW: ORDER BY <#> LIMIT through the index, with the connection's hnsw.ef_search (set
-        # once per connection, raised when a query needs more rows).
-        order = "(embedding <#> %s::vector) + 0" if exact else "embedding <#> %s::vector"
-        sql = f"SELECT subject_id, -(embedding <#> %s::vector) FROM ppfr_templates ORDER BY {order} LIMIT %s"
-
-        def query(conn, limit):
-            ef = max(self.ef_search, limit)
-            if not exact and getattr(self._local, "ef", None) != (conn, ef):
-                # enable_seqscan off: the index is used whenever it exists, at any table size (the exact
-                # query cannot use it and still scans; other queries use their B-trees)
-                conn.execute(f"SET enable_seqscan = off; SET hnsw.ef_search = {ef}")
-                self._local.ef = (conn, ef)
-            return conn.execute(sql, (probe, probe, limit)).fetchall()
-
-        while True:
-            rows = self._run(lambda c, n=want: query(c, n))
-            best: dict[str, float] = {}
-            for subject_id, score in rows:
-                if subject_id not in best:
-                    best[subject_id] = float(score)
-                    if len(best) == top_k:
-                        break
-            # fewer rows than asked: there are no more (exact) or the index found no more (HNSW, whose
-            # candidate list is ef_search long: retry longer up to 1000, pgvector's limit)
-            if len(best) >= top_k or len(rows) < want or want >= 1000:
-                return [Match(s, v) for s, v in best.items()]
-            want = min(1000, want * 4)
-
+    # --- reads that PostgreSQL answers -----------------------------------------------------------------
     def list_subjects(self, page_size: int, page_token: str = "") -> tuple[list[tuple[str, int]], str]:
         after, size = decode_page_token(page_token), check_page_size(page_size)
         sql = (
@@ -255,32 +253,38 @@ class PostgresGallery:
         UniqueViolation = self._psycopg.errors.UniqueViolation
 
         def existing(conn):
-            return conn.execute(
+            found = conn.execute(
                 "SELECT t.template_id, t.create_time, s.template_count FROM ppfr_templates t "
                 "JOIN ppfr_subjects s USING (subject_id) WHERE t.subject_id = %s AND t.idempotency_key = %s",
                 (subject_id, idempotency_key),
             ).fetchone()
+            return (
+                None
+                if found is None
+                else Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
+            )
 
         def write(conn):
             if idempotency_key and (found := existing(conn)) is not None:
-                return Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
+                return found
             now = time.time()
             try:
-                # One statement (one round trip, its own transaction): lock/upsert the subject's row first
-                # (the template insert reads it), which serialises every write to this subject across
-                # replicas, then insert the template.
-                template_id, count = conn.execute(
-                    "WITH s AS (INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
-                    "  ON CONFLICT (subject_id) DO UPDATE "
-                    "  SET template_count = ppfr_subjects.template_count + 1 RETURNING template_count), "
-                    "t AS (INSERT INTO ppfr_templates (subject_id, embedding, create_time, idempotency_key) "
-                    "  SELECT %s, %s::vector, %s, %s FROM s RETURNING template_id) "
-                    "SELECT t.template_id, s.template_count FROM t, s",
-                    (subject_id, subject_id, text, now, idempotency_key or None),
-                ).fetchone()
+                with conn.transaction():
+                    seq = conn.execute(NEXT_SEQ).fetchone()[0]
+                    template_id, count = conn.execute(
+                        "WITH s AS (INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
+                        "  ON CONFLICT (subject_id) DO UPDATE "
+                        "  SET template_count = ppfr_subjects.template_count + 1 RETURNING template_count), "
+                        "t AS (INSERT INTO ppfr_templates "
+                        "  (subject_id, embedding, create_time, idempotency_key) "
+                        "  SELECT %s, %s::vector, %s, %s FROM s RETURNING template_id), "
+                        "c AS (INSERT INTO ppfr_changes (seq, template_id, added) "
+                        "  SELECT %s, template_id, true FROM t) "
+                        "SELECT t.template_id, s.template_count FROM t, s",
+                        (subject_id, subject_id, text, now, idempotency_key or None, seq),
+                    ).fetchone()
             except UniqueViolation:  # the same key committed meanwhile (a concurrent retry)
-                found = existing(conn)
-                return Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
+                return existing(conn)
             return Enrollment(subject_id, int(template_id), int(count), now)
 
         return self._run(write, retry=False)
@@ -288,32 +292,34 @@ class PostgresGallery:
     def delete(self, subject_id: str) -> int:
         def write(conn):
             with conn.transaction():
-                locked = conn.execute(
-                    "DELETE FROM ppfr_subjects WHERE subject_id = %s RETURNING template_count", (subject_id,)
-                ).fetchone()
-                if locked is None:
+                seq = conn.execute(NEXT_SEQ).fetchone()[0]
+                if (
+                    conn.execute("DELETE FROM ppfr_subjects WHERE subject_id = %s", (subject_id,)).rowcount
+                    == 0
+                ):
                     return 0
                 return conn.execute(
-                    "DELETE FROM ppfr_templates WHERE subject_id = %s", (subject_id,)
+                    "WITH t AS (DELETE FROM ppfr_templates WHERE subject_id = %s RETURNING template_id) "
+                    "INSERT INTO ppfr_changes (seq, template_id, added) SELECT %s, template_id, false FROM t",
+                    (subject_id, seq),
                 ).rowcount
 
         return self._run(write, retry=False)
 
     def delete_template(self, template_id: int) -> str | None:
         def write(conn):
-            owner = conn.execute(
-                "SELECT subject_id FROM ppfr_templates WHERE template_id = %s", (int(template_id),)
-            ).fetchone()
-            if owner is None:
-                return None
-            with conn.transaction():  # lock order as in enroll/delete: subject row, then templates
-                conn.execute("SELECT 1 FROM ppfr_subjects WHERE subject_id = %s FOR UPDATE", owner)
-                gone = conn.execute(
-                    "DELETE FROM ppfr_templates WHERE template_id = %s AND subject_id = %s",
-                    (int(template_id), owner[0]),
-                ).rowcount
-                if not gone:
-                    return None  # deleted meanwhile by another call
+            with conn.transaction():
+                seq = conn.execute(NEXT_SEQ).fetchone()[0]
+                owner = conn.execute(
+                    "DELETE FROM ppfr_templates WHERE template_id = %s RETURNING subject_id",
+                    (int(template_id),),
+                ).fetchone()
+                if owner is None:
+                    return None
+                conn.execute(
+                    "INSERT INTO ppfr_changes (seq, template_id, added) VALUES (%s, %s, false)",
+                    (seq, int(template_id)),
+                )
                 conn.execute(
                     "UPDATE ppfr_subjects SET template_count = template_count - 1 WHERE subject_id = %s",
                     owner,
@@ -324,47 +330,36 @@ class PostgresGallery:
         return self._run(write, retry=False)
 
     # --- bulk load (benchmarks, migrations) ------------------------------------------------------------
-    def bulk_load(self, subject_ids, embeddings: np.ndarray, rebuild_index: bool = True) -> dict:
-        """Appends many templates with COPY (no idempotency keys), then fixes the subject counts. The HNSW
-        index is dropped first and rebuilt after (much faster than maintaining it row by row) unless
-        rebuild_index=False, which leaves the table without it. Returns the seconds each step took."""
+    def bulk_load(self, subject_ids, embeddings: np.ndarray) -> dict:
+        """Appends many templates with COPY (no idempotency keys) in one transaction, logged under one log
+        number, then fixes the subject counts. Returns the seconds it took."""
         conn = self._conn()
-        times = {}
         t0 = time.perf_counter()
-        conn.execute(f"DROP INDEX IF EXISTS {HNSW_INDEX}")
         now = time.time()
         with conn.transaction():
+            seq = conn.execute(NEXT_SEQ).fetchone()[0]
+            before = conn.execute("SELECT coalesce(max(template_id), 0) FROM ppfr_templates").fetchone()[0]
             with conn.cursor().copy(
                 "COPY ppfr_templates (subject_id, embedding, create_time) FROM STDIN"
             ) as copy:
                 for s, v in zip(subject_ids, np.asarray(embeddings, np.float32)):
                     copy.write_row((s, vector_text(unit(v)), now))
             conn.execute(
+                "INSERT INTO ppfr_changes (seq, template_id, added) "
+                "SELECT %s, template_id, true FROM ppfr_templates WHERE template_id > %s",
+                (seq, before),
+            )
+            conn.execute(
                 "INSERT INTO ppfr_subjects (subject_id, template_count) "
                 "SELECT subject_id, count(*) FROM ppfr_templates GROUP BY subject_id "
                 "ON CONFLICT (subject_id) DO UPDATE SET template_count = EXCLUDED.template_count"
             )
         conn.execute("ANALYZE ppfr_templates")
-        times["load_s"] = time.perf_counter() - t0
-        self._size_cache = (0.0, 0)
-        if rebuild_index:
-            times["index_build_s"] = self.build_index()
-        return times
-
-    def build_index(self, maintenance_work_mem: str = "2GB") -> float:
-        """(Re)creates the HNSW index; returns the seconds it took."""
-        conn = self._conn()
-        t0 = time.perf_counter()
-        with conn.transaction():
-            conn.execute(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'")
-            self._create_index(conn)
-        return time.perf_counter() - t0
-
-    def drop_index(self) -> None:
-        self._conn().execute(f"DROP INDEX IF EXISTS {HNSW_INDEX}")
+        return {"load_s": time.perf_counter() - t0}
 
     def close(self) -> None:
         self._closed = True
+        self._stop_ann()
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -372,6 +367,18 @@ class PostgresGallery:
                 conn.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+
+
+def _vector_loader(psycopg):
+    """pgvector's binary form (uint16 dim, uint16 unused, dim big-endian float32) as a numpy array."""
+
+    class VectorLoader(psycopg.adapt.Loader):
+        format = psycopg.pq.Format.BINARY
+
+        def load(self, data):
+            return np.frombuffer(bytes(data), ">f4", offset=4).astype(np.float32)
+
+    return VectorLoader
 
 
 def _short(err) -> str:

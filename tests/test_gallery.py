@@ -154,19 +154,20 @@ def test_open_gallery_refuses_other_urls(tmp_path):
         open_gallery("mysql://x/y", D)
 
 
-def test_the_hnsw_index_answers_beyond_exact_max_and_skips_deleted_subjects(db):
-    """exact_max=0: every identify goes through HNSW (FAISS in process, pgvector in PostgreSQL). On a few
-    hundred templates the graph finds the true best subject for probes near an enrolled template."""
+def test_the_compressed_index_answers_beyond_exact_max_and_skips_deleted_subjects(db):
+    """exact_max=0: every identify goes through the compressed index (cloud/ann.py, on both backends). On a
+    few hundred templates its candidates, reranked exactly, hold the true best subjects for probes near an
+    enrolled template."""
     rng = np.random.default_rng(4)
-    g = open_gallery(db, 16, "rec1", exact_max=0)
+    g = open_gallery(db, 16, "rec1", exact_max=0, ann_options={"candidates": 64})
     vecs = {f"p{i:03d}": unit(rng, 16) for i in range(300)}
     for name, v in vecs.items():
         g.enroll(name, v)
     gone = [f"p{i:03d}" for i in range(0, 300, 10)]
     for name in gone:
         assert g.delete(name) == 1
-    if g.backend == "sqlite":
-        assert g._matrix.ann is not None and g._matrix.ann.wait_caught_up(30)
+    assert g.template_count == 270  # (PostgreSQL: applies the log, which attaches the index)
+    assert g._matrix.ann is not None and g._matrix.ann.wait_caught_up(30)
     for name in ["p005", "p123", "p299", "p010", "p200"]:
         probe = vecs[name] + rng.standard_normal(16).astype(np.float32) * 0.15
         probe /= np.linalg.norm(probe)
@@ -182,23 +183,29 @@ def test_the_hnsw_index_answers_beyond_exact_max_and_skips_deleted_subjects(db):
     g.close()
 
 
-def test_postgres_hnsw_queries_use_the_index_and_exact_ones_scan(postgres):
-    from ppfr.cloud.gallery_postgres import vector_text
-
-    g = open_gallery(postgres(), D, "rec1", exact_max=0)
-    rng = np.random.default_rng(5)
-    for i in range(50):
-        g.enroll(f"p{i}", unit(rng))
-    g.identify(unit(rng), 3)  # sets the connection up for HNSW
-    conn, probe = g._conn(), vector_text(unit(rng))
-    plans = {}
-    for kind, order in (("hnsw", "embedding <#> %s::vector"), ("exact", "(embedding <#> %s::vector) + 0")):
-        rows = conn.execute(
-            f"EXPLAIN SELECT subject_id FROM ppfr_templates ORDER BY {order} LIMIT 5", (probe,)
-        )
-        plans[kind] = " ".join(r[0] for r in rows)
-    assert "ppfr_templates_hnsw" in plans["hnsw"] and "ppfr_templates_hnsw" not in plans["exact"]
-    g.close()
+def test_postgres_replicas_follow_each_others_writes_through_the_change_log(postgres):
+    """Two gallery instances (two replicas) on one database: each read applies the other's committed writes
+    first, in log order (a template added and removed before the other replica reads never shows there), and
+    a third replica started later loads the same state."""
+    url = postgres()
+    rng = np.random.default_rng(6)
+    a, b = open_gallery(url, D, "rec1"), open_gallery(url, D, "rec1")
+    va, vb = unit(rng), unit(rng)
+    a.enroll("ann", va)
+    assert b.verify("ann", va) == pytest.approx(1.0, abs=1e-5)
+    t = a.enroll("ben", vb).template_id
+    assert a.delete_template(t) == "ben"
+    assert not b.has_subject("ben") and [m.subject_id for m in b.identify(vb, 5)] == ["ann"]
+    b.enroll("cy", vb)
+    assert b.delete("ann") == 1
+    assert a.verify("ann", va) is None and [m.subject_id for m in a.identify(vb, 5)] == ["cy"]
+    c = open_gallery(url, D, "rec1")
+    assert (c.subject_count, c.template_count) == (1, 1) and c.verify("cy", vb) == pytest.approx(
+        1.0, abs=1e-5
+    )
+    assert (a.subject_count, b.subject_count) == (1, 1)
+    for g in (a, b, c):
+        g.close()
 
 
 def test_postgres_replicas_writing_one_subject_at_once_stay_consistent(postgres):
