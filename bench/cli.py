@@ -2,7 +2,9 @@
 measured side by side in the same run (DESIGN §9). Writes runs/bench/{bench.json,bench.md,bench.png}.
 
 `ppfr-bench raw-pairs --bundle DIR` is the other check: verification accuracy on raw LFW photos through
-the edge and the real server, next to the same pairs pre-aligned (bench/raw_pairs.py, docs/edge.md)."""
+the edge and the real server, next to the same pairs pre-aligned (bench/raw_pairs.py, docs/edge.md).
+`ppfr-bench edge-draw` times the edge's per-query step with its ChaCha20 drawer beside the per-element
+OS-CSPRNG drawer it replaced (bench/edge_draw.py, docs/edge.md)."""
 
 import argparse
 import json
@@ -155,6 +157,10 @@ def main(argv=None) -> int:
         from .raw_pairs import main as raw_pairs
 
         return raw_pairs(argv[1:])
+    if argv[:1] == ["edge-draw"]:  # the edge's randomness, before/after side by side (docs/edge.md)
+        from .edge_draw import main as edge_draw
+
+        return edge_draw(argv[1:])
     if argv[:1] == ["gallery"]:  # the gallery at scale (make bench-gallery; docs/cloud.md)
         from .gallery_bench import main as gallery
 

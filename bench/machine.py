@@ -6,7 +6,16 @@ import shutil
 import subprocess
 from importlib import metadata
 
-_PACKAGES = ("ppfr", "numpy", "onnxruntime", "grpcio", "protobuf", "opencv-python-headless", "torch")
+_PACKAGES = (
+    "ppfr",
+    "numpy",
+    "onnxruntime",
+    "grpcio",
+    "protobuf",
+    "opencv-python-headless",
+    "cryptography",
+    "torch",
+)
 
 
 def cpu_model() -> str:

@@ -1,7 +1,8 @@
 """The bundle's protection front-end (frontend.onnx) under ONNX Runtime: aligned face -> protected tensor.
 
-One InferenceSession per bundle, created once; the random inputs are drawn fresh from the OS CSPRNG
-for every face (see randomness.py), so two queries of the same face never share key material.
+One InferenceSession per bundle, created once; the random inputs are drawn fresh for every face from a
+ChaCha20 stream keyed by a new 256-bit seed from the OS CSPRNG (see randomness.py), so two queries of the
+same face never share key material.
 """
 
 from pathlib import Path
@@ -28,6 +29,8 @@ class FrontEnd:
             raise EdgeError(
                 f"bundle {self.bundle_dir} has no front-end model {path.name} (re-run `make export`)"
             )
+        if m.random_inputs and not randomness.available():
+            raise EdgeError(randomness.MISSING)
         for spec in m.random_inputs:
             if spec.distribution not in randomness.DISTRIBUTIONS:
                 raise EdgeError(

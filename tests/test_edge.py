@@ -1,5 +1,5 @@
-"""Edge building blocks on real photos: detection, alignment to the ArcFace template, the CSPRNG drawer,
-the preview, and the dependency rule (no torch in ppfr.edge)."""
+"""Edge building blocks on real photos: detection, alignment to the ArcFace template, the preview, and
+the dependency rule (no torch in ppfr.edge). The randomness has its own file, test_edge_randomness.py."""
 
 import json
 import subprocess
@@ -8,14 +8,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import DATA, MODELS, REPO
-from google.protobuf import struct_pb2
-from ppfr.edge import randomness
 from ppfr.edge.align import ARCFACE_TEMPLATE, align, estimate_transform, transform_points
 from ppfr.edge.detect import Detector, Face, pick_face, prominence
 from ppfr.edge.errors import ImageError
 from ppfr.edge.image import read_bgr
 from ppfr.edge.preview import channel_grid, preview
-from ppfr.protos import manifest_pb2, tensor_pb2
 
 LFW_RAW = DATA / "lfw" / "raw_samples_250"
 CELEBA_RAW = DATA / "celeba" / "raw_samples"
@@ -153,59 +150,6 @@ def test_pick_face_keeps_the_detectors_order():
     faces = [Face(np.array([0, 0, 9, 9.0]), np.zeros((5, 2)), 0.9, p) for p in (30.0, 20.0, 10.0)]
     face, warning = pick_face(faces, "x.jpg")
     assert face is faces[0] and warning.startswith("x.jpg: 3 faces found")
-
-
-def _spec(name, shape, dtype, distribution, **params):
-    spec = manifest_pb2.RandomInputSpec(name=name, shape=shape, data_type=dtype, distribution=distribution)
-    spec.params.CopyFrom(struct_pb2.Struct())
-    spec.params.update(params)
-    return spec
-
-
-def test_permutations_are_fresh_and_uniform():
-    spec = _spec("shuffle2", [34], tensor_pb2.DATA_TYPE_INT64, "permutation", n=34)
-    draws = [randomness.draw(spec) for _ in range(200)]
-    assert all(d.shape == (1, 34) and d.dtype == np.int64 for d in draws)
-    assert all(sorted(d[0].tolist()) == list(range(34)) for d in draws)
-    assert len({d.tobytes() for d in draws}) == 200  # never reused
-    # Every one of the 6 orders of 3 items equally likely (chi-square, 5 dof, p ~ 1e-6 bound).
-    counts = np.unique([tuple(randomness.permutation(3)) for _ in range(6000)], axis=0, return_counts=True)[1]
-    assert len(counts) == 6 and ((counts - 1000) ** 2 / 1000).sum() < 35
-
-
-def test_uniform_ints_cover_the_half_open_range_evenly():
-    spec = _spec("subset", [], tensor_pb2.DATA_TYPE_INT64, "uniform_int", low=0, high=6)
-    assert randomness.draw(spec).shape == (1,)
-    values = randomness.uniform_int(0, 6, 60000)
-    counts = np.bincount(values, minlength=6)
-    assert values.min() == 0 and values.max() == 5
-    assert ((counts - 10000) ** 2 / 10000).sum() < 35
-    assert set(randomness.uniform_int(-2, 1, 2000).tolist()) == {-2, -1, 0}
-
-
-def test_laplace_noise_has_the_declared_location_and_scale():
-    spec = _spec("noise", [189, 14, 14], tensor_pb2.DATA_TYPE_FLOAT32, "laplace", loc=0.5, scale=2.0)
-    a, b = randomness.draw(spec), randomness.draw(spec)
-    assert a.shape == (1, 189, 14, 14) and a.dtype == np.float32 and np.isfinite(a).all()
-    assert not np.array_equal(a, b)
-    x = randomness.laplace(0.5, 2.0, 400_000)
-    assert abs(np.median(x) - 0.5) < 0.03 and abs(np.abs(x - 0.5).mean() - 2.0) < 0.03
-    assert abs(x.var() - 8.0) < 0.3
-
-
-def test_uniform_doubles_never_reach_0_or_1(monkeypatch):
-    """The extreme random words still give finite Laplace noise."""
-    words = np.array([0, 2**64 - 1, 2**63], dtype="<u8")
-    monkeypatch.setattr(randomness.os, "urandom", lambda n: words.tobytes()[:n])
-    u = randomness.open_unit(3)
-    assert 0 < u.min() and u.max() < 1 and u[2] == 0.5 + 2.0**-53
-    monkeypatch.setattr(randomness.os, "urandom", lambda n: words.tobytes()[:n])
-    assert np.isfinite(randomness.laplace(0.0, 1.0, 3)).all()
-
-
-def test_unknown_distribution_is_rejected():
-    with pytest.raises(ValueError, match="unknown distribution"):
-        randomness.draw(_spec("x", [3], tensor_pb2.DATA_TYPE_FLOAT32, "gaussian"))
 
 
 def test_preview_shows_the_face_beside_every_channel():
