@@ -50,10 +50,13 @@ train: $(SETUP)
 # Exports every trained run (runs/*/checkpoint.pt -> artifacts/<run>), parity-checks every config in
 # EXPORT_CONFIGS without a run (default: the small configs, one per method; EXPORT_CONFIGS=configs for
 # all, the paper ones are slow on CPU), prints payload bytes and parity per method. Needs runs/$(RUN).
+# PPFR-FD's method key: the public demo key unless PPFR_METHOD_KEY is set or EXPORT_KEY says otherwise
+# (EXPORT_KEY="--key-file method.key"); see docs/privacy.md, "Keys and renewable templates".
 EXPORT_CONFIGS ?= $(wildcard configs/small_*.yaml)
+EXPORT_KEY ?= $(if $(PPFR_METHOD_KEY),,--demo-key)
 export: $(SETUP)
 	@test -f runs/$(RUN)/checkpoint.pt || { echo "no runs/$(RUN)/checkpoint.pt: run make train first" >&2; exit 2; }
-	$(VENV)/bin/ppfr-export --all --runs runs --out artifacts --configs $(EXPORT_CONFIGS) $(EXPORT_ARGS)
+	$(VENV)/bin/ppfr-export --all --runs runs --out artifacts --configs $(EXPORT_CONFIGS) $(EXPORT_KEY) $(EXPORT_ARGS)
 
 serve: $(SETUP)
 	$(VENV)/bin/ppfr-cloud serve --bundle artifacts/$(RUN) --db runs/$(RUN)/gallery.sqlite --port $(or $(PORT),50051)

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 from ppfr.protos import manifest_pb2, tensor_pb2
 from ppfr.protos.bundle import data_type, write_manifest
 
-from . import evaluation, onnx_export, parity
+from . import evaluation, keys, onnx_export, parity
 from .onnx_export import EMBEDDING, IMAGE, PROTECTED, ExportError
 
 FRONTEND = "frontend.onnx"
@@ -65,7 +65,7 @@ def _training_info(config: dict, ckpt: dict, checkpoint: Path | None) -> manifes
     train_data = data.get("train") or ""
     return manifest_pb2.TrainingInfo(
         run_name=str(config.get("name", "")),
-        config=json.dumps(config, sort_keys=True, default=str),
+        config=json.dumps(keys.redacted_config(config), sort_keys=True, default=str),
         checkpoint_sha256=sha256(checkpoint.read_bytes()) if checkpoint else "",
         train_data=train_data if isinstance(train_data, str) else json.dumps(train_data, default=str),
         num_identities=int(state.get("num_identities") or state.get("num_classes") or 0),
@@ -100,14 +100,21 @@ def export_model(
     eval_pairs: int | None = None,
     parity_faces: int = 16,
     seed: int = 0,
+    method_key: keys.MethodKey | None = None,
 ) -> ExportResult:
     """Export an in-memory (method, recognizer) to `out_dir`; raises ExportError/ParityError on failure.
 
     threshold: a dict as `evaluation.from_metrics` returns; None recomputes it on LFW pairs through the
     exported graphs (`eval_pairs` limits the pairs, for quick bundles).
+
+    method_key: the deployment key of a keyed method (export/keys.py); it replaces the key the method
+    was trained with (trained parameters are kept). None keeps the method's own key. Either way the
+    manifest records only the key id and whether it is the public demo key, never the key.
     """
     if dtype not in WIRE_DTYPES:
         raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
+    if method_key is not None and keys.method_key_bytes(method) is not None:
+        config, method = keys.rekey(config, method, method_key.key)
     method.eval()
     recognizer.eval()
     root = evaluation.data_root(data)
@@ -136,7 +143,7 @@ def export_model(
     manifest = manifest_pb2.BundleManifest(
         name=str(config.get("name", out.name)),
         method=method.name,
-        method_params=_struct(method.params()),
+        method_params=_struct(_method_params(method)),
         frontend_id=frontend_id(front_bytes, method.key_material()),
         frontend=_model_file(out / FRONTEND, front_bytes),
         recognizer=_model_file(out / RECOGNIZER, recog_bytes),
@@ -181,6 +188,18 @@ def export_model(
         p.unlink()
     write_manifest(manifest, out)
     return ExportResult(out, manifest, result)
+
+
+def _method_params(method) -> dict:
+    """method.params() with the key id of export/keys.py (never the key) and the demo-key flag."""
+    params = dict(method.params())
+    params.pop("key", None)
+    key = keys.method_key_bytes(method)
+    if key is not None:
+        params["key_id"] = keys.key_id(key)
+        params["key_id_kdf"] = f"HMAC-SHA256(key, '{keys.KEY_ID_LABEL.decode()}'), first 64 bits"
+        params["demo_key"] = key == keys.DEMO_KEY
+    return params
 
 
 def _recompute_threshold(front, recog, method, root, eval_pairs, seed) -> dict:

@@ -1,8 +1,11 @@
 """ppfr-export: checkpoint -> bundle (ONNX + manifest, parity-checked), and the TensorRT engine.
 
-ppfr-export --checkpoint runs/<name>/checkpoint.pt --out artifacts/<name> [--dtype float32]
-ppfr-export --all [--runs runs] [--out artifacts]       every runs/*/checkpoint.pt, one table
+ppfr-export --checkpoint runs/<name>/checkpoint.pt --out artifacts/<name> --key-file method.key
+ppfr-export --all [--runs runs] [--out artifacts] --demo-key   every runs/*/checkpoint.pt, one table
 ppfr-export engine artifacts/<name> [--profile 1,8,64]   on the serving GPU
+
+A keyed method (PPFR-FD) is exported only with a key from --key-file or $PPFR_METHOD_KEY, or with the
+public demo key when --demo-key says so (export/keys.py); otherwise exit 2 before anything is built.
 """
 
 import argparse
@@ -10,6 +13,8 @@ import sys
 from pathlib import Path
 
 from ppfr.protos.bundle import BundleError
+
+from . import keys
 
 EPILOG = "Build the GPU engine with: ppfr-export engine artifacts/<name> (needs tensorrt, see docs/export.md)"
 
@@ -29,6 +34,17 @@ def _export_parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         help="config files or folders: parity-check (untrained, nothing written) each one without a run",
+    )
+    k = p.add_argument_group(
+        "method key (keyed methods: ppfr_fd)",
+        f"The key is a deployment secret: from --key-file or ${keys.ENV_VAR} (at least "
+        f"{keys.MIN_KEY_BYTES} random bytes), never on the command line. The manifest records only its id.",
+    )
+    k.add_argument("--key-file", type=Path, help="file holding the method key (e.g. 32 random bytes)")
+    k.add_argument(
+        "--demo-key",
+        action="store_true",
+        help="use the public demo key (ppfr-demo-key); the manifest marks the bundle as demo",
     )
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="wire dtype (float16)")
     p.add_argument("--data", type=Path, help="shared face data (default ../shared/data)")
@@ -65,7 +81,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _export_one(checkpoint: Path, out: Path, args) -> dict:
+def _export_one(checkpoint: Path, out: Path, args, method_key) -> dict:
     from .bundle import export_checkpoint
 
     res = export_checkpoint(
@@ -75,8 +91,39 @@ def _export_one(checkpoint: Path, out: Path, args) -> dict:
         data=args.data,
         parity_faces=args.parity_faces,
         eval_pairs=args.eval_pairs,
+        method_key=method_key,
     )
     return _row(checkpoint.parent.name, res)
+
+
+def _method_name(checkpoint: Path) -> str | None:
+    """The method a checkpoint was trained with (None when it cannot be read: the export reports that)."""
+    import torch
+
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        return str(ckpt["config"]["method"]["name"])
+    except Exception:  # unreadable or foreign file: export_checkpoint gives the clear error
+        return None
+
+
+def _method_key(jobs, args):
+    """The key for the keyed runs among `jobs` (None when none is keyed); KeyPolicyError when missing."""
+    keyed = [c for c, _ in jobs if c.is_file() and keys.is_keyed(_method_name(c) or "")]
+    if not keyed:
+        return None
+    try:
+        key = keys.resolve(args.key_file, args.demo_key)
+    except keys.KeyPolicyError as err:
+        raise keys.KeyPolicyError(f"{', '.join(map(str, keyed))}: {err}") from None
+    if args.key_file and keys.key_file_is_shared(args.key_file):
+        print(
+            f"ppfr-export: warning: {args.key_file} is readable by other users (chmod 600 it)",
+            file=sys.stderr,
+        )
+    for c in keyed:
+        print(f"{c}: method {key.describe()}", flush=True)
+    return key
 
 
 def _check_config(path: Path, args) -> dict:
@@ -150,11 +197,15 @@ def export_main(argv) -> int:
         return _fail("give --checkpoint runs/<name>/checkpoint.pt (or --all)")
     else:
         jobs = [(args.checkpoint, args.out or Path("artifacts") / args.checkpoint.parent.name)]
+    try:
+        method_key = _method_key(jobs, args)
+    except keys.KeyPolicyError as err:
+        return _fail(str(err))
     rows, failed = [], 0
     for checkpoint, out in jobs:
         print(f"exporting {checkpoint} -> {out}", flush=True)
         try:
-            rows.append(_export_one(checkpoint, out, args))
+            rows.append(_export_one(checkpoint, out, args, method_key))
             print(f"  wrote {out}/frontend.onnx, recognizer.onnx, manifest.json", flush=True)
         except (ExportError, ParityError, DataError, BundleError, FileNotFoundError, ValueError) as err:
             failed += 1

@@ -79,7 +79,9 @@ def ensure_bundle(config: Path, run_name: str, overrides: list[str]) -> Path:
     if manifest.is_file() and manifest.stat().st_mtime >= checkpoint.stat().st_mtime:
         log(f"reusing the exported bundle {bundle.relative_to(REPO)}")
     else:
-        run([tool("ppfr-export"), "--checkpoint", checkpoint, "--out", bundle], "export")
+        # The demo runs on the public demo key unless a method key is given in the environment.
+        key = [] if os.environ.get("PPFR_METHOD_KEY") else ["--demo-key"]
+        run([tool("ppfr-export"), "--checkpoint", checkpoint, "--out", bundle, *key], "export")
     return bundle
 
 

@@ -41,6 +41,7 @@ def bundles(tmp_path_factory):
     metrics = {"results": {"lfw": {"trained": lfw}}, "train": {"faces": 6198, "identities": 286, "steps": 9}}
     (run / "metrics.json").write_text(json.dumps(metrics))
     args = ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(root / "ppfr_fd"), "--eval-pairs", "20"]
+    args.append("--demo-key")  # a keyed method: the test bundle says which key it uses
     assert cli.main(args) == 0
     out["ppfr_fd"] = root / "ppfr_fd"
     return out
