@@ -5,7 +5,7 @@ import pytest
 import torch
 from ppfr.train.dctdp import DCTDP
 from ppfr.train.methods import METHODS, build_method
-from ppfr.train.partialface import COMBOS, KEPT, PRUNED, SUBSETS, PartialFace, channel_table
+from ppfr.train.partialface import COMBOS, KEPT, PRUNED, SUBSETS, LayoutRouter, PartialFace, channel_table
 from ppfr.train.ppfr_fd import PPFRFD, EnergySort, keyed_permutation
 
 EXPECTED_SHAPES = {
@@ -159,6 +159,47 @@ def test_partialface_emits_documented_channels(batch):
             assert torch.equal(out, full[:, table[subset][perm]])
     # Permutation 1 = [7,3,0,6,5,4,1,2,8]: output position 0 holds the subset's element 7, per plane.
     assert table[0][1][0] == KEPT[SUBSETS[0][7]] and table[0][1][9] == 64 + KEPT[SUBSETS[0][7]]
+
+
+def test_partialface_router_puts_each_frequency_in_its_own_channel(batch):
+    """route: true. Given the layout, the router's scattering puts every sent channel where the fixed
+    162-channel layout keeps that frequency (zeros elsewhere); the recognizer's input is that layout."""
+    method = PartialFace(route=True)
+    router, full = method.server_adapter(), method.frontend(batch)
+    canon = LayoutRouter.canonical(method.table)
+    assert method.server_shape() == (162, 14, 14) and len(canon) == 162
+    for layout, sent in enumerate(method.table.tolist()):
+        subset, perm = divmod(layout, 3)
+        out = method(
+            batch, subset=torch.full((len(batch),), subset), permutation=torch.full((len(batch),), perm)
+        )
+        placed = router.place(out, torch.nn.functional.one_hot(torch.full((len(batch),), layout), 18).float())
+        rows = [canon.index(c) for c in sent]
+        assert torch.allclose(placed[:, rows], full[:, sent])
+        assert placed[:, [i for i in range(162) if i not in rows]].abs().max() == 0
+
+
+def test_partialface_router_reads_the_layout_off_real_faces(faces):
+    """The layout is not sent, but the channel energies give it away: the router's classifier learns it in
+    a few seconds on real faces and gets held-out faces right (a fact about PartialFace's privacy, too)."""
+    torch.manual_seed(0)
+    method = PartialFace(route=True)
+    router, imgs = method.server_adapter(), torch.from_numpy(faces)
+    train, held_out = imgs[: len(imgs) * 3 // 4], imgs[len(imgs) * 3 // 4 :]
+    opt = torch.optim.Adam(router.classify.parameters(), 1e-3)
+    for _ in range(150):
+        pick = torch.randint(0, len(train), (32,))
+        rand = method.sample_random(32)
+        router(method(train[pick], **rand))
+        loss = router.aux_loss(rand)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rand = method.sample_random(len(held_out))
+    with torch.no_grad():
+        router(method(held_out, **rand))
+    right = (router.logits.argmax(1) == rand["subset"] * 3 + rand["permutation"]).float().mean()
+    assert right >= 0.9
 
 
 def test_partialface_training_subsets_follow_labels():

@@ -44,7 +44,7 @@ def build_model(config: dict, pretrained: bool = True) -> tuple[ProtectionMethod
 
     method_cfg = dict(config["method"])
     method = build_method(method_cfg.pop("name"), **method_cfg)
-    c, h, _ = method.output_shape()
+    c, h, _ = method.server_shape()
     backbone = build_backbone(in_channels=c, in_size=h, pretrained=pretrained, **config.get("model", {}))
     return method, Recognizer(method.server_adapter(), backbone)
 

@@ -2,11 +2,18 @@
 of each plane, send one random subset ("rank") of 9 of the remaining 54, randomly permuted -> 27 ch.
 
 Per image the client draws a subset index (of 6) and a permutation index (of 3); both are inputs.
+
+`route: true` gives the server a `LayoutRouter`: the query does not say which of the 18 layouts it has,
+so the router reads it off the channel energies and puts every frequency in its own channel of a fixed
+162-channel layout (zeros for the frequencies not sent). Without it the recognizer's first layer sees the
+same channel carry a different frequency from one query to the next.
 """
 
 import itertools
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .frequency import FrequencyFrontEnd
 from .protection import UNIFORM_INT, ProtectionMethod, RandomInput, gather_channels
@@ -43,16 +50,24 @@ def channel_table() -> list[list[list[int]]]:
 class PartialFace(ProtectionMethod):
     name = "partialface"
 
-    def __init__(self, upsample: int = 1, image_size: int = 112):
+    def __init__(self, upsample: int = 1, image_size: int = 112, route: bool = False):
         super().__init__(image_size)
         self.frontend = FrequencyFrontEnd("ycbcr", upsample)
         self.upsample = upsample
+        self.route = bool(route)
         self.register_buffer("table", torch.tensor(channel_table()).reshape(len(SUBSETS) * 3, 27))
         self.register_buffer("combos", torch.tensor(COMBOS))
 
     def output_shape(self):
         s = self.frontend.spatial(self.image_size)
         return (27, s, s)
+
+    def server_adapter(self):
+        return LayoutRouter(self.table) if self.route else nn.Identity()
+
+    def server_shape(self):
+        c, h, w = self.output_shape()
+        return (len(LayoutRouter.canonical(self.table)), h, w) if self.route else (c, h, w)
 
     def random_inputs(self):
         return [
@@ -67,6 +82,7 @@ class PartialFace(ProtectionMethod):
             "pruned": list(PRUNED),
             "subsets": [list(s) for s in SUBSETS],
             "permutations": [list(p) for p in PERMUTATIONS],
+            "route": self.route,
         }
 
     def sample_random(self, batch, generator=None, labels=None):
@@ -80,3 +96,43 @@ class PartialFace(ProtectionMethod):
     def forward(self, image: torch.Tensor, subset: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
         index = self.table[subset * len(PERMUTATIONS) + permutation]
         return gather_channels(self.frontend(image), index)
+
+
+class LayoutRouter(nn.Module):
+    """Server side: [B, 27, S, S] in one of the 18 (subset, permutation) layouts -> [B, 162, S, S] in one
+    fixed layout. A small classifier reads the layout off the per-channel log energies (frequencies differ
+    in energy by orders of magnitude, so the energy profile says which frequency sits where); its
+    probabilities weight the 18 fixed scatterings, so the graph stays differentiable and exportable
+    (two einsums). Trained with `aux_loss`: cross-entropy against the layout the client drew."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        canon = self.canonical(table)
+        where = {c: i for i, c in enumerate(canon)}
+        k, c = table.shape
+        scatter = torch.zeros(k, len(canon), c)
+        for layout in range(k):
+            for d in range(c):
+                scatter[layout, where[int(table[layout, d])], d] = 1.0
+        self.register_buffer("scatter", scatter)
+        self.classify = nn.Sequential(nn.Linear(2 * c, 256), nn.ReLU(), nn.Linear(256, k))
+        self.logits = None  # the last forward's, for aux_loss
+
+    @staticmethod
+    def canonical(table: torch.Tensor) -> list[int]:
+        return sorted({int(v) for v in table.flatten()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        energy = x.float().pow(2).mean((2, 3)).clamp_min(1e-8).log()
+        profile = torch.cat([energy, energy - energy.mean(1, keepdim=True)], 1)  # absolute and relative
+        self.logits = self.classify(profile)
+        return self.place(x, self.logits.softmax(1))
+
+    def place(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The 18 scatterings of x into the fixed layout, weighted by weights [B, 18]."""
+        mix = torch.einsum("bk,kmc->bmc", weights, self.scatter)
+        return torch.einsum("bmc,bchw->bmhw", mix, x)
+
+    def aux_loss(self, rand: dict) -> torch.Tensor:
+        layout = rand["subset"] * len(PERMUTATIONS) + rand["permutation"]
+        return F.cross_entropy(self.logits, layout.to(self.logits.device))

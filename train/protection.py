@@ -78,8 +78,13 @@ class ProtectionMethod(nn.Module):
         """Measure data statistics the method needs (DCTDP clip bounds) on uint8 training faces."""
 
     def server_adapter(self) -> nn.Module:
-        """Server-side step that belongs to the method (runs inside the recognizer graph)."""
+        """Server-side step that belongs to the method (runs inside the recognizer graph). One with an
+        `aux_loss(random_inputs)` is trained with it too."""
         return nn.Identity()
+
+    def server_shape(self) -> tuple[int, int, int]:
+        """What the server adapter hands the backbone (the protected tensor itself by default)."""
+        return self.output_shape()
 
     def extra_loss(self) -> torch.Tensor | None:
         """Method-specific training loss, added to the recognition loss (None when there is none)."""

@@ -176,6 +176,8 @@ class TrainStep(nn.Module):
         extra = self.method.extra_loss()
         if extra is not None:
             losses["method"] = extra
+        if hasattr(self.recognizer.adapter, "aux_loss"):  # a server step that learns from the draws
+            losses["route"] = self.recognizer.adapter.aux_loss(rand)
         return losses
 
 
