@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStore, KeyStoreError, default_key_path, parse_scopes
 from ppfr.cloud.gallery import GalleryError, db_arg
-from ppfr.cloud.runtime import RUNTIME_KINDS, RuntimeUnavailable
+from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
+from ppfr.cloud.template_key import TemplateKeyError, file_is_shared, load_secret
 from ppfr.protos.bundle import BundleError
 
 
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all (default 127.0.0.1)")
     s.add_argument(
         "--runtime", choices=RUNTIME_KINDS, default="auto", help="recognizer runtime (default auto)"
+    )
+    s.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="recognizer precision (default fp32); int8 serves the bundle's recognizer.int8.onnx on ONNX "
+        "Runtime (make it with python -m ppfr.export.quantize; figures in docs/benchmarks.md)",
     )
     s.add_argument("--max-batch", type=int, default=8, help="dynamic batching: largest batch; 1 = off")
     s.add_argument(
@@ -75,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
     )
     s.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
+    s.add_argument(
+        "--template-key-file",
+        type=Path,
+        help="renewable templates: file holding the deployment's template secret (or set "
+        "PPFR_TEMPLATE_KEY); stored and matched templates are Q e for the secret's orthogonal Q. "
+        "Keep it outside the gallery database; the gallery records only its id",
+    )
 
     k = commands.add_parser("keys", help="create, list and revoke API keys")
     actions = k.add_subparsers(dest="action", required=True)
@@ -142,12 +157,22 @@ def main(argv=None) -> int:
             print(f"ppfr-cloud: error: {err}", file=sys.stderr)
             return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        template_secret = load_secret(args.template_key_file)
+    except TemplateKeyError as err:
+        print(f"ppfr-cloud: error: {err}", file=sys.stderr)
+        return 2
+    if args.template_key_file and file_is_shared(args.template_key_file):
+        logging.getLogger("ppfr.cloud").warning(
+            "template secret file %s is readable by other users (chmod 600 it)", args.template_key_file
+        )
     config = ServerConfig(
         bundle=args.bundle,
         db=args.db,
         port=args.port,
         host=args.host,
         runtime=args.runtime,
+        precision=args.precision,
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         threads=args.threads,
@@ -161,6 +186,7 @@ def main(argv=None) -> int:
         max_concurrent_calls=args.max_concurrent_calls,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        template_secret=template_secret,
     )
     try:
         asyncio.run(serve(config))

@@ -20,11 +20,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from ppfr.cloud.auth import KeyStore, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
-from ppfr.cloud.gallery import db_label, open_gallery
+from ppfr.cloud.gallery import GalleryError, db_label, open_gallery
 from ppfr.cloud.interceptor import CallGate
 from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.service import FaceVerificationService
+from ppfr.cloud.template_key import SecretSource
 from ppfr.protos import verification_pb2, verification_pb2_grpc
 from ppfr.protos.bundle import BundleError, numpy_dtype, read_manifest
 
@@ -49,6 +50,8 @@ class ServerConfig:
     port: int = 50051
     host: str = "127.0.0.1"
     runtime: str = "auto"
+    # Recognizer precision: fp32, or int8 (the bundle's recognizer.int8.onnx on ONNX Runtime).
+    precision: str = "fp32"
     # Dynamic batching: gather up to max_batch requests or max_delay_ms; max_batch<=1 or delay 0 = off.
     max_batch: int = 8
     max_delay_ms: float = 2.0
@@ -70,6 +73,9 @@ class ServerConfig:
     # Prometheus /metrics on its own HTTP port; None = off, 0 = a free port (RunningServer.metrics_port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # Renewable templates: the deployment secret (cloud/template_key.py) read by the CLI from a file or
+    # $PPFR_TEMPLATE_KEY; None stores embeddings as they are. Its repr shows the secret's id only.
+    template_secret: SecretSource | None = None
 
 
 def check_config(config: ServerConfig) -> None:
@@ -192,10 +198,12 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
-def _listen(config: ServerConfig, manifest, runtime, gallery, gate):
+def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=None):
     """The grpc.aio server with every service added and its port bound (not yet started)."""
     batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms)
-    service = FaceVerificationService(manifest, manifest.name or Path(config.bundle).name, batcher, gallery)
+    service = FaceVerificationService(
+        manifest, manifest.name or Path(config.bundle).name, batcher, gallery, transform
+    )
     gate.metrics.watch(batcher, gallery)
 
     limit = message_limit(config, manifest)
@@ -240,17 +248,21 @@ async def start(config: ServerConfig) -> RunningServer:
     if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
         raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
     _warn_if_gallery_is_readable(config.db)
-    gallery = open_gallery(config.db, manifest.embedding_size, manifest.recognizer.sha256)
+    transform, gallery = _open_gallery(config, manifest)
     keys = runtime = None
     metrics = Metrics()
     try:
         keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
         gate = CallGate(keys, metrics, config.max_concurrent_calls)
         runtime = create_runtime(
-            config.runtime, bundle, threads=config.threads, max_batch=max(config.max_batch, 1)
+            config.runtime,
+            bundle,
+            threads=config.threads,
+            max_batch=max(config.max_batch, 1),
+            precision=config.precision,
         )
         server, service, batcher, health_servicer, port, credentials = _listen(
-            config, manifest, runtime, gallery, gate
+            config, manifest, runtime, gallery, gate, transform
         )
         metrics_port = None if config.metrics_port is None else _serve_metrics(config, gate.metrics)
     except BaseException:
@@ -296,6 +308,11 @@ async def start(config: ServerConfig) -> RunningServer:
         gallery.subject_count,
         gallery.template_count,
     )
+    if transform is not None:
+        log.info(
+            "templates are transformed by the template secret id=%s before storage and matching",
+            transform.key_id,
+        )
     if credentials is None and not _is_loopback(config.host):
         log.warning("serving without TLS on %s: protected tensors cross the network unencrypted", config.host)
     if keys is None:
@@ -316,6 +333,25 @@ async def start(config: ServerConfig) -> RunningServer:
     if metrics_port is not None:
         log.info("metrics at http://%s:%d/metrics", _format_host(config.metrics_host), metrics_port)
     return running
+
+
+def _open_gallery(config: ServerConfig, manifest):
+    """(template transform or None, gallery). The gallery records the template secret's id next to the
+    recognizer's hash, so it refuses a server started with another secret (or none) than it was
+    enrolled under."""
+    transform = config.template_secret.transform(manifest.embedding_size) if config.template_secret else None
+    tag = transform.gallery_tag(manifest.recognizer.sha256) if transform else manifest.recognizer.sha256
+    try:
+        return transform, open_gallery(config.db, manifest.embedding_size, tag)
+    except GalleryError as err:
+        if "another recognizer" not in str(err):
+            raise
+        mine = f"tk={transform.key_id[:12]}" if transform else "no template secret"
+        raise GalleryError(
+            f"{err}. A gallery's templates are bound to the recognizer and to the template secret they "
+            f"were enrolled under (a leading tk=<id> is the secret's id; no tk= means none); this server "
+            f"runs with {mine}: start it with the gallery's template secret, or enroll into a new --db"
+        ) from None
 
 
 def _warn_if_gallery_is_readable(db) -> None:

@@ -14,6 +14,7 @@ from ppfr.cloud import validation
 from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
 from ppfr.cloud.gallery import Gallery
 from ppfr.cloud.interceptor import REQUEST_ID
+from ppfr.cloud.template_key import TemplateTransform
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
 
@@ -77,11 +78,15 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         bundle_name: str,
         batcher: DynamicBatcher,
         gallery: Gallery,
+        template_transform: TemplateTransform | None = None,
     ):
         self.manifest = manifest
         self.bundle_name = bundle_name
         self.batcher = batcher
         self.gallery = gallery
+        # Renewable templates (cloud/template_key.py): every embedding is turned into a template by the
+        # deployment secret's orthogonal transform before it is stored or matched; None = stored as is.
+        self.template_transform = template_transform
         self.validate_face = FaceValidator(manifest)
         self.threshold = float(manifest.threshold.cosine)
         # SQLite writes (with their fsync) run here so the event loop never waits on the disk.
@@ -98,7 +103,13 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     async def _embed(self, face, context):
         tensor = self.validate_face(face)
         remaining = self._remaining(context)
-        return await asyncio.wait_for(self.batcher.embed(tensor), remaining)
+        return self._template(await asyncio.wait_for(self.batcher.embed(tensor), remaining))
+
+    def _template(self, embedding):
+        """The gallery's form of an embedding: the same vector, or Q e under a template secret."""
+        if self.template_transform is None:
+            return embedding
+        return self.template_transform.apply(embedding)
 
     async def _in_db_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -132,7 +143,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         tensor = self.validate_face(request.face)
         self._require_subject(subject_id)
         embedding = await asyncio.wait_for(self.batcher.embed(tensor), self._remaining(context))
-        score = self.gallery.verify(subject_id, embedding)
+        score = self.gallery.verify(subject_id, self._template(embedding))
         if score is None:  # deleted while the face was being embedded
             raise NotFound(f"subject {subject_id!r} is not enrolled")
         return verification_pb2.VerifyResponse(
