@@ -1,6 +1,7 @@
 """Renewable templates (issue 15, item 5): the keyed orthogonal transform, and the real server that applies
 it before storage and matching and refuses a gallery enrolled under another template secret."""
 
+import json
 import logging
 
 import numpy as np
@@ -135,3 +136,24 @@ def test_serve_command_refuses_the_wrong_secret_with_one_line(bundle, tmp_path, 
     monkeypatch.setenv(ENV_VAR, SECRET_A.decode())
     assert cloud_cli.main([*args, "--template-key-file", str(a)]) == 2
     assert "one way only" in capsys.readouterr().err
+
+
+def test_template_linkage_runs_end_to_end_at_a_tiny_setting(bundle, tmp_path):
+    """python -m ppfr.attack.template_linkage on two small bundles under two PPFR-FD keys, 40 LFW pairs."""
+    from bundles import export_small
+    from conftest import DATA
+    from ppfr.attack import template_linkage
+
+    other = export_small(tmp_path / "other", "ppfr_fd", eval_pairs=20, key="another-key-for-the-test").bundle
+    out = tmp_path / "out"
+    args = ["--bundle", str(bundle), "--other", str(other), "--out", str(out), "--pairs", "40"]
+    assert template_linkage.main([*args, "--secrets", "2", "--data", str(DATA)]) == 0
+    res = json.loads((out / "template_linkage.json").read_text())
+    assert res["pairs"] == {"total": 40, "mated": 20, "nonmated": 20} and res["same_recognizer"]
+    assert res["bundle_ids"]["frontend_id"] != res["other_ids"]["frontend_id"]
+    ren = res["renewable"]
+    assert ren["same_secret_max_abs_score_change"] < 1e-5  # an orthogonal transform keeps every cosine
+    same = ren["same_secret"]["verification"]["accuracy_mean"]["mean"]
+    assert same == pytest.approx(res["plain_same_key"]["verification"]["accuracy_mean"])
+    assert 0 <= ren["two_secrets"]["other_photo"]["dsys_kde"]["mean"] <= 1
+    assert "alignment attack" in (out / "template_linkage.md").read_text()
