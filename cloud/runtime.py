@@ -4,6 +4,7 @@ ONNX Runtime is the default (the embedded choice on CPU); TensorRT (cloud/tensor
 with the export issue) is imported lazily, only when asked for or when `auto` finds a GPU and an engine.
 """
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,9 @@ from .tensorrt_runtime import tensorrt_available
 log = logging.getLogger("ppfr.cloud")
 
 RUNTIME_KINDS = ("auto", "onnxruntime", "tensorrt")
+# Recognizer precision: fp32 = recognizer.onnx; int8 = the bundle's recognizer.int8.onnx (export/quantize.py,
+# ONNX Runtime only).
+PRECISIONS = ("fp32", "int8")
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -51,9 +55,11 @@ class OnnxRuntime:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path, threads: int = 0, max_batch: int = 64, providers=None):
+    def __init__(self, model_path, threads: int = 0, max_batch: int = 64, providers=None, name: str = ""):
         import onnxruntime as ort
 
+        if name:
+            self.name = name
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -97,12 +103,50 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def create_runtime(kind: str, bundle_dir, threads: int = 0, max_batch: int = 64) -> Runtime:
+def int8_model(bundle_dir, manifest=None) -> Path:
+    """The bundle's INT8 recognizer file, checked against the manifest; RuntimeUnavailable with what to do
+    when there is none, it is missing or altered, or it was made from another recognizer.onnx."""
+    manifest = manifest or read_manifest(bundle_dir)
+    q = manifest.recognizer_int8
+    make = f"make one with `python -m ppfr.export.quantize --bundle {bundle_dir}` or serve --precision fp32"
+    if not manifest.HasField("recognizer_int8") or not q.model.path:
+        raise RuntimeUnavailable(f"bundle {bundle_dir} has no INT8 recognizer: {make}")
+    path = Path(bundle_dir) / q.model.path
+    if not path.is_file():
+        raise RuntimeUnavailable(
+            f"bundle {bundle_dir}: the manifest names {q.model.path}, which is missing: {make}"
+        )
+    if q.source_sha256 != manifest.recognizer.sha256:
+        raise RuntimeUnavailable(
+            f"bundle {bundle_dir}: {q.model.path} was made from another recognizer.onnx (re-exported "
+            f"since): {make}"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if q.model.sha256 and digest != q.model.sha256:
+        raise RuntimeUnavailable(
+            f"bundle {bundle_dir}: {q.model.path} does not match its sha256 in the manifest"
+        )
+    return path
+
+
+def create_runtime(
+    kind: str, bundle_dir, threads: int = 0, max_batch: int = 64, precision: str = "fp32"
+) -> Runtime:
     """The recognizer runtime of a bundle: `onnxruntime`, `tensorrt`, or `auto` (TensorRT when TensorRT,
-    a GPU and an engine are present, else ONNX Runtime)."""
+    a GPU and an engine are present, else ONNX Runtime). precision `int8` serves the bundle's
+    recognizer.int8.onnx on ONNX Runtime (with `auto` or `onnxruntime`)."""
     if kind not in RUNTIME_KINDS:
         raise RuntimeUnavailable(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_KINDS)}")
+    if precision not in PRECISIONS:
+        raise RuntimeUnavailable(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     manifest = read_manifest(bundle_dir)
+    if precision == "int8":
+        if kind == "tensorrt":
+            raise RuntimeUnavailable(
+                "--precision int8 runs on ONNX Runtime (a CPU model); use --runtime onnxruntime or auto"
+            )
+        path = int8_model(bundle_dir, manifest)
+        return OnnxRuntime(path, threads=threads, max_batch=max_batch, name="onnxruntime-int8")
     if kind in ("auto", "tensorrt"):
         engine = tensorrt_engine(bundle_dir)
         if kind == "tensorrt" or (engine is not None and tensorrt_available()):

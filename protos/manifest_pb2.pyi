@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BundleManifest(_message.Message):
-    __slots__ = ("name", "method", "method_params", "frontend_id", "frontend", "recognizer", "frontend_image_input", "random_inputs", "protected_tensor", "embedding", "embedding_size", "threshold", "payload", "training", "engines", "opset", "ppfr_version", "create_time")
+    __slots__ = ("name", "method", "method_params", "frontend_id", "frontend", "recognizer", "frontend_image_input", "random_inputs", "protected_tensor", "embedding", "embedding_size", "threshold", "payload", "training", "engines", "opset", "ppfr_version", "create_time", "recognizer_int8")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     METHOD_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class BundleManifest(_message.Message):
     OPSET_FIELD_NUMBER: _ClassVar[int]
     PPFR_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECOGNIZER_INT8_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     method_params: _struct_pb2.Struct
@@ -46,7 +47,8 @@ class BundleManifest(_message.Message):
     opset: int
     ppfr_version: str
     create_time: str
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., method_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., frontend_id: _Optional[str] = ..., frontend: _Optional[_Union[ModelFile, _Mapping]] = ..., recognizer: _Optional[_Union[ModelFile, _Mapping]] = ..., frontend_image_input: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., random_inputs: _Optional[_Iterable[_Union[RandomInputSpec, _Mapping]]] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[_Union[VerificationThreshold, _Mapping]] = ..., payload: _Optional[_Union[PayloadSize, _Mapping]] = ..., training: _Optional[_Union[TrainingInfo, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[TensorRTEngine, _Mapping]]] = ..., opset: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., create_time: _Optional[str] = ...) -> None: ...
+    recognizer_int8: QuantizedRecognizer
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., method_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., frontend_id: _Optional[str] = ..., frontend: _Optional[_Union[ModelFile, _Mapping]] = ..., recognizer: _Optional[_Union[ModelFile, _Mapping]] = ..., frontend_image_input: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., random_inputs: _Optional[_Iterable[_Union[RandomInputSpec, _Mapping]]] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[_Union[VerificationThreshold, _Mapping]] = ..., payload: _Optional[_Union[PayloadSize, _Mapping]] = ..., training: _Optional[_Union[TrainingInfo, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[TensorRTEngine, _Mapping]]] = ..., opset: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., create_time: _Optional[str] = ..., recognizer_int8: _Optional[_Union[QuantizedRecognizer, _Mapping]] = ...) -> None: ...
 
 class ModelFile(_message.Message):
     __slots__ = ("path", "sha256", "size_bytes")
@@ -117,6 +119,34 @@ class TrainingInfo(_message.Message):
     epochs: int
     backbone: str
     def __init__(self, run_name: _Optional[str] = ..., config: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., train_data: _Optional[str] = ..., num_identities: _Optional[int] = ..., num_images: _Optional[int] = ..., epochs: _Optional[int] = ..., backbone: _Optional[str] = ...) -> None: ...
+
+class QuantizedRecognizer(_message.Message):
+    __slots__ = ("model", "source_sha256", "format", "activation_type", "weight_type", "per_channel", "calibrate_method", "calibration_set", "calibration_faces", "calibration_note", "onnxruntime_version", "create_time")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PER_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SET_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FACES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_NOTE_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    model: ModelFile
+    source_sha256: str
+    format: str
+    activation_type: str
+    weight_type: str
+    per_channel: bool
+    calibrate_method: str
+    calibration_set: str
+    calibration_faces: int
+    calibration_note: str
+    onnxruntime_version: str
+    create_time: str
+    def __init__(self, model: _Optional[_Union[ModelFile, _Mapping]] = ..., source_sha256: _Optional[str] = ..., format: _Optional[str] = ..., activation_type: _Optional[str] = ..., weight_type: _Optional[str] = ..., per_channel: _Optional[bool] = ..., calibrate_method: _Optional[str] = ..., calibration_set: _Optional[str] = ..., calibration_faces: _Optional[int] = ..., calibration_note: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., create_time: _Optional[str] = ...) -> None: ...
 
 class TensorRTEngine(_message.Message):
     __slots__ = ("path", "gpu_name", "compute_capability", "tensorrt_version", "fp16", "profile_batch_sizes", "create_time")
