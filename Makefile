@@ -82,3 +82,21 @@ postgres: $(STAMP)
 # GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see python -m ppfr.bench.gallery_bench --help)
 bench-gallery: $(STAMP)
 	nice $(PY) -m ppfr.bench.gallery_bench $(GALLERY_ARGS)
+
+# INT8 recognizer of artifacts/$(RUN) (ONNX Runtime static quantization, calibrated on CelebA faces protected
+# by the bundle's own front-end) -> recognizer.int8.onnx + manifest; serve it with `ppfr-cloud serve
+# --precision int8`. QUANTIZE_ARGS: e.g. --evaluate --latency (LFW and batch-1 latency, fp32 vs int8).
+.PHONY: quantize gpu-check gpu-check-pack
+quantize: $(SETUP)
+	nice $(PY) -m ppfr.export.quantize --bundle artifacts/$(RUN) $(QUANTIZE_ARGS)
+
+# One command for a lent GPU machine (<= 8 minutes, one table, runs/gpu-check/gpu_check.json): every trained
+# bundle's recognizer at batch 1..256 in PyTorch CUDA fp32/fp16/bf16, torch.compile, CUDA graphs, ONNX Runtime
+# CUDA and TensorRT where importable, and training steps/s of the default recipe; CPU fallbacks elsewhere.
+# It needs no ../shared and no .venv: run `make gpu-check-pack` here first and carry .gpu-check/ along.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-pack: $(SETUP)
+	$(PY) scripts/gpu_check.py pack

@@ -1,6 +1,7 @@
-"""GPU section: the recognizer on PyTorch CUDA (fp32, fp16, torch.compile, CUDA graphs), ONNX Runtime
-CUDA and TensorRT, batch 1..256. Runs only where a GPU is present; torch is imported lazily, here only
-(the edge and server under test stay torch-free)."""
+"""GPU section: the recognizer on PyTorch CUDA (fp32, fp16, bf16, torch.compile, CUDA graphs), ONNX
+Runtime CUDA and TensorRT, batch 1..256. Runs only where a GPU is present; torch is imported lazily, here
+only (the edge and server under test stay torch-free). `make gpu-check` (bench/gpu_check.py) reuses these
+timers for every trained bundle, and their CPU forms where there is no GPU."""
 
 import time
 from pathlib import Path
@@ -36,17 +37,19 @@ def _torch_recognizer(manifest):
     return recognizer.eval(), None
 
 
-def _time_cuda(fn, iters: int) -> list[float]:
+def _time_cuda(fn, iters: int, warmup: int = 3, cuda: bool = True) -> list[float]:
+    """Latency in ms of fn (synchronised with the GPU when `cuda`)."""
     import torch
 
-    for _ in range(3):
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     out = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         out.append((time.perf_counter() - t0) * 1e3)
     return out
 
@@ -56,24 +59,38 @@ def _row(batch: int, lat: list[float]) -> dict:
     return {"batch": batch, "items_per_s": round(batch / (s["p50_ms"] / 1e3), 1), **s}
 
 
-def _torch_variants(model, shape, batches, iters) -> dict:
+# (name, dtype, mode): every PyTorch variant the GPU section knows
+TORCH_VARIANTS = (
+    ("torch-fp32", "float32", "eager"),
+    ("torch-fp16", "float16", "eager"),
+    ("torch-bf16", "bfloat16", "eager"),
+    ("torch-fp16-compiled", "float16", "compile"),
+    ("torch-fp16-cudagraph", "float16", "graph"),
+)
+
+
+def _torch_variants(
+    model, shape, batches, iters, variants=TORCH_VARIANTS, device: str = "cuda", inputs=None, warmup: int = 3
+) -> dict:
+    """{variant: {"rows": [...]} or {"error": ...}}. inputs: optional [N, *shape] float tensor of real
+    protected faces, cycled to each batch (else standard normal)."""
     import torch
 
     out = {}
-    dev = torch.device("cuda")
-    for name, dtype, mode in (
-        ("torch-fp32", torch.float32, "eager"),
-        ("torch-fp16", torch.float16, "eager"),
-        ("torch-fp16-compiled", torch.float16, "compile"),
-        ("torch-fp16-cudagraph", torch.float16, "graph"),
-    ):
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    for name, dtype_name, mode in variants:
+        dtype = getattr(torch, dtype_name)
         m = model.to(dev, dtype)
         rows = []
         try:
             # one dynamic-shape compilation serves every batch size (no recompile per batch)
             fwd = torch.compile(m.embed, dynamic=True) if mode == "compile" else m.embed
             for b in batches:
-                x = torch.randn(b, *shape, device=dev, dtype=dtype)
+                if inputs is not None:
+                    x = inputs[torch.arange(b) % len(inputs)].to(dev, dtype)
+                else:
+                    x = torch.randn(b, *shape, device=dev, dtype=dtype)
                 with torch.inference_mode():
                     if mode == "graph":
                         fwd(x)
@@ -81,23 +98,42 @@ def _torch_variants(model, shape, batches, iters) -> dict:
                         graph = torch.cuda.CUDAGraph()
                         with torch.cuda.graph(graph):
                             fwd(x)
-                        rows.append(_row(b, _time_cuda(graph.replay, iters)))
+                        rows.append(_row(b, _time_cuda(graph.replay, iters, warmup)))
                     else:
-                        rows.append(_row(b, _time_cuda(lambda f=fwd, x=x: f(x), iters)))
+                        rows.append(_row(b, _time_cuda(lambda f=fwd, x=x: f(x), iters, warmup, cuda)))
         except Exception as err:  # one failing variant must not sink the others
             out[name] = {"error": f"{type(err).__name__}: {err}"}
             continue
         out[name] = {"rows": rows}
+    model.to(torch.device("cpu"), torch.float32)
     return out
 
 
-def _onnx_variants(bundle_dir, shape, batches, iters) -> dict:
+def _onnx_variants(bundle_dir, shape, batches, iters, notes: list | None = None, cpu: bool = False) -> dict:
+    """ONNX Runtime CUDA and TensorRT (and ONNX Runtime CPU when `cpu`), where importable; what is not
+    measured gets a line in `notes`."""
     out = {}
-    import onnxruntime as ort
-    from ppfr.cloud.runtime import OnnxRuntime, create_runtime, tensorrt_available, tensorrt_engine
+    notes = notes if notes is not None else []
+    try:
+        import onnxruntime as ort
+        from ppfr.cloud.runtime import OnnxRuntime, create_runtime, tensorrt_available, tensorrt_engine
+    except Exception as err:  # no onnxruntime, or stubs for another protobuf
+        notes.append(f"onnxruntime/tensorrt: skipped (cannot import the cloud runtimes: {err})")
+        return out
 
     makers = []
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if not (Path(bundle_dir) / "recognizer.onnx").is_file():
+        notes.append(f"onnxruntime/tensorrt: skipped (no {bundle_dir}/recognizer.onnx here: run make export)")
+        return out
+    if cpu:
+        path = Path(bundle_dir) / "recognizer.onnx"
+        makers.append(("onnxruntime-cpu", lambda: OnnxRuntime(path, max_batch=max(batches))))
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        notes.append(
+            f"onnxruntime-cuda: skipped (onnxruntime {ort.__version__} has no CUDAExecutionProvider; "
+            "pip install onnxruntime-gpu)"
+        )
+    else:
         path = Path(bundle_dir) / "recognizer.onnx"
         makers.append(
             (
@@ -111,6 +147,10 @@ def _onnx_variants(bundle_dir, shape, batches, iters) -> dict:
         makers.append(
             ("tensorrt-fp16", lambda: create_runtime("tensorrt", bundle_dir, max_batch=max(batches)))
         )
+    elif not tensorrt_available():
+        notes.append("tensorrt: skipped (the tensorrt package or a CUDA GPU is not available)")
+    else:
+        notes.append(f"tensorrt: skipped (no engine in {bundle_dir}: build one on this GPU with ppfr-export)")
     for name, make in makers:
         try:
             rt = make()
@@ -142,7 +182,7 @@ def bench_gpu(bundle_dir, manifest, cfg, log) -> dict:
         out["notes"].append(note)
     else:
         out["variants"].update(_torch_variants(model, shape, cfg.gpu_batches, cfg.gpu_iters))
-    out["variants"].update(_onnx_variants(bundle_dir, shape, cfg.gpu_batches, cfg.gpu_iters))
+    out["variants"].update(_onnx_variants(bundle_dir, shape, cfg.gpu_batches, cfg.gpu_iters, out["notes"]))
     for name, v in out["variants"].items():
         if "rows" in v and v["rows"]:
             best = max(v["rows"], key=lambda r: r["items_per_s"])
