@@ -8,7 +8,9 @@
   database's change log at the start of every request, so a write on one replica is seen by every replica
   on its next request.
 
-`open_gallery(db, embedding_size, recognizer_sha256)` picks the backend from `db`.
+`open_gallery(db, embedding_size, recognizer_sha256, template_key=...)` picks the backend from `db`. A
+gallery records the recognizer and the template secret's id (cloud/template_key.py; "none" without one)
+its templates were made with, and refuses to be opened with others.
 
 A subject may hold several templates (re-enrolling adds one); its score against a probe is the best
 (maximum) cosine similarity over its templates. On both backends 1:N search runs in process: exact (BLAS)
@@ -117,13 +119,29 @@ def check_page_size(page_size: int) -> int:
     return int(page_size)
 
 
+def meta_wanted(embedding_size: int, recognizer_sha256: str, template_key: str) -> dict:
+    """What a gallery records about the templates it holds; an empty value is not checked (library use)."""
+    return {
+        "embedding_size": str(embedding_size),
+        "recognizer_sha256": recognizer_sha256,
+        "template_key": template_key,
+    }
+
+
 def check_meta(stored: dict, wanted: dict, where) -> None:
     for key, value in wanted.items():
-        if key in stored and value and stored[key] != value:
+        if key not in stored or not value or stored[key] == value:
+            continue
+        if key == "template_key":
             raise GalleryError(
-                f"{where} holds templates from another recognizer ({key} {stored[key][:16]} != "
-                f"{value[:16]}); use a new --db for this bundle"
+                f"{where} was enrolled under template secret {stored[key]} and this server runs with "
+                f"{value}: start it with the gallery's template secret (--template-key-file), or enroll "
+                "into a new --db"
             )
+        raise GalleryError(
+            f"{where} holds templates from another recognizer ({key} {stored[key][:16]} != "
+            f"{value[:16]}); use a new --db for this bundle"
+        )
 
 
 class MatrixGallery:
@@ -192,6 +210,7 @@ class SqliteGallery(MatrixGallery):
         recognizer_sha256: str = "",
         exact_max: int = EXACT_MAX,
         ann_options: dict | None = None,
+        template_key: str = "",
     ):
         self.path = Path(path)
         self.embedding_size = int(embedding_size)
@@ -217,15 +236,16 @@ class SqliteGallery(MatrixGallery):
                     os.chmod(side, 0o600)
         except (sqlite3.Error, OSError) as err:
             raise GalleryError(f"cannot open the gallery database {self.path}: {err}") from None
-        self._check_meta(recognizer_sha256)
+        self._check_meta(meta_wanted(self.embedding_size, recognizer_sha256, template_key))
         self._init_matrix(exact_max, ann_options)
         self._load()
         self._maybe_attach_ann()
 
     # --- setup -----------------------------------------------------------------------------------
-    def _check_meta(self, recognizer_sha256: str) -> None:
+    def _check_meta(self, wanted: dict) -> None:
         stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        wanted = {"embedding_size": str(self.embedding_size), "recognizer_sha256": recognizer_sha256}
+        if self._db.execute("SELECT 1 FROM templates LIMIT 1").fetchone():
+            stored.setdefault("template_key", "none")  # enrolled before secrets were recorded: without one
         check_meta(stored, wanted, self.path)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")

@@ -34,6 +34,7 @@ from ppfr.cloud.gallery import (
     check_page_size,
     decode_page_token,
     encode_page_token,
+    meta_wanted,
     unit,
 )
 
@@ -85,6 +86,7 @@ class PostgresGallery(MatrixGallery):
         recognizer_sha256: str = "",
         exact_max: int = EXACT_MAX,
         ann_options: dict | None = None,
+        template_key: str = "",
     ):
         try:
             import psycopg
@@ -103,7 +105,7 @@ class PostgresGallery(MatrixGallery):
         self._sync_lock = threading.Lock()  # one thread applies the log at a time (the matrix's one writer)
         self._seq = 0  # log entries applied up to here
         self._synced_at = -1.0  # monotonic time the last applied log query was sent
-        self._setup(recognizer_sha256)
+        self._setup(meta_wanted(self.embedding_size, recognizer_sha256, template_key))
         self._init_matrix(exact_max, ann_options)
         self._load()
         self._maybe_attach_ann()
@@ -140,7 +142,7 @@ class PostgresGallery(MatrixGallery):
                 raise GalleryError(f"gallery database error: {_short(err)}") from None
             return fn(self._conn())
 
-    def _setup(self, recognizer_sha256: str) -> None:
+    def _setup(self, wanted: dict) -> None:
         psycopg = self._psycopg
         conn = self._conn()
         try:
@@ -157,7 +159,8 @@ class PostgresGallery(MatrixGallery):
                     "WHERE attrelid = 'ppfr_templates'::regclass AND attname = 'embedding'"
                 ).fetchone()[0]
                 stored.setdefault("embedding_size", column.removeprefix("vector(").rstrip(")"))
-                wanted = {"embedding_size": str(self.embedding_size), "recognizer_sha256": recognizer_sha256}
+                if conn.execute("SELECT 1 FROM ppfr_templates LIMIT 1").fetchone():
+                    stored.setdefault("template_key", "none")  # enrolled before secrets were recorded
                 check_meta(stored, wanted, "the PostgreSQL gallery")
                 for key, value in wanted.items():
                     if value:

@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from ppfr.cloud.auth import KeyStore, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
-from ppfr.cloud.gallery import GalleryError, db_label, open_gallery
+from ppfr.cloud.gallery import db_label, open_gallery
 from ppfr.cloud.interceptor import CallGate
 from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
@@ -336,22 +336,14 @@ async def start(config: ServerConfig) -> RunningServer:
 
 
 def _open_gallery(config: ServerConfig, manifest):
-    """(template transform or None, gallery). The gallery records the template secret's id next to the
-    recognizer's hash, so it refuses a server started with another secret (or none) than it was
-    enrolled under."""
+    """(template transform or None, gallery). The gallery records the template secret's id ("none"
+    without one), so it refuses a server started with another secret (or none) than it was enrolled
+    under."""
     transform = config.template_secret.transform(manifest.embedding_size) if config.template_secret else None
-    tag = transform.gallery_tag(manifest.recognizer.sha256) if transform else manifest.recognizer.sha256
-    try:
-        return transform, open_gallery(config.db, manifest.embedding_size, tag)
-    except GalleryError as err:
-        if "another recognizer" not in str(err):
-            raise
-        mine = f"tk={transform.key_id[:12]}" if transform else "no template secret"
-        raise GalleryError(
-            f"{err}. A gallery's templates are bound to the recognizer and to the template secret they "
-            f"were enrolled under (a leading tk=<id> is the secret's id; no tk= means none); this server "
-            f"runs with {mine}: start it with the gallery's template secret, or enroll into a new --db"
-        ) from None
+    key = f"tk={transform.key_id[:12]}" if transform else "none"
+    return transform, open_gallery(
+        config.db, manifest.embedding_size, manifest.recognizer.sha256, template_key=key
+    )
 
 
 def _warn_if_gallery_is_readable(db) -> None:

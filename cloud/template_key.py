@@ -86,11 +86,6 @@ class TemplateTransform:
             raise ValueError(f"embedding size {e.shape[-1]} != the transform's {self.dim}")
         return e @ self._q.T
 
-    def gallery_tag(self, recognizer_sha256: str) -> str:
-        """What the gallery records in place of the bare recognizer hash: the secret's id first, so the
-        gallery's mismatch message (first 16 characters of each side) shows the two ids."""
-        return f"tk={self.key_id[:12]};{recognizer_sha256}"
-
 
 class SecretSource:
     """A template secret read from a file or the environment, not yet bound to an embedding size.

@@ -119,6 +119,20 @@ def test_refuses_a_database_of_another_recognizer(db):
         open_gallery(db, 16, "rec1")
 
 
+def test_refuses_a_template_secret_other_than_the_one_it_was_enrolled_under(db):
+    """A gallery enrolled before secrets were recorded counts as enrolled without one ("none")."""
+    g = open_gallery(db, D, "rec1")
+    g.enroll("alice", unit(np.random.default_rng(7)))
+    g.close()
+    with pytest.raises(
+        GalleryError, match="enrolled under template secret none and this server runs with tk=a"
+    ):
+        open_gallery(db, D, "rec1", template_key="tk=a")
+    open_gallery(db, D, "rec1", template_key="none").close()  # recorded now
+    with pytest.raises(GalleryError, match="template secret none"):
+        open_gallery(db, D, "rec1", template_key="tk=b")
+
+
 def test_identify_ranks_subjects_by_their_best_template_like_brute_force(db):
     """Many subjects, several templates each, deletes in between: identify equals a brute-force answer."""
     rng = np.random.default_rng(3)
