@@ -237,7 +237,6 @@ def bench_postgres(n, d, vecs, names, probes, truth, rprobes, rtruth, args, url)
     loader = PostgresGallery(url, d, exact_max=10**12)
     res = {"load": loader.bulk_load(names, vecs)}
     loader.close()
-    size = 0
     rss0 = rss_mb()
     t0 = time.perf_counter()
     g = PostgresGallery(url, d, exact_max=10**12)  # a replica starting on the loaded gallery

@@ -95,6 +95,12 @@ def unit(x) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
+def unit_rows(mat) -> np.ndarray:
+    """Each row of a [n, d] matrix L2-normalised, float32."""
+    mat = np.asarray(mat, dtype=np.float32)
+    return mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+
+
 def encode_page_token(last_subject: str) -> str:
     return base64.urlsafe_b64encode(b"s1:" + last_subject.encode()).decode().rstrip("=")
 
@@ -128,7 +134,9 @@ def meta_wanted(embedding_size: int, recognizer_sha256: str, template_key: str) 
     }
 
 
-def check_meta(stored: dict, wanted: dict, where) -> None:
+def check_meta(stored: dict, wanted: dict, where, has_templates: bool) -> None:
+    if has_templates:  # enrolled before template secrets were recorded: without one
+        stored = {"template_key": "none", **stored}
     for key, value in wanted.items():
         if key not in stored or not value or stored[key] == value:
             continue
@@ -244,9 +252,8 @@ class SqliteGallery(MatrixGallery):
     # --- setup -----------------------------------------------------------------------------------
     def _check_meta(self, wanted: dict) -> None:
         stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        if self._db.execute("SELECT 1 FROM templates LIMIT 1").fetchone():
-            stored.setdefault("template_key", "none")  # enrolled before secrets were recorded: without one
-        check_meta(stored, wanted, self.path)
+        has_templates = self._db.execute("SELECT 1 FROM templates LIMIT 1").fetchone() is not None
+        check_meta(stored, wanted, self.path, has_templates)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             for key, value in wanted.items():
@@ -265,9 +272,8 @@ class SqliteGallery(MatrixGallery):
                     f"{self.path}: template {bad[0]} has {len(bad[2]) // 4} values, expected {d}"
                 )
             mat = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), d)
-            norms = np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            self._matrix.add_many([r[1] for r in rows], ids, (mat / norms).astype(np.float32))
+            self._matrix.add_many([r[1] for r in rows], ids, unit_rows(mat))
 
     def list_subjects(self, page_size: int, page_token: str = "") -> tuple[list[tuple[str, int]], str]:
         """(subject_id, template_count) ordered by subject_id; the token to pass for the next page ("" at
@@ -346,7 +352,7 @@ class SqliteGallery(MatrixGallery):
         with self._lock:
             for start in range(0, len(embeddings), chunk):
                 vecs = embeddings[start : start + chunk]
-                vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+                vecs = unit_rows(vecs)
                 names = list(subject_ids[start : start + chunk])
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")

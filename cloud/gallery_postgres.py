@@ -21,6 +21,7 @@ Connections: one per thread that uses the gallery (the server: its event loop an
 on first use, reopened after a failure.
 """
 
+import functools
 import threading
 import time
 
@@ -36,6 +37,7 @@ from ppfr.cloud.gallery import (
     encode_page_token,
     meta_wanted,
     unit,
+    unit_rows,
 )
 
 SCHEMA = """
@@ -159,9 +161,8 @@ class PostgresGallery(MatrixGallery):
                     "WHERE attrelid = 'ppfr_templates'::regclass AND attname = 'embedding'"
                 ).fetchone()[0]
                 stored.setdefault("embedding_size", column.removeprefix("vector(").rstrip(")"))
-                if conn.execute("SELECT 1 FROM ppfr_templates LIMIT 1").fetchone():
-                    stored.setdefault("template_key", "none")  # enrolled before secrets were recorded
-                check_meta(stored, wanted, "the PostgreSQL gallery")
+                has_templates = conn.execute("SELECT 1 FROM ppfr_templates LIMIT 1").fetchone() is not None
+                check_meta(stored, wanted, "the PostgreSQL gallery", has_templates)
                 for key, value in wanted.items():
                     if value:
                         conn.execute(
@@ -200,7 +201,7 @@ class PostgresGallery(MatrixGallery):
         rows = [r for r in rows if r[1] is not None and int(r[0]) not in known]
         if rows:
             ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            self._matrix.add_many([r[1] for r in rows], ids, np.stack([unit(r[2]) for r in rows]))
+            self._matrix.add_many([r[1] for r in rows], ids, unit_rows(np.stack([r[2] for r in rows])))
 
     def _refresh(self) -> None:
         """Applies the log entries committed before this call began. A query sent after that moment sees
@@ -372,6 +373,7 @@ class PostgresGallery(MatrixGallery):
                 pass
 
 
+@functools.cache
 def _vector_loader(psycopg):
     """pgvector's binary form (uint16 dim, uint16 unused, dim big-endian float32) as a numpy array."""
 
