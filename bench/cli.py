@@ -4,7 +4,9 @@ measured side by side in the same run (DESIGN §9). Writes runs/bench/{bench.jso
 `ppfr-bench raw-pairs --bundle DIR` is the other check: verification accuracy on raw LFW photos through
 the edge and the real server, next to the same pairs pre-aligned (bench/raw_pairs.py, docs/edge.md).
 `ppfr-bench edge-draw` times the edge's per-query step with its ChaCha20 drawer beside the per-element
-OS-CSPRNG drawer it replaced (bench/edge_draw.py, docs/edge.md)."""
+OS-CSPRNG drawer it replaced (bench/edge_draw.py, docs/edge.md).
+`ppfr-bench ort-settings` times the recognizer under ONNX Runtime session settings side by side (graph
+level, threads, one or several sessions; bench/ort_settings.py, docs/benchmarks.md)."""
 
 import argparse
 import json
@@ -161,6 +163,10 @@ def main(argv=None) -> int:
         from .edge_draw import main as edge_draw
 
         return edge_draw(argv[1:])
+    if argv[:1] == ["ort-settings"]:  # ONNX Runtime session settings side by side (docs/benchmarks.md)
+        from .ort_settings import main as ort_settings
+
+        return ort_settings(argv[1:])
     if argv[:1] == ["gallery"]:  # the gallery at scale (make bench-gallery; docs/cloud.md)
         from .gallery_bench import main as gallery
 

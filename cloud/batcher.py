@@ -1,10 +1,13 @@
 """Dynamic batching: concurrent requests are gathered, up to max_batch or until the oldest has waited
 max_delay, into one runtime call. The runtime runs on one dedicated engine thread so the event loop stays
 free to accept, validate and answer other calls meanwhile. max_batch <= 1 or max_delay <= 0 turns
-gathering off (one runtime call per request)."""
+gathering off (one runtime call per request). `engines` > 1 runs that many runtime calls at once, each on
+its own engine thread (the runtime must allow concurrent calls: ONNX Runtime sessions do, TensorRT
+serialises them); a batch is gathered only once an engine is free to take it, as with one engine."""
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,18 +20,21 @@ class BatcherClosed(RuntimeError):
 
 
 class DynamicBatcher:
-    def __init__(self, runtime, max_batch: int = 8, max_delay_ms: float = 2.0):
+    def __init__(self, runtime, max_batch: int = 8, max_delay_ms: float = 2.0, engines: int = 1):
         self.runtime = runtime
         self.max_batch = max(
             1, min(int(max_batch), int(getattr(runtime, "max_batch", max_batch) or max_batch))
         )
         self.max_delay = max(0.0, float(max_delay_ms)) / 1000.0
         self.enabled = self.max_batch > 1 and self.max_delay > 0
-        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppfr-engine")
+        self.engines = max(1, int(engines))
+        self._engine = ThreadPoolExecutor(max_workers=self.engines, thread_name_prefix="ppfr-engine")
+        self._free = asyncio.Semaphore(self.engines)  # engines not running a batch
+        self._running: set[asyncio.Task] = set()
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._closed = False
-        self._buffer: np.ndarray | None = None
+        self._local = threading.local()  # each engine thread's reused batch buffer
         # Batch sizes run so far (for GetServerInfo-style introspection and tests).
         self.batches = 0
         self.items = 0
@@ -53,9 +59,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
+            await self._free.acquire()  # gather the next batch only once an engine can take it
             item = await self._queue.get()
             if item is None:
-                return
+                break
             arrived, tensor, future = item
             batch = [(tensor, future)]
             deadline = arrived + self.max_delay
@@ -76,10 +83,22 @@ class DynamicBatcher:
                 batch.append((item[1], item[2]))
             # Callers whose deadline passed (or who went away) have cancelled their future: skip them.
             live = [(t, f) for t, f in batch if not f.done()]
-            if live:
-                await self._dispatch(loop, live)
+            if not live:
+                self._free.release()
+                continue
+            task = asyncio.create_task(self._dispatch(loop, live))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._running:  # shutting down: batches already on an engine are still answered
+            await asyncio.gather(*self._running)
 
     async def _dispatch(self, loop, live) -> None:
+        try:
+            await self._run_batch(loop, live)
+        finally:
+            self._free.release()
+
+    async def _run_batch(self, loop, live) -> None:
         try:
             out = await loop.run_in_executor(self._engine, self._embed_batch, [t for t, _ in live])
         except Exception as err:  # hand the failure to every caller of this batch
@@ -109,9 +128,10 @@ class DynamicBatcher:
         else:
             first = tensors[0]
             shape = (self.max_batch, *first.shape[1:])
-            if self._buffer is None or self._buffer.shape != shape or self._buffer.dtype != first.dtype:
-                self._buffer = np.empty(shape, dtype=first.dtype)
-            batch = self._buffer[: len(tensors)]
+            buffer = getattr(self._local, "buffer", None)
+            if buffer is None or buffer.shape != shape or buffer.dtype != first.dtype:
+                buffer = self._local.buffer = np.empty(shape, dtype=first.dtype)
+            batch = buffer[: len(tensors)]
             np.concatenate(tensors, axis=0, out=batch)
         out = self.runtime.embed(batch)
         if out.shape[0] != len(tensors):

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dynamic batching: longest wait to fill a batch; 0 = off",
     )
     s.add_argument("--threads", type=int, default=0, help="recognizer CPU threads; 0 = one per core")
+    s.add_argument(
+        "--engines",
+        type=int,
+        default=1,
+        help="recognizer calls run at once, on one shared session (default 1); for throughput on N cores "
+        "use --engines N --threads 1 (docs/benchmarks.md)",
+    )
     s.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); turns on TLS")
     s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     s.add_argument("--tls-client-ca", type=Path, help="CA (PEM) for client certificates; turns on mutual TLS")
@@ -176,6 +183,7 @@ def main(argv=None) -> int:
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         threads=args.threads,
+        engines=args.engines,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

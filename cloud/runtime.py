@@ -51,7 +51,9 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 class OnnxRuntime:
     """recognizer.onnx on ONNX Runtime: one session created at startup with fixed options, reused by every
-    call (calls are serialised by the server's single engine thread)."""
+    call: one at a time from the server's engine thread, or several at once with `serve --engines N` (a
+    session may be run from several threads). The options were chosen by measurement (`ppfr-bench
+    ort-settings`, docs/benchmarks.md): graph level all and sequential execution beat the alternatives."""
 
     name = "onnxruntime"
 

@@ -57,6 +57,9 @@ class ServerConfig:
     max_delay_ms: float = 2.0
     # Recognizer intra-op threads (ONNX Runtime); 0 = one per physical core.
     threads: int = 0
+    # Recognizer calls run at once, each on its own engine thread (one shared ONNX Runtime session);
+    # `engines=N, threads=1` uses N cores with one call per core (docs/benchmarks.md, ONNX Runtime settings).
+    engines: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # CA that signs client certificates; setting it turns on mutual TLS (clients must present one).
@@ -90,6 +93,8 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError(f"--max-delay-ms must be >= 0, got {config.max_delay_ms}")
     if config.threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {config.threads}")
+    if config.engines < 1:
+        raise ConfigError(f"--engines must be >= 1, got {config.engines}")
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"--max-concurrent-calls must be >= 1, got {config.max_concurrent_calls}")
     if config.metrics_port is not None and not (0 <= int(config.metrics_port) <= 65535):
@@ -200,7 +205,7 @@ class RunningServer:
 
 def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=None):
     """The grpc.aio server with every service added and its port bound (not yet started)."""
-    batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms)
+    batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms, config.engines)
     service = FaceVerificationService(
         manifest, manifest.name or Path(config.bundle).name, batcher, gallery, transform
     )
@@ -295,12 +300,14 @@ async def start(config: ServerConfig) -> RunningServer:
         f"max_batch={batcher.max_batch} max_delay_ms={config.max_delay_ms:g}" if batcher.enabled else "off"
     )
     log.info(
-        "ppfr-cloud serving bundle=%s method=%s frontend_id=%s runtime=%s address=%s tls=%s batching=%s "
-        "gallery=%s (%d subjects, %d templates)",
+        "ppfr-cloud serving bundle=%s method=%s frontend_id=%s runtime=%s threads=%d engines=%d address=%s "
+        "tls=%s batching=%s gallery=%s (%d subjects, %d templates)",
         bundle,
         manifest.method,
         manifest.frontend_id[:12],
         runtime.name,
+        config.threads,
+        batcher.engines,
         running.address,
         tls,
         batching,
