@@ -71,7 +71,7 @@ bench: $(SETUP)
 	$(VENV)/bin/ppfr-bench $(BENCH_ARGS)
 
 attack: $(SETUP)
-	nice $(VENV)/bin/ppfr-attack --bundles-dir artifacts --out runs/attack $(ATTACK_ARGS)
+	nice $(VENV)/bin/ppfr-attack --bundles-dir artifacts --white-box --threads 2 --out runs/attack $(ATTACK_ARGS)
 
 # A local PostgreSQL 16 + pgvector (PyPI pgserver) for the shared gallery: prints its postgresql:// URL for
 # `ppfr-cloud serve --db URL --keys FILE` (run two replicas on two ports), stops on Ctrl-C. docs/cloud.md.

@@ -20,7 +20,19 @@ def parse(argv=None):
     p.add_argument("--runs", type=Path, default=d.runs, help="training runs (white-box checkpoints)")
     p.add_argument("--victims", type=int, default=d.n_victims, help="LFW victim people (2 images each)")
     p.add_argument("--calib", type=int, default=d.n_calib, help="further LFW people for FAR calibration")
-    p.add_argument("--max-attacker", type=int, default=None, help="cap on attacker training images")
+    p.add_argument("--max-attacker", type=int, default=None, help="cap on attacker CelebA images")
+    p.add_argument(
+        "--utkface",
+        type=int,
+        default=None,
+        help="leak-filtered UTKFace faces added to the attacker's (default: all; 0: none)",
+    )
+    p.add_argument(
+        "--attacker-config",
+        type=Path,
+        default=d.attacker_config,
+        help="training config whose UTKFace folder and leak filter the attacker uses",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help="U-Net training steps")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -29,11 +41,7 @@ def parse(argv=None):
         default=",".join(map(str, d.widths)),
         help="U-Net widths per level (literature: 64,128,256,512,1024 with --res 112)",
     )
-    p.add_argument("--res", type=int, default=d.res, help="U-Net working resolution (112 = literature)")
-    p.add_argument(
-        "--link-images", type=int, default=d.link_images, help="attacker faces for the linkage nets"
-    )
-    p.add_argument("--link-steps", type=int, default=d.link_steps, help="linkage network training steps")
+    p.add_argument("--res", type=int, default=d.res, help="U-Net working resolution, divides 112")
     p.add_argument("--white-box", action="store_true", help="also attack with the method + key (checkpoint)")
     p.add_argument("--judges", default="dlib,rgb", help="comma list of dlib, rgb")
     p.add_argument("--rgb-judge", type=Path, default=None, help="rgb bundle used as second judge")
@@ -58,13 +66,13 @@ def main(argv=None) -> int:
         n_victims=a.victims,
         n_calib=a.calib,
         max_attacker=a.max_attacker,
+        utkface=a.utkface,
+        attacker_config=a.attacker_config,
         steps=a.steps,
         batch=a.batch,
         lr=a.lr,
         widths=tuple(int(w) for w in a.widths.split(",")),
         res=a.res,
-        link_steps=a.link_steps,
-        link_images=a.link_images,
         white_box=a.white_box,
         threads=a.threads,
         seed=a.seed,
@@ -72,7 +80,7 @@ def main(argv=None) -> int:
         rgb_judge=a.rgb_judge,
     )
     try:
-        result = harness.run(bundles, cfg)
+        result = harness.run(bundles, cfg, save=report.saver(cfg.out))
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"ppfr-attack: {err}", file=sys.stderr)
         return 1

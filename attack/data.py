@@ -2,7 +2,9 @@
 
 - Attacker: clean CelebA training faces (`labels.csv`: aligned=1, suspect=0) minus the CelebA ids of
   `overlap_flags.json` `drop_ids` (people who also appear in LFW/CFP). CelebA and LFW identities are
-  disjoint (DeepID2 authors; re-checked by embedding in overlap_flags.json).
+  disjoint (DeepID2 authors; re-checked by embedding in overlap_flags.json). Plus UTKFace: the faces the
+  recognizers trained on, minus the leak filter's near-matches of any LFW/CFP image (train/leak_filter.py,
+  the same filter and cache as training), so no victim is in the attacker's data.
 - Victims: LFW people with >= 2 aligned images; `n_victims` of them drawn with a fixed seed, their first
   two images (sorted) each. Every victim image is reconstructed; its partner photo is the reference.
 - Calibration: `n_calib` other LFW people (not victims), one image each. The judges' FAR 1e-3 thresholds
@@ -71,6 +73,26 @@ def attacker_set(data: Path, max_images: int | None, seed: int) -> tuple[list[Pa
         pick = np.random.default_rng(seed).choice(len(rows), max_images, replace=False)
         rows = [rows[i] for i in sorted(pick)]
     return [celeba / "aligned112" / r for r, _ in rows], [i for _, i in rows]
+
+
+def utkface_faces(config_path, max_images: int | None) -> tuple[np.ndarray, dict]:
+    """The leak-filtered UTKFace faces of a training config (`data.unlabeled`), at most max_images
+    (evenly spaced), and the filter's verdict (how many were dropped)."""
+    from ppfr.train.data import load_unlabeled
+    from ppfr.train.leak_filter import filter_unlabeled
+    from ppfr.train.trainer import full_config, load_config
+
+    dc = full_config(load_config(config_path))["data"]
+    if not dc.get("unlabeled"):
+        raise ValueError(f"{config_path} names no unlabeled (UTKFace) folder under data.unlabeled")
+    spec = dc["unlabeled"][0]
+    verdict = filter_unlabeled(spec, dc["eval"], dc["cache"], dc["leak_far"])
+    images, files = load_unlabeled(spec["root"], dc["cache"])
+    keep = np.flatnonzero(np.isin(np.array(files), np.array(verdict["keep"])))
+    if max_images is not None and len(keep) > max_images:
+        keep = keep[np.linspace(0, len(keep) - 1, max_images).astype(int)]
+    info = {k: verdict[k] for k in ("faces", "dropped_count", "threshold", "far", "eval_images")}
+    return np.asarray(images)[keep], {**info, "used": int(len(keep))}
 
 
 def make_split(data=DEFAULT_DATA, n_victims=40, n_calib=200, max_attacker=None, seed=0) -> Split:

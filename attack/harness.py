@@ -1,4 +1,12 @@
-"""One attack run: split, judges and thresholds, then per bundle inversion + linkage (+ key renewal)."""
+"""One attack run: split, judges and thresholds, then per bundle inversion + linkage (+ key renewal).
+
+Linkage is FaceLinkGen's attack (a pretrained face model fine-tuned to map protected tensors to the
+clean face's embedding, on the attacker's own faces). That is exactly how every bundle's recognizer was
+trained (`ppfr-train`: dlib's pretrained ResNet, online distillation to the same net's embedding of the
+clean face, CelebA + leak-filtered UTKFace, identity-disjoint from the LFW victims), so the bundle's
+recognizer *is* that attacker's model: its embedding of a victim's protected query is compared with the
+judge's embedding of a clean photo of the person.
+"""
 
 import time
 from dataclasses import dataclass, field
@@ -9,11 +17,10 @@ import torch
 
 from . import data as D
 from .inversion import reconstruct, train_inversion
-from .judges import BundleJudge, DlibJudge, cached_embed, teacher_targets
-from .linkage import predict, train_linkage
+from .judges import BundleJudge, DlibJudge, cached_embed
 from .metrics import normalise, psnr, ssim, threshold_at_far
-from .server_view import Bundle
-from .whitebox import rekeyed, whitebox_frontend
+from .server_view import Bundle, EnergySorted
+from .whitebox import checkpoint_path, rekeyed, whitebox_frontend
 
 FAR = 1e-3
 
@@ -23,16 +30,16 @@ class Config:
     data: Path = D.DEFAULT_DATA
     out: Path = Path("runs/attack")
     runs: Path = Path("runs")
-    n_victims: int = 30
-    n_calib: int = 150
+    n_victims: int = 100
+    n_calib: int = 200
     max_attacker: int | None = None
-    link_images: int = 2000
-    steps: int = 150
+    utkface: int | None = None  # leak-filtered UTKFace faces added to the attacker's (None: all, 0: none)
+    attacker_config: Path = Path("configs/dlib_ppfr_fd.yaml")  # whose data.unlabeled + leak filter
+    steps: int = 1000
     batch: int = 32
     lr: float = 2e-3
-    widths: tuple = (16, 32, 64)
-    res: int = 28
-    link_steps: int = 80
+    widths: tuple = (32, 64, 128, 256)
+    res: int = 56
     white_box: bool = False
     threads: int = 1
     seed: int = 0
@@ -62,13 +69,15 @@ class Judged:
         judge's threshold, their false-match rate against every original of a different person, and the
         match rate at a threshold set so that the queries themselves false-match at FAR 1e-3 (this matters
         for linkage outputs, which crowd around the mean embedding and so pass the judge's threshold
-        against strangers too)."""
+        against strangers too), and rank-1: the partner photo is the best match among all originals."""
         q = normalise(queries)
         sims = q @ self.orig.T
         genuine = sims[np.arange(self.nv), self.partner]
         other = self.ids[None, :] != self.ids[: self.nv, None]
         own = threshold_at_far(sims[other], FAR)  # the attack output's own FAR 1e-3 threshold
+        sims[np.arange(self.nv), np.arange(self.nv)] = -np.inf  # never rank a query against its own photo
         return {
+            "rank1": float((sims.argmax(1) == self.partner).mean()),
             "match_rate": float((genuine > self.threshold).mean()),
             "false_match_rate": float((sims[other] > self.threshold).mean()),
             "match_rate_at_own_far": float((genuine > own).mean()),
@@ -96,17 +105,8 @@ def make_judges(cfg, split, victims, calib, bundles) -> dict:
     return judges
 
 
-def judge_targets(name, judged, cfg, paths, faces) -> np.ndarray:
-    """The judge's embeddings of the linkage training faces (dlib: shared teacher cache if present)."""
-    if name == "dlib":
-        t = teacher_targets(cfg.data, paths)
-        if t is not None:
-            return t
-    return cached_embed(judged.judge, paths, faces, cfg.out / "cache")
-
-
-def attack_frontend(label, frontend, method, attacker, victims, judges, link, cfg) -> dict:
-    link_faces, targets = link
+def attack_frontend(label, frontend, method, attacker, victims, judges, cfg) -> tuple:
+    """Inversion: train on the attacker's faces, reconstruct the victims, score the reconstructions."""
     rng = np.random.default_rng(cfg.seed + 12345)  # victim queries: their own fresh randomness
     seen = frontend.protect(victims, rng)
     net, info = train_inversion(frontend, attacker, cfg, cfg.seed, desc=f"{label}: inversion")
@@ -122,20 +122,15 @@ def attack_frontend(label, frontend, method, attacker, victims, judges, link, cf
         "judges": {},
     }
     for jname, judged in judges.items():
-        r = judged.score(judged.judge.embed(recon, desc=f"{label}: {jname} on reconstructions"))
-        lnet, linfo = train_linkage(
-            frontend,
-            link_faces,
-            targets[jname],
-            cfg.link_steps,
-            cfg.batch,
-            cfg.lr,
-            cfg.seed,
-            f"{label}: linkage",
-        )
-        lk = judged.score(predict(lnet, seen))
-        row["judges"][jname] = {"reconstruction": r, "linkage": lk, "linkage_training": linfo}
+        emb = judged.judge.embed(recon, desc=f"{label}: {jname} on reconstructions")
+        row["judges"][jname] = {"reconstruction": judged.score(emb)}
     return row, seen, recon
+
+
+def linkage(bundle, victims, judges, seed) -> dict:
+    """The bundle's recognizer on the victims' protected queries, against clean photos (module doc)."""
+    emb = bundle.embed(bundle.protect(victims, np.random.default_rng(seed + 777)))
+    return {jname: judged.score(emb) for jname, judged in judges.items()}
 
 
 def key_renewal(bundle, victims, calib, split) -> dict:
@@ -186,43 +181,54 @@ def references(judges, victims, attacker) -> list:
     return rows, mean_face
 
 
-def run(bundle_dirs, cfg: Config) -> dict:
+def attacker_faces(cfg, split) -> tuple[np.ndarray, dict]:
+    celeba = D.load_faces(split.attacker_paths)
+    if cfg.utkface == 0:
+        return celeba, {"celeba": len(celeba), "utkface": None}
+    utk, verdict = D.utkface_faces(cfg.attacker_config, cfg.utkface)
+    return np.concatenate([celeba, utk]), {"celeba": len(celeba), "utkface": verdict}
+
+
+def run(bundle_dirs, cfg: Config, save=None) -> dict:
+    """Every bundle's rows; `save(label, seen, recon)` keeps each row's arrays as soon as it is done."""
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     bundles = [Bundle(p, cfg.threads) for p in bundle_dirs]
+    for b in bundles if cfg.white_box else []:  # fail before hours of training, not after
+        if b.method not in ("rgb", "bdct") and not checkpoint_path(b, cfg.runs).is_file():
+            raise FileNotFoundError(
+                f"--white-box needs {b.name}'s training checkpoint {checkpoint_path(b, cfg.runs)} "
+                "(point --runs at the training runs, or leave out --white-box)"
+            )
     split = D.make_split(cfg.data, cfg.n_victims, cfg.n_calib, cfg.max_attacker, cfg.seed)
-    attacker = D.load_faces(split.attacker_paths)
+    attacker, attacker_info = attacker_faces(cfg, split)
     victims, calib = D.load_faces(split.victim_paths), D.load_faces(split.calib_paths)
     judges = make_judges(cfg, split, victims, calib, bundles)
-    pick = np.random.default_rng(cfg.seed).permutation(len(attacker))[: cfg.link_images]
-    pick.sort()
-    link_paths = [split.attacker_paths[i] for i in pick]
-    link = (
-        attacker[pick],
-        {n: judge_targets(n, j, cfg, link_paths, attacker[pick]) for n, j in judges.items()},
-    )
     ref_rows, mean_face = references(judges, victims, attacker)
-    rows, grid = [], []
+    rows = []
     for b in bundles:
-        row, seen, recon = attack_frontend(b.name, b, b.method, attacker, victims, judges, link, cfg)
+        view = EnergySorted(b) if b.shuffles else b  # black box: frontend.onnx, no key
+        row, seen, recon = attack_frontend(b.name, view, b.method, attacker, victims, judges, cfg)
+        row["linkage"] = linkage(b, victims, judges, cfg.seed)
         if b.method == "ppfr_fd":
             row["key_renewal"] = key_renewal(b, victims, calib, split)
         rows.append(row)
-        grid.append((b.name, seen, recon))
-        if cfg.white_box and b.method != "rgb":
+        if save:
+            save(row, seen, recon)
+        if cfg.white_box and b.method not in ("rgb", "bdct"):  # the baselines have no key
             label = f"{b.name} (white-box)"
-            wrow, wseen, wrecon = attack_frontend(
-                label, whitebox_frontend(b, cfg.runs), b.method, attacker, victims, judges, link, cfg
-            )
+            front = whitebox_frontend(b, cfg.runs)
+            wrow, wseen, wrecon = attack_frontend(label, front, b.method, attacker, victims, judges, cfg)
             rows.append(wrow)
-            grid.append((label, wseen, wrecon))
+            if save:
+                save(wrow, wseen, wrecon)
     return {
-        "split": split.describe(),
+        "split": {**split.describe(), "attacker_faces": attacker_info, "attacker_total": len(attacker)},
         "victim_images": [str(p) for p in split.victim_paths],
         "judges": {n: {"name": j.judge.name, **j.describe()} for n, j in judges.items()},
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
         "references": ref_rows,
         "results": rows,
         "wall_seconds": round(time.time() - t0, 1),
-        "_grid": (victims, mean_face, grid),
+        "_arrays": (victims, mean_face),
     }

@@ -1,7 +1,8 @@
 """Train the inversion U-Net (L1) on attacker faces and reconstruct victims from protected tensors.
 
 `frontend` is anything with `protect(faces_uint8_nhwc, rng) -> float32 [N,C,H,W]`: the bundle's
-frontend.onnx (what the server sees) or the white-box torch variant. Each training step protects a
+frontend.onnx (what the server sees; energy-sorted when it shuffles channels per query) or the white-box
+torch variant. Each training step protects a
 fresh batch, so the network sees new randomness for every query, as a server collecting traffic would.
 """
 
@@ -24,7 +25,7 @@ def train_inversion(frontend, faces: np.ndarray, cfg, seed: int = 0, desc: str =
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     probe = frontend.protect(faces[:2], rng)
-    net = UNet(probe.shape[1], cfg.widths, cfg.res)
+    net = UNet(probe.shape[1], probe.shape[-1], cfg.widths, cfg.res)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1))
     net.train()

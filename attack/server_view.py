@@ -64,6 +64,12 @@ class Bundle:
             out.append(self.frontend.run([self.output], feeds)[0].astype(np.float32))
         return np.concatenate(out)
 
+    @property
+    def shuffles(self) -> bool:
+        """Whether each query's channels are chosen or ordered at random (PPFR-FD's permutation,
+        PartialFace's subset and order indices), as opposed to noise (DCTDP)."""
+        return any(s.distribution in ("permutation", "uniform_int") for s in self.manifest.random_inputs)
+
     def embed(self, protected: np.ndarray, batch: int = 64) -> np.ndarray:
         """recognizer.onnx: protected tensors -> L2-normalised embeddings."""
         if self._recognizer is None:
@@ -81,3 +87,16 @@ class Bundle:
 def find_bundles(root) -> list[Path]:
     root = Path(root)
     return sorted(p.parent for p in root.glob("*/manifest.json")) if root.is_dir() else []
+
+
+class EnergySorted:
+    """The black-box attacker's canonical view of a per-query channel shuffle: channels ordered by energy
+    (mean |x|, descending), as the PPFR-FD server itself does (train/ppfr_fd.py `EnergySort`)."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+
+    def protect(self, faces: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = self.bundle.protect(faces, rng)
+        order = np.argsort(-np.abs(x).mean(axis=(2, 3)), axis=1, kind="stable")
+        return np.take_along_axis(x, order[:, :, None, None], axis=1)

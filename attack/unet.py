@@ -1,10 +1,14 @@
-"""Inversion network: a U-Net from the protected tensor back to the 112x112 RGB face.
+"""Inversion network: protected tensor [C,H,W] -> 112x112 RGB face.
 
-The protected tensor (C x H x W, any H) is resized to the working resolution `res`, passed through a
-U-Net with one level per entry of `widths` (each level two 3x3 conv + BN + ReLU, 2x2 max-pool down,
-transposed conv up, skip connections); a 3x3 conv + pixel shuffle turns the last feature map into the
-112x112 RGB face (no costly bilinear upsampling of wide feature maps).
-The literature's full-size network is widths 64..1024 at res 112; the CPU default is much smaller.
+Two parts, both learned:
+- a linear *inverse stem*: a 1x1 conv from the C channels to 3*k*k values per position and a pixel
+  shuffle by k = 112/H. A block DCT (any channel subset, scaled or permuted the same way every time) is
+  linear in the pixels, so this is where a learned inverse DCT lives; for rgb (k=1) it is a colour map.
+- a residual U-Net at the working resolution `res`, fed by a lossless pixel-unshuffle of the stem's
+  image (112 -> res, 3*(112/res)^2 channels), one level per entry of `widths` (two 3x3 conv + BN + ReLU,
+  2x2 max-pool down, transposed conv up, skips), whose output is pixel-shuffled back and added to the
+  stem's image. It supplies what no linear map can: the dropped DC, undone normalisation, denoising.
+The literature's network is a plain U-Net with widths 64..1024 at 112; ours is sized for a 2-core CPU.
 """
 
 import torch
@@ -12,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FULL_WIDTHS = (64, 128, 256, 512, 1024)
+SIZE = 112
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -26,17 +31,21 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int, widths=(16, 32, 64), res: int = 28, out_size: int = 112):
+    def __init__(self, in_channels: int, in_size: int, widths=(32, 64, 128), res: int = 56):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2:
             raise ValueError(f"U-Net needs at least two levels, got widths {widths}")
-        if res % 2 ** (len(widths) - 1):
-            raise ValueError(f"working resolution {res} must be divisible by 2^{len(widths) - 1}")
-        self.res, self.out_size = res, out_size
+        if SIZE % res or res % 2 ** (len(widths) - 1):
+            raise ValueError(
+                f"working resolution {res} must divide {SIZE} and be divisible by 2^{len(widths) - 1}"
+            )
+        self.k = SIZE // in_size if SIZE % in_size == 0 else 1  # else: resize to 112 first
+        self.u = SIZE // res
         self.inp = nn.BatchNorm2d(in_channels)  # the protected tensors' scale differs per method
+        self.stem = nn.Conv2d(in_channels, 3 * self.k**2, 1)
+        cin = 3 * self.u**2
         self.down = nn.ModuleList()
-        cin = in_channels
         for w in widths:
             self.down.append(_block(cin, w))
             cin = w
@@ -45,20 +54,21 @@ class UNet(nn.Module):
         for w_hi, w_lo in zip(reversed(widths[:-1]), reversed(widths[1:])):
             self.up.append(nn.ConvTranspose2d(w_lo, w_hi, 2, stride=2))
             self.dec.append(_block(2 * w_hi, w_hi))
-        if out_size % res:
-            raise ValueError(f"output size {out_size} must be a multiple of the working resolution {res}")
-        self.scale = out_size // res
-        self.head = nn.Conv2d(widths[0], 3 * self.scale**2, 3, padding=1)
+        self.head = nn.Conv2d(widths[0], 3 * self.u**2, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # start as the linear inverse alone
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Protected [B,C,H,W] float -> face [B,3,112,112] in [0,1]."""
+        """Protected [B,C,H,W] float -> face [B,3,112,112], ~[0,1] (clamp for display)."""
         x = self.inp(x.float())
-        if x.shape[-1] != self.res or x.shape[-2] != self.res:
-            x = F.interpolate(x, size=(self.res, self.res), mode="bilinear", align_corners=False)
+        if self.k == 1 and x.shape[-1] != SIZE:
+            x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+        image = F.pixel_shuffle(self.stem(x), self.k) + 0.5
+        h = F.pixel_unshuffle(image, self.u)
         skips = []
         for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            skips.append(h)
         for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1])):
-            x = dec(torch.cat([up(x), skip], dim=1))
-        return torch.sigmoid(F.pixel_shuffle(self.head(x), self.scale))
+            h = dec(torch.cat([up(h), skip], dim=1))
+        return image + F.pixel_shuffle(self.head(h), self.u)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from ppfr.attack import cli
+from ppfr.attack import cli, report
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_attack_end_to_end(bundle, tmp_path):
         "--max-attacker",
         "48",
     ]
-    argv += ["--steps", "2", "--link-steps", "2", "--link-images", "16", "--batch", "8", "--widths", "8,16"]
+    argv += ["--utkface", "0", "--steps", "2", "--batch", "8", "--widths", "8,16", "--res", "28"]
     argv += ["--rgb-judge", str(bundle)]  # any bundle exercises the second-judge path
     assert cli.main(argv) == 0
     for f in ("attack.json", "attack.md", "grid.png"):
@@ -34,14 +34,28 @@ def test_attack_end_to_end(bundle, tmp_path):
     assert result["split"]["identity_overlap"] == 0
     (row,) = result["results"]
     assert row["method"] == "ppfr_fd" and set(row["judges"]) == {"dlib", "rgb"}
-    assert {"match_rate", "false_match_rate"} <= set(row["judges"]["dlib"]["linkage"])
+    assert {"match_rate", "false_match_rate"} <= set(row["judges"]["dlib"]["reconstruction"])
+    assert {"match_rate_at_own_far", "rank1"} <= set(row["linkage"]["dlib"])  # the recognizer as linker
+    assert (out / row["arrays"]).is_file()
     assert "cross_key_match_rate" in row["key_renewal"]
     assert "| small_ppfr_fd |" in (out / "attack.md").read_text()
+    # a second run on the same victims merges into one report
+    merged = tmp_path / "merged"
+    assert report.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
+    assert len(json.loads((merged / "attack.json").read_text())["results"]) == 2
+    assert (merged / "grid.png").stat().st_size > 0
 
 
 def test_no_bundles_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["--bundles-dir", str(tmp_path / "none")]) == 2
     assert "make export" in capsys.readouterr().err
+
+
+def test_white_box_without_checkpoint_fails_before_training(bundle, tmp_path, capsys):
+    argv = ["--bundle", str(bundle), "--white-box", "--runs", str(tmp_path / "none"), "--out", str(tmp_path)]
+    assert cli.main(argv) == 1
+    assert "--white-box needs" in capsys.readouterr().err
+    assert not (tmp_path / "attack.json").exists()
 
 
 def test_white_box_frontend_from_checkpoint(tmp_path, faces):
