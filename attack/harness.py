@@ -23,6 +23,7 @@ from .server_view import Bundle, EnergySorted
 from .whitebox import checkpoint_path, rekeyed, whitebox_frontend
 
 FAR = 1e-3
+BASELINES = ("rgb", "bdct")  # no key: nothing for a white-box attacker to know beyond frontend.onnx
 
 
 @dataclass
@@ -190,12 +191,12 @@ def attacker_faces(cfg, split) -> tuple[np.ndarray, dict]:
 
 
 def run(bundle_dirs, cfg: Config, save=None) -> dict:
-    """Every bundle's rows; `save(label, seen, recon)` keeps each row's arrays as soon as it is done."""
+    """Every bundle's rows; `save(row, seen, recon)` keeps each row's arrays as soon as it is done."""
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     bundles = [Bundle(p, cfg.threads) for p in bundle_dirs]
     for b in bundles if cfg.white_box else []:  # fail before hours of training, not after
-        if b.method not in ("rgb", "bdct") and not checkpoint_path(b, cfg.runs).is_file():
+        if b.method not in BASELINES and not checkpoint_path(b, cfg.runs).is_file():
             raise FileNotFoundError(
                 f"--white-box needs {b.name}'s training checkpoint {checkpoint_path(b, cfg.runs)} "
                 "(point --runs at the training runs, or leave out --white-box)"
@@ -215,7 +216,7 @@ def run(bundle_dirs, cfg: Config, save=None) -> dict:
         rows.append(row)
         if save:
             save(row, seen, recon)
-        if cfg.white_box and b.method not in ("rgb", "bdct"):  # the baselines have no key
+        if cfg.white_box and b.method not in BASELINES:
             label = f"{b.name} (white-box)"
             front = whitebox_frontend(b, cfg.runs)
             wrow, wseen, wrecon = attack_frontend(label, front, b.method, attacker, victims, judges, cfg)

@@ -2,8 +2,8 @@
 
 `frontend` is anything with `protect(faces_uint8_nhwc, rng) -> float32 [N,C,H,W]`: the bundle's
 frontend.onnx (what the server sees; energy-sorted when it shuffles channels per query) or the white-box
-torch variant. Each training step protects a
-fresh batch, so the network sees new randomness for every query, as a server collecting traffic would.
+torch variant. Each training step protects a fresh batch, so the network sees new randomness for every
+query, as a server collecting traffic would.
 """
 
 import time

@@ -8,7 +8,6 @@ Both return L2-normalised embeddings; scores are cosine similarities. Embeddings
 cached by file path under the cache folder (dlib costs ~0.06-0.15 s per face per core).
 """
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -88,20 +87,3 @@ def cached_embed(judge, paths, faces: np.ndarray, cache_dir) -> np.ndarray:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, paths=np.array(list(known)), emb=np.stack(list(known.values())))
     return np.stack([known[k] for k in keys]).astype(np.float32)
-
-
-def teacher_targets(data_dir, paths) -> np.ndarray | None:
-    """dlib embeddings of CelebA faces precomputed by the same pipeline (shared/data/teacher)."""
-    npz = Path(data_dir) / "teacher" / "dlib_celeba.npz"
-    if not npz.is_file():
-        return None
-    z = np.load(npz)
-    index = {p: i for i, p in enumerate(z["paths"].tolist())}
-    rel = [f"{Path(p).parent.name}/{Path(p).name}" for p in paths]
-    if any(r not in index for r in rel):
-        return None
-    return normalise(z["emb"][[index[r] for r in rel]].astype(np.float32))
-
-
-def digest(items) -> str:
-    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()[:12]

@@ -32,13 +32,6 @@ def psnr(a, b, data_range: float = 1.0) -> np.ndarray:
         return np.array([peak_signal_noise_ratio(x, y, data_range=data_range) for x, y in zip(a, b)])
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    """The 1-D window SSIM uses (for tests that recompute it by brute force)."""
-    r = np.arange(size) - (size - 1) / 2
-    g = np.exp(-(r**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5) -> np.ndarray:
     """Per-image mean SSIM."""
     a, b = _pair(a, b)

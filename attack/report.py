@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-GRID_PICKS = 4  # victims shown in the grid (every other image: one per person)
+GRID_PICKS = 4  # victims shown in the grid
+
+
+def grid_picks(n_images: int) -> np.ndarray:
+    """The victim images the grid shows: every other image (one per person), GRID_PICKS of them."""
+    return np.arange(0, min(n_images, 2 * GRID_PICKS), 2)
 
 
 def _pct(x):
@@ -122,7 +127,7 @@ def grid_png(path, victims, mean_face, rows) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    picks = list(range(0, min(len(victims), 2 * GRID_PICKS), 2))
+    picks = grid_picks(len(victims))
     n = len(picks)
     fig, axes = plt.subplots(len(rows) + 1, 3 * n, figsize=(1.1 * 3 * n, 1.25 * (len(rows) + 1)))
     axes = np.atleast_2d(axes)
@@ -163,8 +168,7 @@ def saver(out_dir):
 
     def save(row, seen, recon):
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", row["name"]).strip("_") + ".npz"
-        picks = np.arange(0, min(len(seen), 2 * GRID_PICKS), 2)
-        np.savez_compressed(folder / name, seen=seen[picks], recon=recon)
+        np.savez_compressed(folder / name, seen=seen[grid_picks(len(seen))], recon=recon)
         row["arrays"] = f"rows/{name}"
 
     return save
@@ -182,7 +186,7 @@ def write(result: dict, out_dir) -> dict:
     rows = []
     for row in result["results"]:
         z = np.load(out / row["arrays"])
-        rows.append((row["name"], z["seen"], z["recon"][: 2 * GRID_PICKS : 2]))
+        rows.append((row["name"], z["seen"], z["recon"][grid_picks(len(z["recon"]))]))
     grid_png(out / "grid.png", refs["victims"], refs["mean_face"], rows)
     return {k: out / f for k, f in (("json", "attack.json"), ("md", "attack.md"), ("grid", "grid.png"))}
 

@@ -97,6 +97,7 @@ class EnergySorted:
         self.bundle = bundle
 
     def protect(self, faces: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        x = self.bundle.protect(faces, rng)
-        order = np.argsort(-np.abs(x).mean(axis=(2, 3)), axis=1, kind="stable")
-        return np.take_along_axis(x, order[:, :, None, None], axis=1)
+        import torch
+        from ppfr.train.ppfr_fd import EnergySort
+
+        return EnergySort()(torch.from_numpy(self.bundle.protect(faces, rng))).numpy()

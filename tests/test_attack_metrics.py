@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from ppfr.attack.metrics import gaussian_window, psnr, ssim, threshold_at_far
+from ppfr.attack.metrics import psnr, ssim, threshold_at_far
 
 
 def test_psnr_known_values():
@@ -21,6 +21,13 @@ def test_ssim_identical_and_constant_images():
     a, b, c1 = 0.2, 0.6, 0.01**2
     got = ssim(np.full((1, 16, 16), a), np.full((1, 16, 16), b))[0]
     assert got == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """The paper's 1-D SSIM window, for the brute-force reference."""
+    r = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(r**2) / (2 * sigma**2))
+    return g / g.sum()
 
 
 def _ssim_brute(x, y, win=11, sigma=1.5):
