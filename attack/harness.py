@@ -20,7 +20,7 @@ from .inversion import reconstruct, train_inversion
 from .judges import BundleJudge, DlibJudge, cached_embed
 from .metrics import normalise, psnr, ssim, threshold_at_far
 from .server_view import Bundle, EnergySorted
-from .whitebox import checkpoint_path, rekeyed, whitebox_frontend
+from .whitebox import checkpoint_path, rekeyed, stem_images, whitebox_frontend
 
 FAR = 1e-3
 BASELINES = ("rgb", "bdct")  # no key: nothing for a white-box attacker to know beyond frontend.onnx
@@ -112,6 +112,11 @@ def attack_frontend(label, frontend, method, attacker, victims, judges, cfg) -> 
     seen = frontend.protect(victims, rng)
     net, info = train_inversion(frontend, attacker, cfg, cfg.seed, desc=f"{label}: inversion")
     recon = reconstruct(net, seen)
+    return score_images(label, method, seen, recon, victims, judges) | {"inversion": info}, seen, recon
+
+
+def score_images(label, method, seen, recon, victims, judges) -> dict:
+    """A row for images an attacker made of the victims: closeness (PSNR, SSIM) and identifiability."""
     a, b = victims.astype(np.float64) / 255, recon.astype(np.float64) / 255
     row = {
         "name": label,
@@ -119,13 +124,12 @@ def attack_frontend(label, frontend, method, attacker, victims, judges, cfg) -> 
         "protected_shape": list(seen.shape[1:]),
         "psnr": float(psnr(a, b).mean()),
         "ssim": float(ssim(a, b).mean()),
-        "inversion": info,
         "judges": {},
     }
     for jname, judged in judges.items():
         emb = judged.judge.embed(recon, desc=f"{label}: {jname} on reconstructions")
         row["judges"][jname] = {"reconstruction": judged.score(emb)}
-    return row, seen, recon
+    return row
 
 
 def linkage(bundle, victims, judges, seed) -> dict:
@@ -208,21 +212,31 @@ def run(bundle_dirs, cfg: Config, save=None) -> dict:
     ref_rows, mean_face = references(judges, victims, attacker)
     rows = []
     for b in bundles:
-        view = EnergySorted(b) if b.shuffles else b  # black box: frontend.onnx, no key
-        row, seen, recon = attack_frontend(b.name, view, b.method, attacker, victims, judges, cfg)
+        if cfg.steps > 0:
+            view = EnergySorted(b) if b.shuffles else b  # black box: frontend.onnx, no key
+            row, seen, recon = attack_frontend(b.name, view, b.method, attacker, victims, judges, cfg)
+        else:  # no inversion: linkage, key renewal and the server's stem image only
+            row, seen, recon = {"name": b.name, "method": b.method, "judges": {}}, None, None
         row["linkage"] = linkage(b, victims, judges, cfg.seed)
         if b.method == "ppfr_fd":
             row["key_renewal"] = key_renewal(b, victims, calib, split)
         rows.append(row)
-        if save:
+        if save and recon is not None:
             save(row, seen, recon)
         if cfg.white_box and b.method not in BASELINES:
-            label = f"{b.name} (white-box)"
-            front = whitebox_frontend(b, cfg.runs)
-            wrow, wseen, wrecon = attack_frontend(label, front, b.method, attacker, victims, judges, cfg)
-            rows.append(wrow)
-            if save:
-                save(wrow, wseen, wrecon)
+            if cfg.steps > 0:
+                label = f"{b.name} (white-box)"
+                front = whitebox_frontend(b, cfg.runs)
+                wrow, wseen, wrecon = attack_frontend(label, front, b.method, attacker, victims, judges, cfg)
+                rows.append(wrow)
+                if save:
+                    save(wrow, wseen, wrecon)
+            drawn = stem_images(b, victims, np.random.default_rng(cfg.seed + 12345), cfg.runs)
+            if drawn is not None:  # the server's own recognizer draws a face: no attacker training at all
+                srow = score_images(f"{b.name} (server's stem image)", b.method, *drawn, victims, judges)
+                rows.append(srow)
+                if save:
+                    save(srow, *drawn)
     return {
         "split": {**split.describe(), "attacker_faces": attacker_info, "attacker_total": len(attacker)},
         "victim_images": [str(p) for p in split.victim_paths],

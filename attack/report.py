@@ -184,7 +184,7 @@ def write(result: dict, out_dir) -> dict:
     (out / "attack.md").write_text(markdown(result))
     refs = np.load(out / "references.npz")
     rows = []
-    for row in result["results"]:
+    for row in (r for r in result["results"] if "arrays" in r):  # rows without images: linkage only
         z = np.load(out / row["arrays"])
         rows.append((row["name"], z["seen"], z["recon"][grid_picks(len(z["recon"]))]))
     grid_png(out / "grid.png", refs["victims"], refs["mean_face"], rows)

@@ -3,6 +3,8 @@ client's per-query random draw.
 
 - `TorchFrontend`: the method's torch module followed by its server adapter (PPFR-FD: energy sort, which
   undoes most of the per-query Shuffle2), so the inversion network sees a canonical channel order.
+- `stem_images`: where the recognizer has a pixel stem (train/student.py), the face image it computes
+  from each protected query on the way to its first layers: the server's model as a ready inversion.
 - `rekeyed`: the same method with a different deployment key (PPFR-FD key renewal).
 """
 
@@ -41,6 +43,24 @@ def whitebox_frontend(bundle, runs_dir="runs") -> TorchFrontend:
     if method.name != bundle.method:
         raise ValueError(f"checkpoint method {method.name!r} does not match bundle method {bundle.method!r}")
     return TorchFrontend(method, recognizer.adapter)
+
+
+@torch.no_grad()
+def stem_images(bundle, faces: np.ndarray, rng: np.random.Generator, runs_dir="runs"):
+    """(protected queries as the recognizer sees them, its pixel stem's uint8 NHWC images), or None when
+    the bundle's recognizer has no pixel stem."""
+    from ppfr.train.model import load_checkpoint
+    from ppfr.train.student import PixelStem
+
+    _, method, recognizer, _ = load_checkpoint(checkpoint_path(bundle, runs_dir))
+    stem = next((m for m in recognizer.modules() if isinstance(m, PixelStem)), None)
+    if stem is None:
+        return None
+    seen = TorchFrontend(method, recognizer.adapter).protect(faces, rng)
+    stem.eval()
+    images = [stem(torch.from_numpy(seen[i : i + 64])) for i in range(0, len(seen), 64)]
+    out = torch.cat(images).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return seen, out.numpy()
 
 
 def rekeyed(bundle, key: str | None = None) -> tuple[TorchFrontend, str]:

@@ -44,6 +44,12 @@ def test_attack_end_to_end(bundle, tmp_path):
     assert report.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
     assert len(json.loads((merged / "attack.json").read_text())["results"]) == 2
     assert (merged / "grid.png").stat().st_size > 0
+    # --steps 0: no inversion, the linkage and key-renewal rows alone
+    quick = tmp_path / "quick"
+    argv[argv.index("--steps") + 1], argv[argv.index("--out") + 1] = "0", str(quick)
+    assert cli.main(argv) == 0
+    (row,) = json.loads((quick / "attack.json").read_text())["results"]
+    assert not row["judges"] and "rank1" in row["linkage"]["dlib"] and "arrays" not in row
 
 
 def test_no_bundles_is_a_clear_error(tmp_path, capsys):
@@ -99,3 +105,32 @@ def test_inversion_recovers_what_bdct_does_not_hide(faces):
     net, _ = train_inversion(front, train, cfg, seed=0)
     recon = reconstruct(net, front.protect(held_out, np.random.default_rng(1)))
     assert psnr(held_out / 255.0, recon / 255.0).mean() > 25.0
+
+
+def test_stem_images_are_the_servers_own_inversion(tmp_path, faces):
+    """A recognizer with a pixel stem draws a face from every protected query; the attack scores that
+    image (for bdct the stem's least-squares start is an exact inverse, so it is the face itself). A
+    recognizer without one gives nothing to score."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from bundles import small_config
+    from ppfr.attack.metrics import psnr
+    from ppfr.attack.whitebox import stem_images
+    from ppfr.train.model import build_model, save_checkpoint
+
+    def saved(name, config):
+        method, recognizer = build_model(config)
+        recognizer.calibrate(method, torch.from_numpy(faces[:24]))
+        save_checkpoint(tmp_path / name / "checkpoint.pt", config, method, recognizer)
+        manifest = SimpleNamespace(training=SimpleNamespace(run_name=name))
+        return SimpleNamespace(manifest=manifest, name=name, method=config["method"]["name"])
+
+    model = {"backbone": "dlib", "embedding_size": 128, "entry": "conv64_1", "width": 16, "depth": 1}
+    pixel = saved("pix", {"name": "pix", "method": {"name": "bdct"}, "model": model | {"pixel_stem": True}})
+    seen, images = stem_images(pixel, faces[24:28], np.random.default_rng(0), runs_dir=tmp_path)
+    assert seen.shape == (4, 192, 14, 14) and images.shape == (4, 112, 112, 3) and images.dtype == np.uint8
+    assert psnr(faces[24:28] / 255.0, images / 255.0).mean() > 40
+    plain = saved("plain", small_config("ppfr_fd", name="plain"))
+    assert stem_images(plain, faces[:2], np.random.default_rng(0), runs_dir=tmp_path) is None

@@ -104,3 +104,30 @@ def test_trunk_unfreezes_after_its_frozen_steps_and_then_ships(tmp_path, capsys)
     assert any(not torch.equal(v, pretrained[k]) for k, v in trunk.items())  # step 2 moved it
     release = save_release(ckpt, tmp_path / "release.pt")
     assert any(k.startswith("backbone.trunk.") for k in torch.load(release, weights_only=False)["recognizer"])
+
+
+def test_pixel_stem_starts_as_an_inverse_dct_and_trains_its_own_first_layers(tmp_path):
+    """bdct keeps every frequency, so the pixel stem's least-squares start is an exact inverse DCT and
+    the recognizer is the pretrained net itself before any step; training then moves the stem's copy of
+    the first layers while the teacher's trunk stays as shipped."""
+    from conftest import lfw_faces
+    from ppfr.train.dlib_resnet import ChipWarp, load_dlib_resnet
+    from ppfr.train.model import build_model
+
+    cfg = pretrained_cfg("bdct")
+    cfg["model"]["pixel_stem"] = True
+    method, rec = build_model(cfg)
+    faces = torch.from_numpy(lfw_faces(40))
+    rec.calibrate(method, faces[:32])
+    rec.eval()
+    with torch.no_grad():
+        ours = rec(method(faces[32:]))
+        net = load_dlib_resnet().eval()
+        theirs = net(ChipWarp()(faces[32:].permute(0, 3, 1, 2).float()))
+    assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.999
+
+    cfg["train"] |= {"front_lr_mult": 0.1}
+    _, _, trained, _ = load_checkpoint(train(cfg, out_dir=tmp_path, progress=False))
+    front = trained.backbone.stem[1]
+    assert not torch.equal(front.conv_in.conv.weight, net.conv_in.conv.weight)
+    assert torch.equal(trained.backbone.trunk.conv_in.conv.weight, net.conv_in.conv.weight)

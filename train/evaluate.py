@@ -181,10 +181,24 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--seed", type=int, default=None, help="random inputs of stochastic methods (default: config)"
     )
+    ap.add_argument(
+        "--key-file",
+        default=None,
+        help="evaluate under another deployment key (PPFR-FD), as a bundle exported with it would run",
+    )
     ap.add_argument("--out", default=None, help="JSON output (default: next to the checkpoint)")
     args = ap.parse_args(argv)
     try:
         config, method, recognizer, _ = load_checkpoint(args.checkpoint)
+        if args.key_file:
+            from ppfr.export.keys import KeyPolicyError, is_keyed, read_key_file, rekey
+
+            if not is_keyed(method.name):
+                raise DataError(f"--key-file: method {method.name!r} has no key")
+            try:
+                config, method = rekey(config, method, read_key_file(args.key_file).key)
+            except KeyPolicyError as err:
+                raise DataError(str(err)) from None
         seed = args.seed if args.seed is not None else config.get("eval", {}).get("seed", 0)
         cache = config.get("data", {}).get("cache")
         if args.bin:

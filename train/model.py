@@ -33,6 +33,14 @@ class Recognizer(nn.Module):
         """(activation where a pretrained trunk is entered, features): backbones with a stem (dlib)."""
         return self.backbone.forward_with_entry(self.adapter(protected))
 
+    @torch.no_grad()
+    def calibrate(self, method, images: torch.Tensor, seed: int = 0) -> None:
+        """Data-dependent initialisation of the backbone (if it has one) from training faces."""
+        if hasattr(self.backbone, "calibrate"):
+            gen = torch.Generator(device=images.device).manual_seed(seed)
+            protected = self.adapter(method(images, **method.sample_random(len(images), gen)))
+            self.backbone.calibrate(protected.float(), images)
+
     def embed(self, protected: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.forward(protected), dim=1)
 

@@ -14,6 +14,8 @@ protected: it gives the target activation at the entry block and the target embe
 needed, so unlabeled faces (UTKFace) count as training data.
 """
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +92,67 @@ class FrequencyStem(nn.Module):
         return F.relu(self.out(x))  # the trunk's activations are post-ReLU
 
 
+class PixelStem(nn.Module):
+    """C x S x S protected tensor -> a 3 x 112 x 112 face (0..255 scale) for the pretrained net's own
+    first layers. Each 8x8 block's pixels come from its own channels by a linear map (for fixed
+    frequencies that is an inverse DCT, so bdct starts as the teacher itself) plus a residual read from
+    the block's neighbourhood (residual blocks on the block grid): what dropped channels, per-block
+    normalisation or noise took away must be inferred from context. The residual starts at zero."""
+
+    def __init__(self, in_channels: int, in_size: int, width: int, depth: int):
+        super().__init__()
+        self.block = 112 // in_size
+        out = 3 * self.block * self.block
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.linear = nn.Conv2d(in_channels, out, 1)
+        self.context = nn.Sequential(
+            nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            *[ResBlock(width) for _ in range(depth)],
+            nn.Conv2d(width, out, 1),
+        )
+        nn.init.zeros_(self.context[-1].weight)
+        nn.init.zeros_(self.context[-1].bias)
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, images: torch.Tensor) -> None:
+        """Start from the best linear map (least squares on training faces: protected x -> uint8 NHWC
+        images), with the input norm's statistics measured on the same x."""
+        self.norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        self.norm.running_var.copy_(x.var(dim=(0, 2, 3)))
+        xn = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
+        target = (F.pixel_unshuffle(images.permute(0, 3, 1, 2).float(), self.block) - 128.0) / 64.0
+        a = xn.permute(0, 2, 3, 1).reshape(-1, xn.shape[1]).double()
+        a = torch.cat([a, torch.ones_like(a[:, :1])], 1)
+        b = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
+        w = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b).float()
+        self.linear.weight.copy_(w[:-1].T[:, :, None, None])
+        self.linear.bias.copy_(w[-1])
+
+    def forward(self, x):
+        x = self.norm(x)
+        return 128.0 + 64.0 * F.pixel_shuffle(self.linear(x) + self.context(x), self.block)
+
+
+class DlibFront(nn.Module):
+    """A trainable copy of the pretrained layers before block `upto`, on a 112 crop: what a pixel stem's
+    image goes through to reach the entry block. A copy, so the frozen trunk stays the teacher's."""
+
+    def __init__(self, net: DlibResNet, upto: int):
+        super().__init__()
+        self.warp = ChipWarp()
+        self.register_buffer("mean", net.mean.clone(), persistent=False)
+        self.conv_in = copy.deepcopy(net.conv_in)
+        self.blocks = copy.deepcopy(net.blocks[:upto])
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv_in((self.warp(crop) - self.mean) / 256.0)), 3, 2)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 class DlibTrunk(nn.Module):
     def __init__(
         self,
@@ -100,6 +163,7 @@ class DlibTrunk(nn.Module):
         width: int = 128,
         depth: int = 4,
         upscale: int = 1,
+        pixel_stem: bool = False,
         pretrained: bool = True,
         **_ignored,
     ):
@@ -114,10 +178,20 @@ class DlibTrunk(nn.Module):
         else:
             self.start = DlibResNet.block_index(entry)
             out_c = DlibResNet.in_channels(self.start)
-            self.stem = FrequencyStem(
-                in_channels, in_size, out_c, _entry_grid(self.start, in_size), width, depth, upscale
-            )
+            if pixel_stem:  # stem -> face image -> the pretrained layers before `entry` (fine-tuned)
+                self.stem = nn.Sequential(
+                    PixelStem(in_channels, in_size, width, depth), DlibFront(self.trunk, self.start)
+                )
+            else:
+                self.stem = FrequencyStem(
+                    in_channels, in_size, out_c, _entry_grid(self.start, in_size), width, depth, upscale
+                )
         self.entry = entry
+
+    def calibrate(self, protected: torch.Tensor, images: torch.Tensor) -> None:
+        """Data-dependent initialisation before training: a pixel stem's linear map (PixelStem.fit)."""
+        if isinstance(self.stem, nn.Sequential) and isinstance(self.stem[0], PixelStem):
+            self.stem[0].fit(protected, images)
 
     def forward_with_entry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(activation entering the pretrained layers, unnormalised 128-d embedding)."""

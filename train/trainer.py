@@ -72,6 +72,7 @@ DEFAULTS = {
         "augment": {},  # augment.py: scale, rotate, shift, brightness, contrast, gray
         "trunk_lr_mult": 1.0,  # learning-rate factor for a pretrained trunk (0 freezes it)
         "trunk_frozen_steps": 0,  # the trunk stays frozen this many steps (the stem learns first)
+        "front_lr_mult": 1.0,  # learning-rate factor for a pixel stem's copy of the pretrained first layers
         # Steps where a new stage begins: a fresh optimizer, and the LR schedule runs to the next boundary
         # (to max_steps after the last). E.g. [1000] with trunk_frozen_steps 1000: stem, then fine-tuning.
         "stages": [],
@@ -200,6 +201,12 @@ def _is_trunk(name: str) -> bool:
     return ".backbone.trunk." in name
 
 
+def _lr_mult(name: str, tc: dict) -> float:
+    if _is_trunk(name):
+        return tc["trunk_lr_mult"]
+    return tc["front_lr_mult"] if ".backbone.stem.1." in name else 1.0  # DlibFront (student.py)
+
+
 def _trainable(name: str, p, tc: dict) -> bool:
     """Parameters the optimizer holds: a pretrained trunk joins unless trunk_lr_mult is 0 (even while
     trunk_frozen_steps keeps it still: frozen parameters get no gradient, and the optimizer skips them)."""
@@ -218,9 +225,9 @@ def _optimizer(step_mod: TrainStep, tc: dict):
     ids = {id(p) for p in method_params}
     rest = [(n, p) for n, p in step_mod.named_parameters() if _trainable(n, p, tc) and id(p) not in ids]
     groups = []
-    for trunk in (False, True):  # a pretrained trunk learns at trunk_lr_mult x lr
-        sel = [p for n, p in rest if _is_trunk(n) == trunk]
-        lr = tc["lr"] * (tc["trunk_lr_mult"] if trunk else 1.0)
+    for mult in sorted({_lr_mult(n, tc) for n, _ in rest}):  # pretrained layers learn at a fraction of lr
+        sel = [p for n, p in rest if _lr_mult(n, tc) == mult]
+        lr = tc["lr"] * mult
         groups += [
             {"params": [p for p in sel if p.ndim > 1], "weight_decay": tc["weight_decay"], "lr": lr},
             # BN, PReLU, biases, scales: no weight decay
@@ -325,6 +332,7 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
 
     # Data statistics the method needs (DCTDP clip bounds): a fixed sample of training faces.
     method.calibrate(calib_images)
+    recognizer.calibrate(method, calib_images, cfg["seed"])  # e.g. a pixel stem's linear start
 
     step_mod = TrainStep(
         method,
