@@ -33,7 +33,12 @@ def parse(argv=None):
         default=d.attacker_config,
         help="training config whose UTKFace folder and leak filter the attacker uses",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help="U-Net training steps (0: no inversion, only linkage, key renewal and stem images)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=d.steps,
+        help="U-Net training steps (0: no inversion, only linkage, key renewal and stem images)",
+    )
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument(

@@ -96,15 +96,19 @@ def _export_one(checkpoint: Path, out: Path, args, method_key) -> dict:
     return _row(checkpoint.parent.name, res)
 
 
-def _method_name(checkpoint: Path) -> str | None:
-    """The method a checkpoint was trained with (None when it cannot be read: the export reports that)."""
+def _method_config(checkpoint: Path) -> dict:
+    """The method section a checkpoint was trained with ({} when it cannot be read: export reports that)."""
     import torch
 
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-        return str(ckpt["config"]["method"]["name"])
+        return dict(ckpt["config"]["method"])
     except Exception:  # unreadable or foreign file: export_checkpoint gives the clear error
-        return None
+        return {}
+
+
+def _method_name(checkpoint: Path) -> str | None:
+    return _method_config(checkpoint).get("name")
 
 
 def _method_key(jobs, args):
@@ -123,6 +127,14 @@ def _method_key(jobs, args):
         )
     for c in keyed:
         print(f"{c}: method {key.describe()}", flush=True)
+        trained = _method_config(c).get("key", keys.DEMO_KEY.decode())
+        if (trained.encode() if isinstance(trained, str) else bytes(trained)) != key.key:
+            print(  # the recognizer learned the training key's channel mix (docs/privacy.md: -9 LFW points)
+                f"ppfr-export: warning: {c} was trained under another key; its recognizer loses accuracy "
+                "under this one, and the threshold comes from the training key's evaluation. Train under "
+                "the deployment key (method.key) for full accuracy.",
+                file=sys.stderr,
+            )
     return key
 
 

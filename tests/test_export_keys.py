@@ -127,6 +127,7 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
     for f in ("manifest.json", "frontend.onnx", "recognizer.onnx"):
         assert key not in (out / f).read_bytes(), f
     assert key.decode() not in printed.out + printed.err and keys.key_id(key) in printed.out
+    assert "was trained under another key" in printed.err  # its recognizer learned the demo key's mix
     config = json.loads(manifest.training.config)
     assert config["method"]["key"] == keys.REDACTED
     assert b"ppfr-demo-key" not in (out / "manifest.json").read_bytes()
