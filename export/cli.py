@@ -107,13 +107,10 @@ def _method_config(checkpoint: Path) -> dict:
         return {}
 
 
-def _method_name(checkpoint: Path) -> str | None:
-    return _method_config(checkpoint).get("name")
-
-
 def _method_key(jobs, args):
     """The key for the keyed runs among `jobs` (None when none is keyed); KeyPolicyError when missing."""
-    keyed = [c for c, _ in jobs if c.is_file() and keys.is_keyed(_method_name(c) or "")]
+    methods = {c: _method_config(c) for c, _ in jobs if c.is_file()}
+    keyed = [c for c, m in methods.items() if keys.is_keyed(m.get("name", ""))]
     if not keyed:
         return None
     try:
@@ -127,7 +124,7 @@ def _method_key(jobs, args):
         )
     for c in keyed:
         print(f"{c}: method {key.describe()}", flush=True)
-        trained = _method_config(c).get("key", keys.DEMO_KEY.decode())
+        trained = methods[c].get("key", keys.DEMO_KEY.decode())
         if (trained.encode() if isinstance(trained, str) else bytes(trained)) != key.key:
             print(  # the recognizer learned the training key's channel mix (docs/privacy.md: -9 LFW points)
                 f"ppfr-export: warning: {c} was trained under another key; its recognizer loses accuracy "

@@ -102,11 +102,7 @@ class DlibResNet(nn.Module):
         return BLOCKS[index - 1][1] if index > 0 else 32
 
     def head(self, x: torch.Tensor, upto: int) -> torch.Tensor:
-        x = F.relu(self.conv_in((x - self.mean) / 256.0))
-        x = F.max_pool2d(x, 3, 2)
-        for block in self.blocks[:upto]:
-            x = block(x)
-        return x
+        return run_head(self.conv_in, self.blocks[:upto], self.mean, x)
 
     def tail(self, x: torch.Tensor, start: int) -> torch.Tensor:
         for block in self.blocks[start:]:
@@ -115,6 +111,15 @@ class DlibResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.head(x, 0), 0)
+
+
+def run_head(conv_in: nn.Module, blocks, mean: torch.Tensor, chip: torch.Tensor) -> torch.Tensor:
+    """dlib's input normalisation, first conv and max-pool, then `blocks`: the layers before an entry
+    block (DlibResNet.head, and the pixel stem's trainable copy of them in student.py)."""
+    x = F.max_pool2d(F.relu(conv_in((chip - mean) / 256.0)), 3, 2)
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 def chip_grid(out_size: int, in_size: int = 112, points=None) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dlib_resnet import ChipWarp, DlibResNet, chip_grid, load_dlib_resnet
+from .dlib_resnet import ChipWarp, DlibResNet, chip_grid, load_dlib_resnet, run_head
 
 ENTRY_CHIP = "chip"
 
@@ -147,10 +147,7 @@ class DlibFront(nn.Module):
         self.blocks = copy.deepcopy(net.blocks[:upto])
 
     def forward(self, crop: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv_in((self.warp(crop) - self.mean) / 256.0)), 3, 2)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return run_head(self.conv_in, self.blocks, self.mean, self.warp(crop))
 
 
 class DlibTrunk(nn.Module):

@@ -201,10 +201,11 @@ def _is_trunk(name: str) -> bool:
     return ".backbone.trunk." in name
 
 
-def _lr_mult(name: str, tc: dict) -> float:
-    if _is_trunk(name):
-        return tc["trunk_lr_mult"]
-    return tc["front_lr_mult"] if ".backbone.stem.1." in name else 1.0  # DlibFront (student.py)
+def _front_ids(step_mod: nn.Module) -> set[int]:
+    """Parameters of a pixel stem's copy of the pretrained first layers (student.DlibFront)."""
+    from .student import DlibFront
+
+    return {id(p) for m in step_mod.modules() if isinstance(m, DlibFront) for p in m.parameters()}
 
 
 def _trainable(name: str, p, tc: dict) -> bool:
@@ -224,9 +225,16 @@ def _optimizer(step_mod: TrainStep, tc: dict):
     method_params = [p for p in step_mod.method.parameters() if p.requires_grad]
     ids = {id(p) for p in method_params}
     rest = [(n, p) for n, p in step_mod.named_parameters() if _trainable(n, p, tc) and id(p) not in ids]
+    front = _front_ids(step_mod)
+
+    def lr_mult(name, p) -> float:  # pretrained layers learn at a fraction of lr
+        if _is_trunk(name):
+            return tc["trunk_lr_mult"]
+        return tc["front_lr_mult"] if id(p) in front else 1.0
+
     groups = []
-    for mult in sorted({_lr_mult(n, tc) for n, _ in rest}):  # pretrained layers learn at a fraction of lr
-        sel = [p for n, p in rest if _lr_mult(n, tc) == mult]
+    for mult in sorted({lr_mult(n, p) for n, p in rest}):
+        sel = [p for n, p in rest if lr_mult(n, p) == mult]
         lr = tc["lr"] * mult
         groups += [
             {"params": [p for p in sel if p.ndim > 1], "weight_decay": tc["weight_decay"], "lr": lr},
@@ -332,7 +340,8 @@ def train(config: dict, out_dir=None, resume=None, progress: bool = True) -> Pat
 
     # Data statistics the method needs (DCTDP clip bounds): a fixed sample of training faces.
     method.calibrate(calib_images)
-    recognizer.calibrate(method, calib_images, cfg["seed"])  # e.g. a pixel stem's linear start
+    if not resume:  # a resumed run loads these parameters from its checkpoint
+        recognizer.calibrate(method, calib_images, cfg["seed"])  # e.g. a pixel stem's linear start
 
     step_mod = TrainStep(
         method,
