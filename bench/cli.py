@@ -167,6 +167,10 @@ def main(argv=None) -> int:
         from .ort_settings import main as ort_settings
 
         return ort_settings(argv[1:])
+    if argv[:1] == ["pooling"]:  # several photos per person and the server's pooled score (docs/cloud.md)
+        from .template_pooling import main as pooling
+
+        return pooling(argv[1:])
     if argv[:1] == ["gallery"]:  # the gallery at scale (make bench-gallery; docs/cloud.md)
         from .gallery_bench import main as gallery
 

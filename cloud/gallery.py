@@ -12,10 +12,10 @@
 gallery records the recognizer and the template secret's id (cloud/template_key.py; "none" without one)
 its templates were made with, and refuses to be opened with others.
 
-A subject may hold several templates (re-enrolling adds one); its score against a probe is the best
-(maximum) cosine similarity over its templates. On both backends 1:N search runs in process: exact (BLAS)
-up to `exact_max` templates, beyond it a compressed scan with an exact rerank (cloud/ann.py); the measured
-recall is in docs/cloud.md.
+A subject may hold several templates (re-enrolling adds one); its score against a probe is the cosine to
+the mean of its templates (template pooling: docs/cloud.md, "Matching and score aggregation"). On both
+backends 1:N search runs in process: exact (BLAS) up to `exact_max` templates, beyond it a compressed scan
+with an exact rerank (cloud/ann.py); the measured recall is in docs/cloud.md.
 
 Contract shared by both backends:
     enroll(subject_id, embedding, idempotency_key=None) -> Enrollment   (a repeated key returns the first)
@@ -194,12 +194,12 @@ class MatrixGallery:
         return self._matrix.has_subject(subject_id)
 
     def verify(self, subject_id: str, embedding: np.ndarray) -> float | None:
-        """Best cosine similarity over the subject's templates, or None for an unknown subject."""
+        """Cosine similarity to the mean of the subject's templates, or None for an unknown subject."""
         self._refresh()
         return self._matrix.verify(subject_id, unit(embedding))
 
     def identify(self, embedding: np.ndarray, top_k: int, exact: bool = False) -> list[Match]:
-        """The top_k subjects by best template score, best first (`exact` bypasses the compressed index)."""
+        """The top_k subjects by pooled score, best first (`exact` bypasses the compressed index)."""
         self._refresh()
         return [Match(s, v) for s, v in self._matrix.identify(unit(embedding), top_k, exact=exact)]
 

@@ -9,13 +9,17 @@ only then publishes it by increasing `_n`; arrays are replaced (never shrunk in 
 reader reads `_n` before the arrays, so every row below the `_n` it read is complete. A read that runs
 while a delete commits may or may not see that delete; the next read does.
 
-Search over the live rows is exact (one matrix-vector product, BLAS) unless an approximate index is
-attached (`cloud/ann.py`), which answers for the rows it has indexed while the rest are searched exactly.
+A subject's score is pooled over its templates (`pooled_score`). Search over the live rows is exact (one
+matrix-vector product, BLAS) unless an approximate index is attached (`cloud/ann.py`), which answers for the
+rows it has indexed while the rest are searched exactly.
 """
 
 import numpy as np
 
 _blas_limited = False
+
+# identify() ranks this many candidates (found by their best template) per answer by their pooled score.
+POOL_CANDIDATES = 4
 
 
 def one_blas_thread() -> None:
@@ -136,26 +140,36 @@ class TemplateMatrix:
         self._dead += 1
 
     # --- reads (any thread) ------------------------------------------------------------------------
+    def pooled_score(self, rows, unit_probe: np.ndarray) -> float:
+        """A subject's score: the cosine between the probe and the mean of its templates (template pooling:
+        averaging several photos cancels what is particular to each; one template scores as itself)."""
+        vecs = self._vecs[list(rows)]
+        if len(vecs) == 1:
+            return float(vecs[0] @ unit_probe)
+        mean = vecs.mean(0)
+        return float(mean @ unit_probe) / max(float(np.linalg.norm(mean)), 1e-12)
+
     def verify(self, subject_id: str, unit_probe: np.ndarray) -> float | None:
         rows = self._rows.get(subject_id)
-        if not rows:
-            return None
-        return float(np.max(self._vecs[list(rows)] @ unit_probe))
+        return self.pooled_score(rows, unit_probe) if rows else None
 
     def identify(self, unit_probe: np.ndarray, top_k: int, exact: bool = False) -> list[tuple[str, float]]:
-        """The top_k live subjects by their best template's cosine, best first."""
+        """The top_k live subjects by pooled score, best first. The search over rows finds candidates by
+        their best template (POOL_CANDIDATES per answer), which are then ranked by their pooled score."""
         n = self._n
         if n == 0 or not self._rows:
             return []
+        wide = max(POOL_CANDIDATES * top_k, 16)
         ann = None if exact else self.ann
-        if ann is not None:
-            found = ann.search(unit_probe, top_k, n)
-            if found is not None:
-                return found
-        return self.exact_search(unit_probe, top_k, 0, n)
+        found = ann.search(unit_probe, wide, n) if ann is not None else None
+        if found is None:
+            found = self.exact_search(unit_probe, wide, 0, n)
+        rows = [(s, self._rows.get(s)) for s, _ in found]  # .get: a subject deleted meanwhile drops out
+        scored = [(s, self.pooled_score(r, unit_probe)) for s, r in rows if r]
+        return sorted(scored, key=lambda item: -item[1])[:top_k]
 
     def exact_search(self, unit_probe, top_k: int, start: int, stop: int) -> list[tuple[str, float]]:
-        """Exact top_k subjects over rows [start, stop)."""
+        """Exact top_k subjects by best template over rows [start, stop)."""
         if stop <= start:
             return []
         vecs, alive, owner = self._vecs, self._alive, self._owner

@@ -344,6 +344,9 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
         "payload_bytes": payload,
         "failed": failed,
         "wall_s": round(time.monotonic() - started, 1),
+        "decisions": [
+            {k: r[k] for k in ("kind", "image", "subject_id", "score", "match")} for r in genuine + impostor
+        ],
     }
 
 

@@ -33,12 +33,14 @@ def test_enroll_verify_identify_delete_and_reopen(db):
     assert g.enroll("alice", c).template_count == 2  # re-enrolling adds a template
     g.enroll("bob", b)
     assert (g.subject_count, g.template_count) == (2, 3)
-    assert g.verify("alice", c) == pytest.approx(1.0, abs=1e-5)  # the subject's score is its best template
-    assert g.verify("alice", a) == pytest.approx(1.0, abs=1e-5)
+    pooled = (a + c) / np.linalg.norm(a + c)  # the subject's score: cosine to the mean of its templates
+    assert g.verify("alice", c) == pytest.approx(float(pooled @ c), abs=1e-5)
+    assert g.verify("alice", pooled) == pytest.approx(1.0, abs=1e-5)
+    assert g.verify("bob", b) == pytest.approx(1.0, abs=1e-5)  # one template scores as itself
     assert g.verify("nobody", a) is None and not g.has_subject("nobody") and g.has_subject("bob")
     top = g.identify(b, top_k=5)
     assert [m.subject_id for m in top] == ["bob", "alice"] and top[0].score == pytest.approx(1.0, abs=1e-5)
-    assert top[1].score == pytest.approx(max(float(a @ b), float(c @ b)), abs=1e-5)
+    assert top[1].score == pytest.approx(float(pooled @ b), abs=1e-5)
     assert len(g.identify(b, top_k=1)) == 1
     g.close()
 
@@ -133,7 +135,7 @@ def test_refuses_a_template_secret_other_than_the_one_it_was_enrolled_under(db):
         open_gallery(db, D, "rec1", template_key="tk=b")
 
 
-def test_identify_ranks_subjects_by_their_best_template_like_brute_force(db):
+def test_identify_ranks_subjects_by_their_pooled_score_like_brute_force(db):
     """Many subjects, several templates each, deletes in between: identify equals a brute-force answer."""
     rng = np.random.default_rng(3)
     g = open_gallery(db, D, "rec1")
@@ -147,7 +149,8 @@ def test_identify_ranks_subjects_by_their_best_template_like_brute_force(db):
         g.delete(f"p{i}")
         vecs.pop(f"p{i}")
     probe = unit(rng)
-    best = sorted(((max(float(v @ probe) for v in vs), s) for s, vs in vecs.items()), reverse=True)[:10]
+    pooled = {s: np.mean(vs, 0) / np.linalg.norm(np.mean(vs, 0)) for s, vs in vecs.items()}
+    best = sorted(((float(c @ probe), s) for s, c in pooled.items()), reverse=True)[:10]
     got = g.identify(probe, 10)
     assert [m.subject_id for m in got] == [s for _, s in best]
     assert [m.score for m in got] == pytest.approx([v for v, _ in best], abs=1e-5)
