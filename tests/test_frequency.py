@@ -10,6 +10,7 @@ from ppfr.train.frequency import (
     BlockIDCT,
     ColorConvert,
     FrequencyFrontEnd,
+    UpsampledBlockDCT,
     channel_index,
     to_float_nchw,
     upsample,
@@ -45,6 +46,18 @@ def test_upsample_matches_reference_align_corners(faces):
     assert torch.equal(y[..., 0, 0], x[..., 0, 0]) and torch.allclose(y[..., -1, -1], x[..., -1, -1])
     fe = FrequencyFrontEnd("ycbcr", 8)
     assert fe(torch.from_numpy(faces[:1])).shape == (1, 192, 112, 112)
+
+
+def test_x8_front_end_is_the_reference_path_without_the_x8_image(faces):
+    """UpsampledBlockDCT = BlockDCT(upsample(x, 8)) (the reference's order of operations), and in float32
+    it keeps the small high-frequency coefficients that PartialFace sends to ~1e-6 of their scale."""
+    x = ColorConvert("ycbcr")(to_float_nchw(torch.from_numpy(faces[:2])))
+    ref = BlockDCT().double()(upsample(x.double(), 8))
+    ours = UpsampledBlockDCT()
+    assert torch.allclose(ours.double()(x.double()), ref, rtol=0, atol=1e-6 * ref.abs().max().item())
+    high = [p * 64 + k for p in range(3) for k in range(64) if sum(divmod(k, 8)) > 3]  # what may be sent
+    err = (UpsampledBlockDCT()(x).double() - ref)[:, high].abs().max() / ref[:, high].abs().max()
+    assert err < 1e-5, err
 
 
 def test_ycbcr_matches_jpeg_matrix():

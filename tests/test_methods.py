@@ -173,7 +173,9 @@ def test_partialface_router_puts_each_frequency_in_its_own_channel(batch):
         out = method(
             batch, subset=torch.full((len(batch),), subset), permutation=torch.full((len(batch),), perm)
         )
-        placed = router.place(out, torch.nn.functional.one_hot(torch.full((len(batch),), layout), 18).float())
+        placed = router.place_known(
+            out, {"subset": torch.full((len(batch),), subset), "permutation": torch.full((len(batch),), perm)}
+        )
         rows = [canon.index(c) for c in sent]
         assert torch.allclose(placed[:, rows], full[:, sent])
         assert placed[:, [i for i in range(162) if i not in rows]].abs().max() == 0

@@ -131,3 +131,27 @@ def test_pixel_stem_starts_as_an_inverse_dct_and_trains_its_own_first_layers(tmp
     front = trained.backbone.stem[1]
     assert not torch.equal(front.conv_in.conv.weight, net.conv_in.conv.weight)
     assert torch.equal(trained.backbone.trunk.conv_in.conv.weight, net.conv_in.conv.weight)
+
+
+def test_pixel_stem_reads_x8_partialface_through_the_clients_layout():
+    """PartialFace as published (x8 upsample: 27 x 112 x 112): the pixel stem works per pixel, and its
+    least-squares start is fitted on tensors placed by the layout each client drew (the router is untrained
+    then), so it explains part of the faces it was fitted on; a mis-wired fit would make things worse."""
+    from conftest import lfw_faces
+    from ppfr.train.model import build_model
+
+    cfg = pretrained_cfg("partialface")
+    cfg["method"] |= {"upsample": 8, "route": True}
+    cfg["model"]["pixel_stem"] = True
+    method, rec = build_model(cfg)
+    faces = torch.from_numpy(lfw_faces(64))
+    rec.calibrate(method, faces)
+    stem = rec.backbone.stem[0].eval()
+    with torch.no_grad():
+        rand = method.sample_random(len(faces), torch.Generator().manual_seed(0))  # calibrate's draws
+        placed = rec.adapter.place_known(method(faces, **rand), rand)
+        image = stem(placed)
+        assert placed.shape == (64, 162, 112, 112) and image.shape == (64, 3, 112, 112)
+        truth = faces.permute(0, 3, 1, 2).float()
+        assert ((image - truth) ** 2).mean() < ((truth - truth.mean()) ** 2).mean()
+        assert rec(method(faces[:2], **method.sample_random(2))).shape == (2, 128)

@@ -115,6 +115,46 @@ def to_float_nchw(image: torch.Tensor) -> torch.Tensor:
     return image.permute(0, 3, 1, 2).float()
 
 
+class UpsampledBlockDCT(nn.Module):
+    """`BlockDCT(upsample(x, 8))` without the x8 image: [B, P, S, S] -> [B, P*64, S, S].
+
+    Bilinear upsampling and the 2-D DCT are both separable, so each output is a product of two 1-D maps,
+    and with align_corners=True block i of the upsampled line only reads source pixels i-1, i, i+1. The
+    1-D map is taken once in float64 (`band[u, i, a]`: coefficient u of block i from pixel i+a-1) and
+    applied as two 3-tap passes. The same numbers as the reference path, ~30x fewer operations, and the
+    small high-frequency coefficients are no longer differences of 896-pixel sums, so float32 keeps them
+    to ~1e-6 of their scale (the x8 path: ~1e-4)."""
+
+    def __init__(self, size: int = 112):
+        super().__init__()
+        line = torch.eye(size, dtype=torch.float64)[:, None, :]  # every source pixel as a 1-D impulse
+        up = F.interpolate(line, scale_factor=8, mode="linear", align_corners=True)[:, 0]  # [src, 8*size]
+        dense = torch.einsum("ut,sit->uis", dct_matrix(), up.reshape(size, size, BLOCK))  # [u, block, src]
+        band, rebuilt = torch.zeros(BLOCK, size, 3, dtype=torch.float64), torch.zeros_like(dense)
+        for a in range(3):
+            blocks = torch.arange(size)
+            src = blocks + a - 1
+            ok = (src >= 0) & (src < size)
+            band[:, blocks[ok], a] = dense[:, blocks[ok], src[ok]]
+            rebuilt[:, blocks[ok], src[ok]] = band[:, blocks[ok], a]
+        assert torch.allclose(rebuilt, dense, atol=1e-12), "an x8 block reads more than 3 source pixels"
+        self.register_buffer("band", band.float(), persistent=False)
+
+    def _pass(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Along `dim` (-2 rows, -1 columns): [..., S, ...] -> [8, ..., S, ...] (the frequency in front)."""
+        size = x.shape[dim]
+        pad = F.pad(x, (1, 1) if dim == -1 else (0, 0, 1, 1))
+        taps = [pad.narrow(dim, a, size) for a in range(3)]
+        shape = [BLOCK] + [1] * x.dim()
+        shape[dim] = size
+        return sum(self.band[:, :, a].reshape(shape) * taps[a] for a in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, h, w = x.shape
+        y = self._pass(self._pass(x, -2), -1)  # [v, u, B, P, H, W]
+        return y.permute(2, 3, 1, 0, 4, 5).reshape(b, p * BLOCK * BLOCK, h, w)
+
+
 class FrequencyFrontEnd(nn.Module):
     """uint8 RGB NHWC -> colour planes -> optional bilinear upsample -> block DCT channels."""
 
@@ -124,14 +164,12 @@ class FrequencyFrontEnd(nn.Module):
             raise ValueError(f"upsample must be 1 or 8, got {upsample}")
         self.color = ColorConvert(color)
         self.upsample = upsample
-        self.dct = BlockDCT()
+        self.dct = UpsampledBlockDCT() if upsample == 8 else BlockDCT()
         self.planes = self.color.planes
 
     def spatial(self, image_size: int = 112) -> int:
         return image_size * self.upsample // BLOCK
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = to_float_nchw(image)
-        # Upsampling commutes with the colour map (both linear, bilinear weights sum to 1); colour first
-        # keeps the upsampled tensor to the planes we need (1 for gray instead of 3).
-        return self.dct(upsample(self.color(x), self.upsample))
+        # Colour first: every later step is linear per plane (x8: UpsampledBlockDCT, no x8 image).
+        return self.dct(self.color(to_float_nchw(image)))

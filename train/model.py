@@ -34,12 +34,23 @@ class Recognizer(nn.Module):
         return self.backbone.forward_with_entry(self.adapter(protected))
 
     @torch.no_grad()
-    def calibrate(self, method, images: torch.Tensor, seed: int = 0) -> None:
-        """Data-dependent initialisation of the backbone (if it has one) from training faces."""
-        if hasattr(self.backbone, "calibrate"):
+    def calibrate(self, method, images: torch.Tensor, seed: int = 0, chunk: int = 64) -> None:
+        """Data-dependent initialisation of the backbone (if it has one) from training faces, protected in
+        chunks (the same draws on every pass). An adapter that learns the layout (PartialFace's router) is
+        untrained here, so the tensors are placed by the layout the client drew."""
+        if not hasattr(self.backbone, "calibrate"):
+            return
+
+        def batches():
             gen = torch.Generator(device=images.device).manual_seed(seed)
-            protected = self.adapter(method(images, **method.sample_random(len(images), gen)))
-            self.backbone.calibrate(protected.float(), images)
+            for i in range(0, len(images), chunk):
+                part = images[i : i + chunk]
+                rand = method.sample_random(len(part), gen)
+                x = method(part, **rand)
+                known = getattr(self.adapter, "place_known", None)
+                yield (known(x, rand) if known else self.adapter(x)).float(), part
+
+        self.backbone.calibrate(batches)
 
     def embed(self, protected: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.forward(protected), dim=1)

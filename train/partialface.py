@@ -133,6 +133,13 @@ class LayoutRouter(nn.Module):
         mix = torch.einsum("bk,kmc->bmc", weights, self.scatter)
         return torch.einsum("bmc,bchw->bmhw", mix, x)
 
+    @staticmethod
+    def layout(rand: dict) -> torch.Tensor:
+        return rand["subset"] * len(PERMUTATIONS) + rand["permutation"]
+
+    def place_known(self, x: torch.Tensor, rand: dict) -> torch.Tensor:
+        """x placed by the layout the client drew (no classifier): what the router learns to do."""
+        return self.place(x, F.one_hot(self.layout(rand).to(x.device), len(self.scatter)).to(x.dtype))
+
     def aux_loss(self, rand: dict) -> torch.Tensor:
-        layout = rand["subset"] * len(PERMUTATIONS) + rand["permutation"]
-        return F.cross_entropy(self.logits, layout.to(self.logits.device))
+        return F.cross_entropy(self.logits, self.layout(rand).to(self.logits.device))

@@ -92,46 +92,94 @@ class FrequencyStem(nn.Module):
         return F.relu(self.out(x))  # the trunk's activations are post-ReLU
 
 
+class ChannelScale(nn.Module):
+    """x * (1 / rms per channel), measured once (PixelStem.fit). No centring: a channel that a query does
+    not carry (PartialFace's routed layout) stays exactly zero."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(channels))
+
+    def forward(self, x):
+        return x * self.scale[None, :, None, None]
+
+
 class PixelStem(nn.Module):
     """C x S x S protected tensor -> a 3 x 112 x 112 face (0..255 scale) for the pretrained net's own
-    first layers. Each 8x8 block's pixels come from its own channels by a linear map (for fixed
-    frequencies that is an inverse DCT, so bdct starts as the teacher itself) plus a residual read from
-    the block's neighbourhood (residual blocks on the block grid): what dropped channels, per-block
-    normalisation or noise took away must be inferred from context. The residual starts at zero."""
+    first layers. The residual parts start at zero.
+
+    S = 14 (one 8x8 block per position): each block's pixels come from its own channels by a linear map
+    (for fixed frequencies that is an inverse DCT, so bdct starts as the teacher itself) plus a residual
+    read from the block's neighbourhood (residual blocks on the block grid): what dropped channels,
+    per-block normalisation or noise took away must be inferred from context.
+
+    S = 112 (x8-upsampled input, one block per pixel, e.g. PartialFace as published): each pixel comes
+    from its 3x3 neighbourhood by a linear map; there the coefficients kept are local second differences,
+    so that map recovers edges but not the smooth shading, which a residual on the 14x14 grid of the
+    linear image (pixel-unshuffled, near-global receptive field) supplies."""
 
     def __init__(self, in_channels: int, in_size: int, width: int, depth: int):
         super().__init__()
         self.block = 112 // in_size
+        self.fine = self.block == 1
         out = 3 * self.block * self.block
-        self.norm = nn.BatchNorm2d(in_channels)
-        self.linear = nn.Conv2d(in_channels, out, 1)
+        ctx = 3 * 8 * 8 if self.fine else in_channels
+        self.norm = ChannelScale(in_channels) if self.fine else nn.BatchNorm2d(in_channels)
+        self.linear = nn.Conv2d(in_channels, out, 3 if self.fine else 1, padding=1 if self.fine else 0)
         self.context = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1, bias=False),
+            nn.Conv2d(ctx, width, 1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(),
             *[ResBlock(width) for _ in range(depth)],
-            nn.Conv2d(width, out, 1),
+            nn.Conv2d(width, ctx if self.fine else out, 1),
         )
         nn.init.zeros_(self.context[-1].weight)
         nn.init.zeros_(self.context[-1].bias)
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, images: torch.Tensor) -> None:
-        """Start from the best linear map (least squares on training faces: protected x -> uint8 NHWC
-        images), with the input norm's statistics measured on the same x."""
-        self.norm.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        self.norm.running_var.copy_(x.var(dim=(0, 2, 3)))
-        xn = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
-        target = (F.pixel_unshuffle(images.permute(0, 3, 1, 2).float(), self.block) - 128.0) / 64.0
-        a = xn.permute(0, 2, 3, 1).reshape(-1, xn.shape[1]).double()
-        a = torch.cat([a, torch.ones_like(a[:, :1])], 1)
-        b = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1]).double()
-        w = torch.linalg.solve(a.T @ a + 1e-3 * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b).float()
-        self.linear.weight.copy_(w[:-1].T[:, :, None, None])
+    def fit(self, batches, pixels: int = 256) -> None:
+        """Start from the best linear map: least squares on training faces. `batches()` yields (protected
+        x, uint8 NHWC images) chunks and is read twice: input statistics, then the normal equations (on
+        `pixels` fixed random positions per face where a map reads a 3x3 neighbourhood)."""
+        n, s1, s2 = 0, 0.0, 0.0
+        for x, _ in batches():
+            x = x.double()
+            n, s1, s2 = n + x[:, 0].numel(), s1 + x.sum((0, 2, 3)), s2 + x.pow(2).sum((0, 2, 3))
+        if self.fine:
+            self.norm.scale.copy_((s2 / n).clamp_min(1e-12).rsqrt())
+        else:
+            self.norm.running_mean.copy_(s1 / n)
+            self.norm.running_var.copy_((s2 / n - (s1 / n) ** 2).clamp_min(0))
+        self.norm.eval()
+        gram = rhs = None
+        keep = torch.randperm(112 * 112, generator=torch.Generator().manual_seed(0))[:pixels]
+        for x, images in batches():
+            xn = self.norm(x)
+            image = (images.permute(0, 3, 1, 2).float() - 128.0) / 64.0
+            if self.fine:
+                a = (
+                    F.unfold(xn, 3, padding=1)[:, :, keep]
+                    .permute(0, 2, 1)
+                    .reshape(-1, self.linear.in_channels * 9)
+                )
+                b = image.flatten(2)[:, :, keep].permute(0, 2, 1).reshape(-1, 3)
+            else:
+                a = xn.permute(0, 2, 3, 1).reshape(-1, xn.shape[1])
+                target = F.pixel_unshuffle(image, self.block)
+                b = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
+            a = torch.cat([a.double(), torch.ones_like(a[:, :1], dtype=torch.float64)], 1)
+            gram = a.T @ a + (0 if gram is None else gram)
+            rhs = a.T @ b.double() + (0 if rhs is None else rhs)
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+        w = torch.linalg.solve(gram + 1e-3 * eye, rhs).float()
+        self.linear.weight.copy_(w[:-1].T.reshape(self.linear.weight.shape))
         self.linear.bias.copy_(w[-1])
 
     def forward(self, x):
         x = self.norm(x)
+        if self.fine:
+            y = self.linear(x)
+            return 128.0 + 64.0 * (y + F.pixel_shuffle(self.context(F.pixel_unshuffle(y, 8)), 8))
         return 128.0 + 64.0 * F.pixel_shuffle(self.linear(x) + self.context(x), self.block)
 
 
@@ -185,10 +233,10 @@ class DlibTrunk(nn.Module):
                 )
         self.entry = entry
 
-    def calibrate(self, protected: torch.Tensor, images: torch.Tensor) -> None:
+    def calibrate(self, batches) -> None:
         """Data-dependent initialisation before training: a pixel stem's linear map (PixelStem.fit)."""
         if isinstance(self.stem, nn.Sequential) and isinstance(self.stem[0], PixelStem):
-            self.stem[0].fit(protected, images)
+            self.stem[0].fit(batches)
 
     def forward_with_entry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(activation entering the pretrained layers, unnormalised 128-d embedding)."""
