@@ -56,8 +56,10 @@ def embed_people(bundle_dir: Path, root: Path, names: list[str], cache: Path) ->
 
     bundle = Bundle(bundle_dir, threads=2)
     path = cache / f"{bundle.manifest.recognizer.sha256[:12]}_{bundle.manifest.frontend.sha256[:12]}.npz"
-    if path.is_file() and list(np.load(path)["names"]) == names:
-        return np.load(path)["emb"]
+    if path.is_file():
+        cached = np.load(path)
+        if list(cached["names"]) == names:
+            return cached["emb"]
     rng, out = np.random.default_rng(0), []
     for i in range(0, len(names), 256):
         faces = np.stack([read_rgb(root / n) for n in names[i : i + 256]])

@@ -127,12 +127,13 @@ class UpsampledBlockDCT(nn.Module):
 
     def __init__(self, size: int = 112):
         super().__init__()
-        line = torch.eye(size, dtype=torch.float64)[:, None, :]  # every source pixel as a 1-D impulse
-        up = F.interpolate(line, scale_factor=8, mode="linear", align_corners=True)[:, 0]  # [src, 8*size]
+        # Every source pixel as an impulse along one axis, through the reference `upsample` itself.
+        line = torch.eye(size, dtype=torch.float64)[:, None, :, None]
+        up = upsample(line, 8)[:, 0, :, 0]  # [src, 8*size]
         dense = torch.einsum("ut,sit->uis", dct_matrix(), up.reshape(size, size, BLOCK))  # [u, block, src]
         band, rebuilt = torch.zeros(BLOCK, size, 3, dtype=torch.float64), torch.zeros_like(dense)
+        blocks = torch.arange(size)
         for a in range(3):
-            blocks = torch.arange(size)
             src = blocks + a - 1
             ok = (src >= 0) & (src < size)
             band[:, blocks[ok], a] = dense[:, blocks[ok], src[ok]]

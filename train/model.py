@@ -41,13 +41,14 @@ class Recognizer(nn.Module):
         if not hasattr(self.backbone, "calibrate"):
             return
 
+        known = getattr(self.adapter, "place_known", None)
+
         def batches():
             gen = torch.Generator(device=images.device).manual_seed(seed)
             for i in range(0, len(images), chunk):
                 part = images[i : i + chunk]
                 rand = method.sample_random(len(part), gen)
                 x = method(part, **rand)
-                known = getattr(self.adapter, "place_known", None)
                 yield (known(x, rand) if known else self.adapter(x)).float(), part
 
         self.backbone.calibrate(batches)
