@@ -91,7 +91,8 @@ def find_bundles(root) -> list[Path]:
 
 class EnergySorted:
     """The black-box attacker's canonical view of a per-query channel shuffle: channels ordered by energy
-    (mean |x|, descending), as the PPFR-FD server itself does (train/ppfr_fd.py `EnergySort`)."""
+    (mean |x|, descending), as the paper's PPFR-FD server does (train/ppfr_fd.py `EnergySort`). A stronger
+    attacker would train a `ChainRouter` of its own on frontend.onnx with draws it chooses."""
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle

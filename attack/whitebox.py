@@ -1,8 +1,9 @@
 """White-box variants: the attacker knows the method and its key (the training checkpoint), not the
 client's per-query random draw.
 
-- `TorchFrontend`: the method's torch module followed by its server adapter (PPFR-FD: energy sort, which
-  undoes most of the per-query Shuffle2), so the inversion network sees a canonical channel order.
+- `TorchFrontend`: the method's torch module followed by its server adapter (PPFR-FD: the chain
+  router that puts the per-query Shuffle2 back, or the paper's energy sort), so the inversion network
+  sees a canonical channel order.
 - `stem_images`: where the recognizer has a pixel stem (train/student.py), the face image it computes
   from each protected query on the way to its first layers: the server's model as a ready inversion.
 - `rekeyed`: the same method with a different deployment key (PPFR-FD key renewal).

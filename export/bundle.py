@@ -98,6 +98,7 @@ def export_model(
     data=None,
     threshold: dict | None = None,
     eval_pairs: int | None = None,
+    enrolled_photos: int = 1,
     parity_faces: int = 16,
     seed: int = 0,
     method_key: keys.MethodKey | None = None,
@@ -105,7 +106,9 @@ def export_model(
     """Export an in-memory (method, recognizer) to `out_dir`; raises ExportError/ParityError on failure.
 
     threshold: a dict as `evaluation.from_metrics` returns; None recomputes it on LFW pairs through the
-    exported graphs (`eval_pairs` limits the pairs, for quick bundles).
+    exported graphs (`eval_pairs` limits the pairs, for quick bundles). enrolled_photos > 1 replaces it
+    with the FAR 1e-3 point for subjects enrolled from that many photos, pooled as the server scores
+    (`evaluation.pooled`, through the exported graphs).
 
     method_key: the deployment key of a keyed method (export/keys.py); it replaces the key the method
     was trained with (trained parameters are kept). None keeps the method's own key. Either way the
@@ -133,8 +136,11 @@ def export_model(
 
     with torch.no_grad():
         emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
+    embed = _graph_embedder(front, recog, method, seed)
     if threshold is None:
-        threshold = _recompute_threshold(front, recog, method, root, eval_pairs, seed)
+        threshold = evaluation.recompute(root, embed, eval_pairs)
+    if enrolled_photos > 1:
+        threshold = evaluation.pooled(root, embed, enrolled_photos, base=threshold)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +208,8 @@ def _method_params(method) -> dict:
     return params
 
 
-def _recompute_threshold(front, recog, method, root, eval_pairs, seed) -> dict:
+def _graph_embedder(front, recog, method, seed):
+    """faces -> embeddings through the exported graphs, one fresh random draw per face (as deployed)."""
     fs, rs = parity.session(front), parity.session(recog)
     gen = torch.Generator().manual_seed(seed + 1)
 
@@ -211,7 +218,7 @@ def _recompute_threshold(front, recog, method, root, eval_pairs, seed) -> dict:
         protected = fs.run([PROTECTED], parity.frontend_feeds(images, random))[0]
         return rs.run([EMBEDDING], {PROTECTED: protected})[0]
 
-    return evaluation.recompute(root, embed, eval_pairs)
+    return embed
 
 
 def export_checkpoint(checkpoint, out_dir, **kw) -> ExportResult:

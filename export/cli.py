@@ -54,6 +54,14 @@ def _export_parser() -> argparse.ArgumentParser:
         type=int,
         help="LFW pairs when the threshold is recomputed (no metrics.json; default all)",
     )
+    p.add_argument(
+        "--enrolled-photos",
+        type=int,
+        default=3,
+        metavar="K",
+        help="calibrate the threshold (FAR 1e-3) for subjects enrolled from K photos, scored pooled as the "
+        "server does, on LFW through the exported graphs (default 3; 1: single LFW pairs)",
+    )
     return p
 
 
@@ -91,6 +99,7 @@ def _export_one(checkpoint: Path, out: Path, args, method_key) -> dict:
         data=args.data,
         parity_faces=args.parity_faces,
         eval_pairs=args.eval_pairs,
+        enrolled_photos=args.enrolled_photos,
         method_key=method_key,
     )
     return _row(checkpoint.parent.name, res)
@@ -190,7 +199,10 @@ def _row(run: str, res) -> dict:
 
 
 def export_main(argv) -> int:
-    args = _export_parser().parse_args(argv)
+    parser = _export_parser()
+    args = parser.parse_args(argv)
+    if args.enrolled_photos < 1:
+        parser.error(f"--enrolled-photos must be at least 1, not {args.enrolled_photos}")
     from .evaluation import DataError
     from .onnx_export import ExportError
     from .parity import ParityError

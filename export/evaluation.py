@@ -2,7 +2,9 @@
 
 The threshold comes from the run's metrics.json when training wrote one (LFW, FAR 1e-3). Otherwise it
 is recomputed here on LFW View-2 pairs through the exported graphs themselves (ONNX Runtime, one fresh
-random draw per face, no flip): that is exactly what the deployed edge + cloud compute.
+random draw per face, no flip): that is exactly what the deployed edge + cloud compute. With `pooled`
+(ppfr-export --enrolled-photos K > 1) it is instead the FAR 1e-3 point of verification attempts against
+subjects enrolled from K photos, scored as the server scores them (cloud/matrix.py, pooled_score).
 """
 
 import json
@@ -112,4 +114,50 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
         "accuracy": metrics["accuracy_mean"],
         "num_pairs": len(pairs),
         "set": set_name + ", exported graphs",
+    }
+
+
+def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_people: int | None = None) -> dict:
+    """Threshold at FAR 1e-3 for subjects enrolled from `enrolled` photos, scored by the cosine of the probe
+    to the mean of their templates, as the server does (cloud/matrix.py, pooled_score): pooling raises
+    every score, impostors' too, so a threshold from single pairs lets more impostors in.
+
+    LFW people with more than `enrolled` aligned crops: the first `enrolled` are the subject's templates,
+    the next (up to two) its genuine probes, and every probe is an impostor attempt against every other
+    subject. `embed(faces uint8 NHWC) -> L2-normalised [N, D]`. `base` (the single-pair entry) lends its
+    accuracy figure, which pooling does not define."""
+    lfw = root / "lfw" / "aligned112"
+    people = []
+    for folder in sorted(p for p in lfw.iterdir() if p.is_dir()):
+        crops = sorted(folder.glob("*.jpg"))
+        if len(crops) > enrolled:
+            people.append(crops[: enrolled + 2])
+    people = people[:max_people] if max_people else people
+    if len(people) < 2:
+        raise DataError(f"{lfw}: fewer than 2 people with more than {enrolled} crops")
+    paths = [p for crops in people for p in crops]
+    emb = np.concatenate(
+        [embed(np.stack([read_rgb(p) for p in paths[i : i + 64]])) for i in range(0, len(paths), 64)]
+    ).astype(np.float64)
+    means, probes, owner, start = [], [], [], 0
+    for i, crops in enumerate(people):
+        gallery = emb[start : start + enrolled]
+        means.append(gallery.mean(0) / max(np.linalg.norm(gallery.mean(0)), 1e-12))
+        probes.append(emb[start + enrolled : start + len(crops)])
+        owner += [i] * (len(crops) - enrolled)
+        start += len(crops)
+    scores = np.concatenate(probes) @ np.stack(means).T  # [probe, subject]
+    mine = np.arange(len(people))[None, :] == np.array(owner)[:, None]
+    genuine, impostor = scores[mine], scores[~mine]
+    thr = float(np.nextafter(np.quantile(impostor, 1 - FAR), np.inf))
+    return {
+        "cosine": thr,
+        "far": FAR,
+        "tar": float(np.mean(genuine >= thr)),
+        "accuracy": float((base or {}).get("accuracy", 0.0)),
+        "num_pairs": int(genuine.size + impostor.size),
+        "set": (
+            f"lfw aligned112: {len(people)} subjects enrolled from {enrolled} photos each, scored pooled as "
+            f"the server does; {genuine.size} genuine and {impostor.size} impostor attempts, exported graphs"
+        ),
     }

@@ -40,7 +40,16 @@ def bundles(tmp_path_factory):
     lfw = {"accuracy_mean": 0.61, "tar_at_far_1e-03": 0.02, "threshold_at_far_1e-03": 0.87, "num_pairs": 6000}
     metrics = {"results": {"lfw": {"trained": lfw}}, "train": {"faces": 6198, "identities": 286, "steps": 9}}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    args = ["--checkpoint", str(run / "checkpoint.pt"), "--out", str(root / "ppfr_fd"), "--eval-pairs", "20"]
+    args = [
+        "--checkpoint",
+        str(run / "checkpoint.pt"),
+        "--out",
+        str(root / "ppfr_fd"),
+        "--eval-pairs",
+        "20",
+        "--enrolled-photos",
+        "1",
+    ]
     args.append("--demo-key")  # a keyed method: the test bundle says which key it uses
     assert cli.main(args) == 0
     out["ppfr_fd"] = root / "ppfr_fd"

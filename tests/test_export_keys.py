@@ -117,7 +117,18 @@ def test_unkeyed_methods_need_no_key(tmp_path):
 def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
     key, path = _secret(tmp_path)
     out = tmp_path / "bundle"
-    args = ["--checkpoint", str(run), "--out", str(out), "--key-file", str(path), "--eval-pairs", "20"]
+    args = [
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(out),
+        "--key-file",
+        str(path),
+        "--eval-pairs",
+        "20",
+        "--enrolled-photos",
+        "1",
+    ]
     assert cli.main(args) == 0
     printed = capsys.readouterr()
     manifest = read_manifest(out)
@@ -147,7 +158,17 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
 
     # --demo-key: the same run, marked as demo, another key id and front-end
     demo_out = tmp_path / "demo"
-    args = ["--checkpoint", str(run), "--out", str(demo_out), "--demo-key", "--eval-pairs", "20"]
+    args = [
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(demo_out),
+        "--demo-key",
+        "--eval-pairs",
+        "20",
+        "--enrolled-photos",
+        "1",
+    ]
     assert cli.main(args) == 0
     assert "PUBLIC demo key" in capsys.readouterr().out
     dm = read_manifest(demo_out)

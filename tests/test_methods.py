@@ -6,7 +6,7 @@ import torch
 from ppfr.train.dctdp import DCTDP
 from ppfr.train.methods import METHODS, build_method
 from ppfr.train.partialface import COMBOS, KEPT, PRUNED, SUBSETS, LayoutRouter, PartialFace, channel_table
-from ppfr.train.ppfr_fd import PPFRFD, EnergySort, keyed_permutation
+from ppfr.train.ppfr_fd import PPFRFD, ChainRouter, EnergySort, keyed_permutation
 
 EXPECTED_SHAPES = {
     "rgb": (3, 112, 112),
@@ -55,6 +55,52 @@ def test_ppfr_fd_energy_sort_undoes_shuffle2(batch):
     assert not torch.equal(a, b)  # different Shuffle2 on the wire
     sort = EnergySort()
     assert torch.allclose(sort(a), sort(b), atol=1e-6)
+
+
+def test_ppfr_fd_chain_router_places_channels_by_the_draw(batch):
+    """route: true. Given the draw, the router's placement is the chain order M_0..M_33 exactly, i.e. the
+    tensor the client had before Shuffle2; the recognizer's input keeps the wire's shape."""
+    method = PPFRFD(route=True)
+    router = method.server_adapter()
+    assert isinstance(router, ChainRouter) and method.server_shape() == (34, 14, 14)
+    rand = method.sample_random(len(batch), torch.Generator().manual_seed(2))
+    sent = method(batch, **rand)
+    before_shuffle2 = method(batch, shuffle2=torch.arange(34).expand(len(batch), 34))
+    assert torch.allclose(router.place_known(sent, rand), before_shuffle2, atol=1e-5)
+    assert router(sent).shape == sent.shape
+
+
+def test_ppfr_fd_chain_router_learns_the_order_on_real_faces(data_dir):
+    """Shuffle2 is not sent, but each channel's pattern and its correlation with its chain neighbours give
+    it away: after a short training the router puts far more channels of held-out faces in their place
+    than the energy sort keeps in a stable place (a fact about PPFR-FD's privacy, too)."""
+    from conftest import read_rgb
+
+    torch.manual_seed(0)
+    paths = sorted((data_dir / "celeba" / "aligned112").glob("*/*.jpg"))[::23][:320]
+    imgs = torch.from_numpy(np.stack([read_rgb(p) for p in paths]))
+    method = PPFRFD(route=True)
+    router = method.server_adapter()
+    train, held_out = imgs[:256], imgs[256:]
+    opt = torch.optim.Adam(router.parameters(), 2e-3)
+    for _ in range(200):
+        rand = method.sample_random(32)
+        router(method(train[torch.randint(0, len(train), (32,))], **rand))
+        loss = router.aux_loss(rand)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rand = method.sample_random(len(held_out))
+    sent = method(held_out, **rand)
+    with torch.no_grad():
+        placed = router(sent)
+    truth = router.place_known(sent, rand)
+    routed = (placed - truth).flatten(2).norm(dim=2) < 0.5 * truth.flatten(2).norm(dim=2)
+    order = torch.topk(sent.abs().mean((2, 3)), 34, dim=1).indices  # the energy sort's pick
+    source = rand["shuffle2"].gather(1, order)
+    stable = (source == source.mode(0).values).float().mean()
+    print(f"\nchannels routed to their place {routed.float().mean():.1%}; energy sort stable {stable:.1%}")
+    assert routed.float().mean() > max(0.5, 1.5 * stable)
 
 
 def test_ppfr_fd_keys_change_shuffle1():

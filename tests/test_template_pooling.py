@@ -52,3 +52,39 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys, small_bundle):
     with pytest.raises(SystemExit):
         bench_main(["pooling", "--bundle", str(small_bundle("ppfr_fd")), "--enroll", "0"])
     assert "--enroll takes positive counts" in capsys.readouterr().err
+
+
+def test_export_calibrates_the_threshold_for_pooled_subjects():
+    """ppfr-export --enrolled-photos K: the threshold is the FAR 1e-3 point of attempts against subjects
+    enrolled from K real LFW photos, scored by the server's rule (checked here with the bench's `pooled`)."""
+    from ppfr.export import evaluation
+
+    def embed(faces):  # a crude but real descriptor: the face at 8x8, centred and normalised
+        x = faces.reshape(len(faces), 8, 14, 8, 14, 3).mean((2, 4)).reshape(len(faces), -1)
+        x = x - x.mean(1, keepdims=True)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    entry = evaluation.pooled(DATA, embed, 3, base={"accuracy": 0.5}, max_people=6)
+    lfw = DATA / "lfw" / "aligned112"
+    people = [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) > 3][:6]
+    crops = [sorted(d.glob("*.jpg"))[:5] for d in people]
+    emb = [embed(np.stack([evaluation.read_rgb(p) for p in c])) for c in crops]
+    genuine = np.concatenate([RULES["pooled"](e[:3], e[3:]) for e in emb])
+    impostor = np.concatenate(
+        [
+            RULES["pooled"](e[:3], np.concatenate([o[3:] for j, o in enumerate(emb) if j != i]))
+            for i, e in enumerate(emb)
+        ]
+    )
+    assert entry["num_pairs"] == genuine.size + impostor.size and entry["far"] == 1e-3
+    assert entry["cosine"] == pytest.approx(np.quantile(impostor, 1 - 1e-3), abs=1e-9)
+    assert entry["tar"] == pytest.approx(np.mean(genuine >= entry["cosine"]))
+    assert entry["accuracy"] == 0.5 and "enrolled from 3 photos" in entry["set"]
+
+
+def test_export_rejects_a_bad_enrolled_count(capsys):
+    from ppfr.export.cli import main as export_main
+
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["--checkpoint", "x.pt", "--enrolled-photos", "0"])
+    assert exit_.value.code == 2 and "--enrolled-photos must be at least 1" in capsys.readouterr().err

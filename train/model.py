@@ -2,7 +2,8 @@
 
 - the protection method (client side): uint8 face + random inputs -> protected tensor;
 - the `Recognizer` (server side): protected tensor -> L2-normalised embedding, with the method's
-  server adapter (PPFR-FD energy sort) inside, so the cloud runs one graph per bundle.
+  server adapter (PPFR-FD: the chain router or the energy sort) inside, so the cloud runs one graph
+  per bundle.
 
 Config layout (YAML, see configs/): {name, method: {name, ...params}, model: {backbone, ...}, data,
 train, eval}. A checkpoint is a dict {config, method, recognizer, head, optimizer, state}, each

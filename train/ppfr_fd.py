@@ -1,11 +1,13 @@
 """PPFR-FD (Wang et al., AAAI'22; docs/methods.md §0): gray BDCT, 36 zigzag channels, drop DC,
 keyed Shuffle1, self-normalise, channel mix, random Shuffle2, self-normalise -> 34x14x14.
 
-The server undoes Shuffle2 by sorting channels by energy (`EnergySort`, part of the recognizer graph).
+The server undoes Shuffle2 inside the recognizer graph: by sorting channels by energy (`EnergySort`, the
+paper's way), or with `route: true` by a learned `ChainRouter` that puts each channel back in its place.
 """
 
 import hashlib
 import hmac
+import math
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +103,11 @@ class PPFRFD(ProtectionMethod):
         gamma: float = 0.3,
         lam: float = 1.0,
         image_size: int = 112,
+        route: bool = False,
     ):
         super().__init__(image_size)
         self.frontend = FrequencyFrontEnd("gray", 1)
+        self.route = bool(route)
         chosen = list(channels) if channels is not None else zigzag_order()[:num_channels]
         self.selected = chosen
         self.eps = eps
@@ -141,6 +145,7 @@ class PPFRFD(ProtectionMethod):
             "channels": self.selected,
             "drop_dc": True,
             "analysis": self.analysis,
+            "route": self.route,
             "shuffle1_kdf": "fisher-yates over HMAC-SHA256(key, 'ppfr-fd/shuffle1' || ctr32)",
             "key_id": hashlib.sha256(self.key_bytes).hexdigest()[:16],
         }
@@ -152,7 +157,9 @@ class PPFRFD(ProtectionMethod):
         return self.weighting.penalty() if self.analysis else None
 
     def server_adapter(self):
-        return nn.Identity() if self.analysis else EnergySort()
+        if self.analysis:
+            return nn.Identity()
+        return ChainRouter(self.mixed_channels) if self.route else EnergySort()
 
     def forward(self, image: torch.Tensor, shuffle2: torch.Tensor | None = None) -> torch.Tensor:
         x = self.frontend(image)[:, self.keep]
@@ -171,3 +178,77 @@ class EnergySort(nn.Module):
         energy = x.abs().mean(dim=(2, 3))
         order = torch.topk(energy, k=x.shape[1], dim=1).indices
         return gather_channels(x, order)
+
+
+class ChainRouter(nn.Module):
+    """Server side, `route: true`: puts the received channels back in chain order M_0..M_33, undoing
+    Shuffle2. After self-normalisation the energies of the mixed channels are too alike for a sort (the
+    energy sort puts the same channel in the same place for only a third of faces). Two things give a
+    channel away: its spatial pattern (each is a mix of two DCT frequencies of a face), and its neighbours,
+    since M_j and M_{j+1} share E_{j+1} and so correlate. A small CNN reads each channel's 14x14 map, two
+    attention layers over the channels (biased by their correlation) compare them, and Sinkhorn turns the
+    logits [received, chain position] into a soft permutation: the graph stays differentiable and
+    exportable (matmuls, logsumexp). Trained with `aux_loss`: cross-entropy against the draw."""
+
+    def __init__(self, channels: int, size: int = 14, dim: int = 128, heads: int = 4, sinkhorn: int = 10):
+        super().__init__()
+        self.sinkhorn = sinkhorn
+        half = (size + 1) // 2
+        self.read = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * half * half, dim),
+        )
+        self.compare = nn.ModuleList([CorrelationAttention(dim, heads) for _ in range(2)])
+        self.classify = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
+        self.logits = None  # the last forward's, for aux_loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.float().flatten(2)
+        flat = flat - flat.mean(2, keepdim=True)
+        flat = flat / (flat.norm(dim=2, keepdim=True) + 1e-6)
+        corr = flat @ flat.transpose(1, 2)  # [B, C, C]
+        tokens = self.read(x.float().reshape(b * c, 1, h, w)).reshape(b, c, -1)
+        for layer in self.compare:
+            tokens = layer(tokens, corr)
+        self.logits = self.classify(tokens)  # [B, received, chain position]
+        log_p = self.logits
+        for _ in range(self.sinkhorn):  # rows and columns of a permutation each sum to one
+            log_p = log_p - log_p.logsumexp(2, keepdim=True)
+            log_p = log_p - log_p.logsumexp(1, keepdim=True)
+        return torch.einsum("bkj,bkhw->bjhw", log_p.exp().to(x.dtype), x)
+
+    def place_known(self, x: torch.Tensor, rand: dict) -> torch.Tensor:
+        """x in chain order by the permutation the client drew (no classifier): what the router learns."""
+        return gather_channels(x, torch.argsort(rand["shuffle2"].to(x.device), dim=1))
+
+    def aux_loss(self, rand: dict) -> torch.Tensor:
+        target = rand["shuffle2"].to(self.logits.device)  # received channel k holds M_{shuffle2[k]}
+        return F.cross_entropy(self.logits.reshape(-1, self.logits.shape[2]), target.reshape(-1))
+
+
+class CorrelationAttention(nn.Module):
+    """Pre-norm self-attention over channels (plus MLP); each head adds its own multiple of the channels'
+    correlation to the attention logits, so a channel can look at the ones it correlates with."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.corr_scale = nn.Parameter(torch.full((heads,), 3.0))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, t: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+        b, c, d = t.shape
+        q, k, v = self.qkv(self.norm1(t)).reshape(b, c, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        logits = (
+            q @ k.transpose(2, 3) / math.sqrt(d // self.heads)
+            + self.corr_scale[:, None, None] * corr[:, None]
+        )
+        t = t + self.out((logits.softmax(3) @ v).transpose(1, 2).reshape(b, c, d))
+        return t + self.mlp(self.norm2(t))
