@@ -183,7 +183,7 @@ class EnergySort(nn.Module):
 class ChainRouter(nn.Module):
     """Server side, `route: true`: puts the received channels back in chain order M_0..M_33, undoing
     Shuffle2. After self-normalisation the energies of the mixed channels are too alike for a sort (the
-    energy sort puts the same channel in the same place for only a third of faces). Two things give a
+    energy sort puts the same channel in the same place for about 40% of faces). Two things give a
     channel away: its spatial pattern (each is a mix of two DCT frequencies of a face), and its neighbours,
     since M_j and M_{j+1} share E_{j+1} and so correlate. A small CNN reads each channel's 14x14 map, two
     attention layers over the channels (biased by their correlation) compare them, and Sinkhorn turns the
