@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from ppfr.export.evaluation import lfw_people, read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -39,20 +40,9 @@ def pooled(gallery: np.ndarray, probes: np.ndarray) -> np.ndarray:
 RULES = {"best": best, "mean-cos": mean_cos, "pooled": pooled}
 
 
-def lfw_people(root: Path, min_images: int) -> dict[str, list[str]]:
-    """name -> its aligned crops (relative to aligned112/), for people with >= min_images crops."""
-    people = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        crops = sorted(f"{folder.name}/{f.name}" for f in folder.glob("*.jpg"))
-        if len(crops) >= min_images:
-            people[folder.name] = crops
-    return people
-
-
 def embed_people(bundle_dir: Path, root: Path, names: list[str], cache: Path) -> np.ndarray:
     """L2-normalised embeddings of these crops through the bundle, cached per front-end and recognizer."""
     from ppfr.attack.server_view import Bundle
-    from ppfr.export.evaluation import read_rgb
 
     bundle = Bundle(bundle_dir, threads=2)
     path = cache / f"{bundle.manifest.recognizer.sha256[:12]}_{bundle.manifest.frontend.sha256[:12]}.npz"

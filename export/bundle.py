@@ -136,11 +136,12 @@ def export_model(
 
     with torch.no_grad():
         emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
-    embed = _graph_embedder(front, recog, method, seed)
-    if threshold is None:
-        threshold = evaluation.recompute(root, embed, eval_pairs)
-    if enrolled_photos > 1:
-        threshold = evaluation.pooled(root, embed, enrolled_photos, base=threshold)
+    if threshold is None or enrolled_photos > 1:  # ONNX Runtime sessions only when a threshold is computed
+        embed = _graph_embedder(front, recog, method, seed)
+        if threshold is None:
+            threshold = evaluation.recompute(root, embed, eval_pairs)
+        if enrolled_photos > 1:
+            threshold = evaluation.pooled(root, embed, enrolled_photos, base=threshold)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,17 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
     }
 
 
+def lfw_people(lfw: Path, min_images: int) -> dict[str, list[str]]:
+    """name -> its aligned crops (relative to `lfw`, the aligned112 folder), for people with at least
+    min_images crops."""
+    people = {}
+    for folder in sorted(p for p in lfw.iterdir() if p.is_dir()):
+        crops = sorted(f"{folder.name}/{f.name}" for f in folder.glob("*.jpg"))
+        if len(crops) >= min_images:
+            people[folder.name] = crops
+    return people
+
+
 def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_people: int | None = None) -> dict:
     """Threshold at FAR 1e-3 for subjects enrolled from `enrolled` photos, scored by the cosine of the probe
     to the mean of their templates, as the server does (cloud/matrix.py, pooled_score): pooling raises
@@ -127,22 +138,17 @@ def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_peopl
     subject. `embed(faces uint8 NHWC) -> L2-normalised [N, D]`. `base` (the single-pair entry) lends its
     accuracy figure, which pooling does not define."""
     lfw = root / "lfw" / "aligned112"
-    people = []
-    for folder in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        crops = sorted(folder.glob("*.jpg"))
-        if len(crops) > enrolled:
-            people.append(crops[: enrolled + 2])
-    people = people[:max_people] if max_people else people
+    people = [crops[: enrolled + 2] for crops in lfw_people(lfw, enrolled + 1).values()][:max_people]
     if len(people) < 2:
         raise DataError(f"{lfw}: fewer than 2 people with more than {enrolled} crops")
-    paths = [p for crops in people for p in crops]
+    paths = [lfw / c for crops in people for c in crops]
     emb = np.concatenate(
         [embed(np.stack([read_rgb(p) for p in paths[i : i + 64]])) for i in range(0, len(paths), 64)]
     ).astype(np.float64)
     means, probes, owner, start = [], [], [], 0
     for i, crops in enumerate(people):
-        gallery = emb[start : start + enrolled]
-        means.append(gallery.mean(0) / max(np.linalg.norm(gallery.mean(0)), 1e-12))
+        mean = emb[start : start + enrolled].mean(0)
+        means.append(mean / max(np.linalg.norm(mean), 1e-12))
         probes.append(emb[start + enrolled : start + len(crops)])
         owner += [i] * (len(crops) - enrolled)
         start += len(crops)
