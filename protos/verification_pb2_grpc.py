@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from ppfr.protos import verification_pb2 as ppfr_dot_protos_dot_verification__pb2
+from ppfr.protos import verification_pb2 as verification__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ppfr/protos/verification_pb2_grpc.py depends on'
+        + ' but the generated code in verification_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,38 +37,38 @@ class FaceVerificationStub:
         """
         self.Enroll = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/Enroll',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.EnrollResponse.FromString,
+                request_serializer=verification__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=verification__pb2.EnrollResponse.FromString,
                 _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/Verify',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.VerifyRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.VerifyResponse.FromString,
+                request_serializer=verification__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=verification__pb2.VerifyResponse.FromString,
                 _registered_method=True)
         self.Identify = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/Identify',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.IdentifyRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.IdentifyResponse.FromString,
+                request_serializer=verification__pb2.IdentifyRequest.SerializeToString,
+                response_deserializer=verification__pb2.IdentifyResponse.FromString,
                 _registered_method=True)
         self.DeleteSubject = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/DeleteSubject',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.FromString,
+                request_serializer=verification__pb2.DeleteSubjectRequest.SerializeToString,
+                response_deserializer=verification__pb2.DeleteSubjectResponse.FromString,
                 _registered_method=True)
         self.DeleteTemplate = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/DeleteTemplate',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.FromString,
+                request_serializer=verification__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=verification__pb2.DeleteTemplateResponse.FromString,
                 _registered_method=True)
         self.ListSubjects = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/ListSubjects',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.FromString,
+                request_serializer=verification__pb2.ListSubjectsRequest.SerializeToString,
+                response_deserializer=verification__pb2.ListSubjectsResponse.FromString,
                 _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/ppfr.v1.FaceVerification/GetServerInfo',
-                request_serializer=ppfr_dot_protos_dot_verification__pb2.GetServerInfoRequest.SerializeToString,
-                response_deserializer=ppfr_dot_protos_dot_verification__pb2.ServerInfo.FromString,
+                request_serializer=verification__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=verification__pb2.ServerInfo.FromString,
                 _registered_method=True)
 
 
@@ -130,38 +130,38 @@ def add_FaceVerificationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.EnrollRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.EnrollResponse.SerializeToString,
+                    request_deserializer=verification__pb2.EnrollRequest.FromString,
+                    response_serializer=verification__pb2.EnrollResponse.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.VerifyRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.VerifyResponse.SerializeToString,
+                    request_deserializer=verification__pb2.VerifyRequest.FromString,
+                    response_serializer=verification__pb2.VerifyResponse.SerializeToString,
             ),
             'Identify': grpc.unary_unary_rpc_method_handler(
                     servicer.Identify,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.IdentifyRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.IdentifyResponse.SerializeToString,
+                    request_deserializer=verification__pb2.IdentifyRequest.FromString,
+                    response_serializer=verification__pb2.IdentifyResponse.SerializeToString,
             ),
             'DeleteSubject': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSubject,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.SerializeToString,
+                    request_deserializer=verification__pb2.DeleteSubjectRequest.FromString,
+                    response_serializer=verification__pb2.DeleteSubjectResponse.SerializeToString,
             ),
             'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteTemplate,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.SerializeToString,
+                    request_deserializer=verification__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=verification__pb2.DeleteTemplateResponse.SerializeToString,
             ),
             'ListSubjects': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSubjects,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.SerializeToString,
+                    request_deserializer=verification__pb2.ListSubjectsRequest.FromString,
+                    response_serializer=verification__pb2.ListSubjectsResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
-                    request_deserializer=ppfr_dot_protos_dot_verification__pb2.GetServerInfoRequest.FromString,
-                    response_serializer=ppfr_dot_protos_dot_verification__pb2.ServerInfo.SerializeToString,
+                    request_deserializer=verification__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=verification__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -190,8 +190,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/Enroll',
-            ppfr_dot_protos_dot_verification__pb2.EnrollRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.EnrollResponse.FromString,
+            verification__pb2.EnrollRequest.SerializeToString,
+            verification__pb2.EnrollResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,8 +217,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/Verify',
-            ppfr_dot_protos_dot_verification__pb2.VerifyRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.VerifyResponse.FromString,
+            verification__pb2.VerifyRequest.SerializeToString,
+            verification__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -244,8 +244,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/Identify',
-            ppfr_dot_protos_dot_verification__pb2.IdentifyRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.IdentifyResponse.FromString,
+            verification__pb2.IdentifyRequest.SerializeToString,
+            verification__pb2.IdentifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -271,8 +271,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/DeleteSubject',
-            ppfr_dot_protos_dot_verification__pb2.DeleteSubjectRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.DeleteSubjectResponse.FromString,
+            verification__pb2.DeleteSubjectRequest.SerializeToString,
+            verification__pb2.DeleteSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -298,8 +298,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/DeleteTemplate',
-            ppfr_dot_protos_dot_verification__pb2.DeleteTemplateRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.DeleteTemplateResponse.FromString,
+            verification__pb2.DeleteTemplateRequest.SerializeToString,
+            verification__pb2.DeleteTemplateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -325,8 +325,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/ListSubjects',
-            ppfr_dot_protos_dot_verification__pb2.ListSubjectsRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.ListSubjectsResponse.FromString,
+            verification__pb2.ListSubjectsRequest.SerializeToString,
+            verification__pb2.ListSubjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -352,8 +352,8 @@ class FaceVerification:
             request,
             target,
             '/ppfr.v1.FaceVerification/GetServerInfo',
-            ppfr_dot_protos_dot_verification__pb2.GetServerInfoRequest.SerializeToString,
-            ppfr_dot_protos_dot_verification__pb2.ServerInfo.FromString,
+            verification__pb2.GetServerInfoRequest.SerializeToString,
+            verification__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,
