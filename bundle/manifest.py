@@ -1,8 +1,5 @@
-"""Reading and writing a bundle's manifest.json (ppfr.v1.BundleManifest in protobuf JSON form).
-
-Lives beside the generated stubs so export, edge and cloud share one reader without importing each
-other; it imports nothing of ours but the stubs.
-"""
+"""Reading and writing a bundle's manifest.json (ppfr.v1.BundleManifest in protobuf JSON form), and the
+mapping between the manifest's ppfr.v1.DataType and numpy dtypes."""
 
 from pathlib import Path
 

@@ -1,17 +1,21 @@
-"""The front-end's random inputs: one fresh 256-bit OS seed per query, expanded with ChaCha20.
+"""The front-end's random inputs, drawn as the manifest's RandomInputSpec declares them, from a
+pluggable generator.
 
-Mirrors the distributions declared in the manifest's RandomInputSpec (the torch side draws the same
-ones for training): "permutation" (a uniformly random permutation of 0..n-1), "uniform_int" (uniform on
-[low, high)) and "laplace" (i.i.d. Laplace(loc, scale)).
+Distributions (the torch side draws the same ones for training): "permutation" (a uniformly random
+permutation of 0..n-1), "uniform_int" (uniform on [low, high)) and "laplace" (i.i.d. Laplace(loc, scale)).
 
-Every query (`draw_all` without a stream) reads 32 bytes from `os.urandom` and uses them as the key of
-a ChaCha20 keystream (the `cryptography` package, i.e. OpenSSL); every random input of that query is
-cut from this stream, read as little-endian 64-bit words. Keys are never reused, cached or logged, so
-an attacker who could tell the draws from os.urandom's could tell ChaCha20 from a random function
-(docs/edge.md, "Randomness"). The stream runs at memory speed, which `os.urandom` (a syscall per
-query, ~0.5 ms for DCTDP's 296 kB) and a Python Fisher-Yates loop over `secrets.randbelow` did not.
+Generators (anything with `permutations`, `integers` and `laplace` as below):
+- `Stream()`, production: every query (`draw_all` without a generator) reads 32 bytes from `os.urandom`
+  and uses them as the key of a ChaCha20 keystream (the `cryptography` package, i.e. OpenSSL, imported
+  when a stream is made); every random input of that query is cut from this stream, read as
+  little-endian 64-bit words. Keys are never reused, cached or logged, so an attacker who could tell the
+  draws from os.urandom's could tell ChaCha20 from a random function (docs/edge.md, "Randomness"). The
+  stream runs at memory speed, which `os.urandom` (a syscall per query, ~0.5 ms for DCTDP's 296 kB) and a
+  Python Fisher-Yates loop over `secrets.randbelow` did not. `Stream(seed)` reproduces its draws: tests.
+- `Seeded(seed)`, tools and tests: numpy's PCG64, so a rerun of a calibration or an attack sees the same
+  draws (export/quantize.py, attack/). Never for queries that leave a device.
 
-All draws are vectorised numpy over the words:
+The stream's draws are vectorised numpy over the words:
 - permutation: the order (argsort) of n random 64-bit words; a row with two equal words (probability
   below n^2 / 2^65) is drawn again, so the result is exactly uniform over the n! orders.
 - uniform_int: rejection sampling of 64-bit words below the largest multiple of the span (unbiased).
@@ -19,22 +23,15 @@ All draws are vectorised numpy over the words:
   a sign from another, independent bit of the same word; x = loc + scale * sign * (-ln u). That is the
   inverse CDF of the exponential (|x - loc| / scale ~ Exp(1)) with a fair sign, i.e. Laplace(loc, scale).
   u is never 0 or 1, so the log is always finite.
-
-A `Stream(seed)` with a given seed reproduces its draws: for tests only. Production code never passes
-a seed or a stream; `draw_all` then reseeds from the OS for every call.
 """
 
 import math
 import os
 import threading
+from typing import Protocol
 
 import numpy as np
-from ppfr.protos.bundle import BundleError, numpy_dtype
-
-try:  # the edge extra installs it; FrontEnd says so clearly where it is missing
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-except ImportError:  # pragma: no cover - exercised only on a broken install
-    Cipher = algorithms = None
+from ppfr.bundle.manifest import BundleError, numpy_dtype
 
 PERMUTATION = "permutation"
 UNIFORM_INT = "uniform_int"
@@ -42,7 +39,7 @@ LAPLACE = "laplace"
 DISTRIBUTIONS = (PERMUTATION, UNIFORM_INT, LAPLACE)
 
 SEED_BYTES = 32  # a 256-bit ChaCha20 key
-MISSING = "the edge's randomness needs the `cryptography` package: pip install 'ppfr[edge]'"
+MISSING = "the random inputs need the `cryptography` package (ChaCha20): pip install 'ppfr[edge]'"
 
 _ONE = np.uint64(0x3FF0_0000_0000_0000)  # the bits of the double 1.0
 _HALF_ULP_BELOW_ONE = 1.0 - 2.0**-53  # [1, 2) minus this is exactly (k + 1/2) / 2^52, k < 2^52
@@ -50,7 +47,28 @@ _scratch = threading.local()  # per thread: a reusable zero buffer and keystream
 
 
 def available() -> bool:
-    return Cipher is not None
+    """Whether the production stream can be made (the `cryptography` package is installed)."""
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Generator(Protocol):
+    """What `draw` needs from a source of randomness."""
+
+    def permutations(self, n: int, rows: int) -> np.ndarray:
+        """`rows` independent uniformly random permutations of 0..n-1, int64 [rows, n]."""
+        ...
+
+    def integers(self, low: int, high: int, count: int) -> np.ndarray:
+        """`count` int64 uniform on [low, high)."""
+        ...
+
+    def laplace(self, loc: float, scale: float, count: int, dtype) -> np.ndarray:
+        """`count` i.i.d. Laplace(loc, scale) as `dtype`."""
+        ...
 
 
 class Stream:
@@ -60,8 +78,10 @@ class Stream:
     zeros: a key is used for one stream only, so a (key, nonce) pair never repeats."""
 
     def __init__(self, seed: bytes | None = None):
-        if Cipher is None:
-            raise RuntimeError(MISSING)
+        try:
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+        except ImportError:  # pragma: no cover - exercised only on a broken install
+            raise BundleError(MISSING) from None
         if seed is None:
             seed = os.urandom(SEED_BYTES)
         elif not isinstance(seed, bytes | bytearray) or len(seed) != SEED_BYTES:
@@ -85,6 +105,32 @@ class Stream:
         """The next `count` words in this thread's reusable buffer (valid until the next call on this
         thread): large draws then touch no fresh memory, which costs more than the cipher itself."""
         return self.fill(_scratch_array("words", count))
+
+    def permutations(self, n: int, rows: int) -> np.ndarray:
+        return permutations(n, rows, self)
+
+    def integers(self, low: int, high: int, count: int) -> np.ndarray:
+        return uniform_int(low, high, count, self)
+
+    def laplace(self, loc: float, scale: float, count: int, dtype=np.float64) -> np.ndarray:
+        return laplace_from_words(self.scratch_words(count), loc, scale, dtype=dtype)
+
+
+class Seeded:
+    """numpy's PCG64 seeded with an int (or a numpy Generator to continue): reproducible draws of the same
+    distributions for tools and tests. Not for queries that leave a device (the OS seeds those)."""
+
+    def __init__(self, seed: int | np.random.Generator = 0):
+        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+    def permutations(self, n: int, rows: int) -> np.ndarray:
+        return np.argsort(self.rng.random((rows, n)), axis=-1)
+
+    def integers(self, low: int, high: int, count: int) -> np.ndarray:
+        return self.rng.integers(low, high, count)
+
+    def laplace(self, loc: float, scale: float, count: int, dtype=np.float64) -> np.ndarray:
+        return self.rng.laplace(loc, scale, count).astype(dtype)
 
 
 def _scratch_array(name: str, count: int) -> np.ndarray:
@@ -122,11 +168,6 @@ def laplace_from_words(words: np.ndarray, loc: float, scale: float, dtype=np.flo
     if loc != 0.0:
         x += loc
     return x.astype(dtype)
-
-
-def laplace(loc: float, scale: float, count: int, stream: Stream) -> np.ndarray:
-    """`count` i.i.d. Laplace(loc, scale) doubles from the stream."""
-    return laplace_from_words(stream.scratch_words(count), loc, scale, dtype=np.float64)
 
 
 def uniform_int(low: int, high: int, count: int, stream: Stream) -> np.ndarray:
@@ -169,36 +210,53 @@ def _params(spec) -> dict[str, float]:
     return out
 
 
-def draw(spec, batch: int = 1, stream: Stream | None = None) -> np.ndarray:
-    """One random input for `batch` images: shape [batch, *spec.shape], the manifest's dtype. Without a
-    stream, a fresh one from a new OS seed."""
+def check(spec) -> dict[str, float]:
+    """The numeric parameters of the random input `spec` declares; BundleError unless this package can
+    draw it."""
     if spec.distribution not in DISTRIBUTIONS:
-        raise BundleError(f"random input {spec.name}: unknown distribution {spec.distribution!r}")
-    stream = stream if stream is not None else Stream()
+        raise BundleError(
+            f"random input {spec.name}: unknown distribution {spec.distribution!r}; this ppfr knows "
+            f"{', '.join(DISTRIBUTIONS)}"
+        )
     params = _params(spec)
+    if spec.distribution == PERMUTATION:
+        n = int(params.get("n", spec.shape[-1] if spec.shape else 0))
+        if list(spec.shape) != [n] or n < 1:
+            raise BundleError(
+                f"random input {spec.name}: a permutation of {n} needs shape [{n}], got {list(spec.shape)}"
+            )
+    elif spec.distribution == UNIFORM_INT:
+        low, high = params.get("low"), params.get("high")
+        if low is None or high is None or not 0 < high - low <= 2**63:
+            raise BundleError(f"random input {spec.name}: uniform_int needs low < high, got [{low}, {high})")
+    elif not params.get("scale", 1.0) > 0:
+        raise BundleError(f"random input {spec.name}: laplace needs scale > 0, got {params['scale']}")
+    numpy_dtype(spec.data_type)
+    return params
+
+
+def draw(spec, batch: int = 1, rng: Generator | None = None) -> np.ndarray:
+    """One random input for `batch` images: shape [batch, *spec.shape], the manifest's dtype. Without a
+    generator, a fresh ChaCha20 stream from a new OS seed."""
+    params = check(spec)
+    rng = rng if rng is not None else Stream()
     shape = (batch, *(int(s) for s in spec.shape))
     count = math.prod(shape)
     dtype = numpy_dtype(spec.data_type)
     if spec.distribution == PERMUTATION:
-        n = int(params.get("n", shape[-1]))
-        if len(shape) != 2 or shape[1] != n:
-            raise BundleError(
-                f"random input {spec.name}: a permutation of {n} needs shape [{n}], got {shape[1:]}"
-            )
-        values = permutations(n, batch, stream)
+        values = rng.permutations(shape[1], batch)
     elif spec.distribution == UNIFORM_INT:
-        values = uniform_int(int(params["low"]), int(params["high"]), count, stream).reshape(shape)
+        values = rng.integers(int(params["low"]), int(params["high"]), count).reshape(shape)
     else:
         loc, scale = float(params.get("loc", 0.0)), float(params.get("scale", 1.0))
-        words = stream.scratch_words(count)
-        values = laplace_from_words(words, loc, scale, dtype=dtype).reshape(shape)
+        values = rng.laplace(loc, scale, count, dtype).reshape(shape)
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def draw_all(specs, batch: int = 1, stream: Stream | None = None) -> dict[str, np.ndarray]:
-    """Every declared random input of one query, all cut from one stream: by default a fresh one keyed
-    by 32 new bytes from os.urandom (pass a seeded Stream in tests only)."""
+def draw_all(specs, batch: int = 1, rng: Generator | None = None) -> dict[str, np.ndarray]:
+    """Every declared random input of one query, all from one generator: by default a fresh ChaCha20
+    stream keyed by 32 new bytes from os.urandom (pass `Seeded` or a seeded `Stream` in tools and tests)."""
     if not specs:
         return {}
-    stream = stream if stream is not None else Stream()
-    return {spec.name: draw(spec, batch, stream) for spec in specs}
+    rng = rng if rng is not None else Stream()
+    return {spec.name: draw(spec, batch, rng) for spec in specs}

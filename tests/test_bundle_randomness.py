@@ -1,17 +1,19 @@
-"""The edge's random inputs (ppfr.edge.randomness): a ChaCha20 stream keyed by a fresh 256-bit OS seed per
-query. Statistical tests against the target distributions (Kolmogorov-Smirnov for Laplace, chi-square
-for permutation positions and uniform integers), the per-query reseeding, and the edge cases.
+"""The front-end's random inputs (ppfr.bundle.randomness): a ChaCha20 stream keyed by a fresh 256-bit OS
+seed per query, and the seeded generator of tools and tests. Statistical tests against the target
+distributions (Kolmogorov-Smirnov for Laplace, chi-square for permutation positions and uniform integers),
+the per-query reseeding, and the edge cases.
 
 The statistical tests use fixed seeds so they never flake: the seed is arbitrary, the stream is what is
 tested. Production never passes a seed (test_every_query_reseeds_from_the_os)."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
-from ppfr.edge import randomness
-from ppfr.edge.randomness import Stream
+from ppfr.bundle import randomness
+from ppfr.bundle.randomness import Seeded, Stream
 from ppfr.protos import manifest_pb2, tensor_pb2
 
 
@@ -72,15 +74,15 @@ def test_same_seed_reproduces_and_draws_continue_the_stream():
     assert np.array_equal(a.words(100), b.words(100))
     assert np.array_equal(a.scratch_words(50), Stream(_seed(1)).words(150)[100:])
     specs = [NOISE, SHUFFLE, SUBSET, ORDER]
-    x = randomness.draw_all(specs, stream=Stream(_seed(7)))
-    y = randomness.draw_all(specs, stream=Stream(_seed(7)))
+    x = randomness.draw_all(specs, rng=Stream(_seed(7)))
+    y = randomness.draw_all(specs, rng=Stream(_seed(7)))
     assert all(np.array_equal(x[k], y[k]) for k in x)
 
 
 def test_different_seeds_give_different_draws():
-    draws = [randomness.draw(NOISE, stream=Stream(_seed(i))) for i in range(20)]
+    draws = [randomness.draw(NOISE, rng=Stream(_seed(i))) for i in range(20)]
     assert len({d.tobytes() for d in draws}) == 20
-    perms = [randomness.draw(SHUFFLE, stream=Stream(_seed(i))) for i in range(200)]
+    perms = [randomness.draw(SHUFFLE, rng=Stream(_seed(i))) for i in range(200)]
     assert len({p.tobytes() for p in perms}) == 200
 
 
@@ -114,7 +116,7 @@ def test_bad_seeds_are_refused():
 @pytest.mark.parametrize("loc,scale", [(0.0, 1.0), (0.0, 2.0), (0.5, 0.3)])
 def test_laplace_passes_kolmogorov_smirnov(loc, scale):
     spec = _spec("noise", [189, 14, 14], tensor_pb2.DATA_TYPE_FLOAT32, "laplace", loc=loc, scale=scale)
-    x = randomness.draw(spec, batch=8, stream=Stream(_seed(int(30 + 10 * scale))))  # 296,352, float32
+    x = randomness.draw(spec, batch=8, rng=Stream(_seed(int(30 + 10 * scale))))  # 296,352, float32
     assert x.shape == (8, 189, 14, 14) and x.dtype == np.float32 and np.isfinite(x).all()
     n = x.size
     d = ks_statistic(x.ravel(), lambda t: laplace_cdf(t, loc, scale))
@@ -133,7 +135,7 @@ def test_production_draws_pass_kolmogorov_smirnov():
 
 def test_ks_statistic_agrees_with_scipy():
     stats = pytest.importorskip("scipy.stats")
-    x = randomness.laplace(0.0, 1.5, 20_000, Stream(_seed(4)))
+    x = Stream(_seed(4)).laplace(0.0, 1.5, 20_000)
     ours = ks_statistic(x, lambda t: laplace_cdf(t, 0.0, 1.5))
     assert ours == pytest.approx(stats.kstest(x, stats.laplace(0.0, 1.5).cdf).statistic, abs=1e-12)
 
@@ -159,7 +161,7 @@ def test_laplace_rejects_a_non_positive_scale():
 def test_permutation_positions_are_uniform():
     """Every value equally likely at every position: chi-square over the 34x34 position counts."""
     rows = 30_000
-    p = randomness.draw(SHUFFLE, batch=rows, stream=Stream(_seed(5)))
+    p = randomness.draw(SHUFFLE, batch=rows, rng=Stream(_seed(5)))
     assert p.shape == (rows, 34) and p.dtype == np.int64
     assert (np.sort(p, axis=1) == np.arange(34)).all()
     counts = np.zeros((34, 34))
@@ -213,11 +215,38 @@ def test_non_numeric_parameters_are_rejected():
         randomness.draw(spec)
 
 
-def test_missing_cryptography_is_a_clear_edge_error(monkeypatch, small_bundle):
+def test_missing_cryptography_is_a_clear_error(monkeypatch, small_bundle):
+    from ppfr.bundle import BundleError
     from ppfr.edge.errors import EdgeError
     from ppfr.edge.frontend import FrontEnd
 
     bundle = small_bundle("ppfr_fd")
-    monkeypatch.setattr(randomness, "Cipher", None)
-    with pytest.raises(EdgeError, match="needs the `cryptography` package"):
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers", None)  # import fails
+    assert not randomness.available()
+    with pytest.raises(BundleError, match="need the `cryptography` package"):
+        Stream()
+    with pytest.raises(EdgeError, match="need the `cryptography` package"):
         FrontEnd(bundle)
+
+
+# --- the seeded generator of tools and tests --------------------------------------------------------
+
+
+def test_seeded_draws_are_reproducible_and_numpys():
+    """Seeded(seed) is numpy's PCG64: the same seed gives the same draws, and they are numpy's own
+    (argsort of uniforms, integers, laplace), so calibrations made before the move stay the same."""
+    specs = [NOISE, SHUFFLE, SUBSET]
+    x = randomness.draw_all(specs, batch=3, rng=Seeded(11))
+    assert all(
+        np.array_equal(x[k], v) for k, v in randomness.draw_all(specs, batch=3, rng=Seeded(11)).items()
+    )
+    rng = np.random.default_rng(11)
+    assert np.array_equal(x["noise"], rng.laplace(0.0, 1.0, (3, 189, 14, 14)).astype(np.float32))
+    assert np.array_equal(x["shuffle2"], np.argsort(rng.random((3, 34)), axis=-1))
+    assert np.array_equal(x["subset"], rng.integers(0, 6, (3,)))
+    assert x["noise"].dtype == np.float32 and x["shuffle2"].dtype == np.int64
+
+
+def test_seeded_laplace_passes_kolmogorov_smirnov():
+    x = randomness.draw(NOISE, batch=2, rng=Seeded(3)).ravel()
+    assert ks_statistic(x, lambda t: laplace_cdf(t, 0.0, 1.0)) < ks_critical(x.size, 1e-6)
