@@ -64,7 +64,7 @@ serve: $(SETUP)
 # Trains (or reuses runs/$(RUN)), exports (or reuses artifacts/$(RUN)), serves, enrolls and verifies LFW
 # faces through ppfr-edge, prints the summary and always stops the server. See docs/edge.md.
 demo: $(SETUP)
-	$(PY) scripts/demo.py --config $(CONFIG) --run $(RUN)
+	$(VENV)/bin/ppfr-demo --config $(CONFIG) --run $(RUN)
 
 # BENCH_ARGS: e.g. --tiny, --methods rgb,ppfr_fd, --no-e2e (see ppfr-bench --help)
 bench: $(SETUP)

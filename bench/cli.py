@@ -1,14 +1,15 @@
 """ppfr-bench: what protection costs at the edge, on the wire and at the server, against the rgb baseline
 measured side by side in the same run (DESIGN §9). Writes runs/bench/{bench.json,bench.md,bench.png}.
 
-`ppfr-bench raw-pairs --bundle DIR` is the other check: verification accuracy on raw LFW photos through
-the edge and the real server, next to the same pairs pre-aligned (bench/raw_pairs.py, docs/edge.md).
-`ppfr-bench edge-draw` times the edge's per-query step with its ChaCha20 drawer beside the per-element
-OS-CSPRNG drawer it replaced (bench/edge_draw.py, docs/edge.md).
-`ppfr-bench ort-settings` times the recognizer under ONNX Runtime session settings side by side (graph
-level, threads, one or several sessions; bench/ort_settings.py, docs/benchmarks.md)."""
+The other measurements are subcommands (`ppfr-bench SUBCOMMAND --help`):
+  gallery     the gallery at 10k/100k/1M templates, SQLite and PostgreSQL (make bench-gallery; docs/cloud.md)
+  raw-pairs   verification on raw LFW photos through the edge and the real server, next to the same pairs
+              pre-aligned (ppfr.evaluation.raw_pairs; docs/edge.md)
+  pooling     what enrolling several photos per person buys, and the server's pooled score
+              (ppfr.evaluation.pooling; docs/cloud.md)"""
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -21,6 +22,13 @@ from .machine import describe, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared" / "data" / "lfw" / "raw_samples_250"
+
+
+SUBCOMMANDS = {
+    "gallery": "ppfr.bench.gallery_bench",
+    "raw-pairs": "ppfr.evaluation.raw_pairs",
+    "pooling": "ppfr.evaluation.pooling",
+}
 
 
 class BenchError(RuntimeError):
@@ -126,7 +134,10 @@ def run(
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="ppfr-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="ppfr-bench",
+        usage=f"ppfr-bench [options]\n       ppfr-bench {{{','.join(SUBCOMMANDS)}}} ...",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--artifacts", default="artifacts", help="folder of exported bundles (default: artifacts)")
     p.add_argument("--bundle", action="append", default=[], help="bench this bundle folder (repeatable)")
@@ -155,26 +166,8 @@ def make_config(args):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["raw-pairs"]:
-        from .raw_pairs import main as raw_pairs
-
-        return raw_pairs(argv[1:])
-    if argv[:1] == ["edge-draw"]:  # the edge's randomness, before/after side by side (docs/edge.md)
-        from .edge_draw import main as edge_draw
-
-        return edge_draw(argv[1:])
-    if argv[:1] == ["ort-settings"]:  # ONNX Runtime session settings side by side (docs/benchmarks.md)
-        from .ort_settings import main as ort_settings
-
-        return ort_settings(argv[1:])
-    if argv[:1] == ["pooling"]:  # several photos per person and the server's pooled score (docs/cloud.md)
-        from .template_pooling import main as pooling
-
-        return pooling(argv[1:])
-    if argv[:1] == ["gallery"]:  # the gallery at scale (make bench-gallery; docs/cloud.md)
-        from .gallery_bench import main as gallery
-
-        return gallery(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     log = Log()
     cfg = make_config(args)

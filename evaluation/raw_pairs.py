@@ -249,27 +249,11 @@ def render(summary: dict) -> str:
 
 
 # --- the run -------------------------------------------------------------------------------------
-def _server_command_extras() -> list[str]:
-    """Flags for a throwaway loopback server: no API keys, where this ppfr-cloud has them (the check
-    enrolls and deletes only its own subjects in a fresh gallery that nobody else can reach)."""
-    import contextlib
-    import io
-
-    from ppfr.cloud.cli import build_parser
-
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
-        build_parser().parse_args(["serve", "--help"])
-    return ["--insecure-no-auth"] if "--insecure-no-auth" in text.getvalue() else []
-
-
 def check(args) -> dict:
+    from ppfr.cloud.local import LocalServer, LocalServerError
     from ppfr.edge.client import Client, make_channel
     from ppfr.edge.errors import ServerError
     from ppfr.edge.pipeline import Pipeline
-
-    from .e2e import Server
-    from .e2e import ServerError as StartError
 
     started = time.perf_counter()
     data = Path(args.data)
@@ -295,16 +279,13 @@ def check(args) -> dict:
         mode: prepare(pipelines[mode], roots[mode], names, progress, f"{mode}: edge") for mode in MODES
     }
 
-    workdir = Path(args.out).parent / "work"
-    server = Server(bundle, workdir, max_batch=8, max_delay_ms=1.0, log_path=workdir / "server.log")
-    api_key = getattr(server, "api_key", None)  # the bench servers' own key, where the server has keys
-    if not api_key:
-        server.cmd += _server_command_extras()
-    log(f"starting the server: {' '.join(server.cmd)}")
+    server = LocalServer(bundle, workdir=Path(args.out).parent / "work", extra_args=["--max-delay-ms", "1.0"])
+    log(f"starting the server: {' '.join(server.command())}")
     try:
         with server:
-            extra = {"api_key": api_key} if api_key else {}
-            client = Client(make_channel(server.target), server.target, timeout=args.timeout, **extra)
+            client = Client(
+                make_channel(server.address), server.address, timeout=args.timeout, api_key=server.api_key
+            )
             info = client.info()
             if info.frontend_id and info.frontend_id != frontend.frontend_id:
                 raise CheckError(f"the server serves front-end {info.frontend_id[:12]}, not the bundle's", 1)
@@ -314,7 +295,7 @@ def check(args) -> dict:
                     client, frontend, prepared[mode]["crops"], pairs, mode, args.workers, progress
                 )
             client.close()
-    except StartError as err:
+    except LocalServerError as err:
         raise CheckError(f"the server did not start: {err}", 1) from None
     except ServerError as err:
         raise CheckError(f"{err} (server log: {server.log_path})", 1) from None

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 from keys import new_key
+from ppfr.cloud.local import LocalServer
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.cli import main as edge_main
 from ppfr.protos.bundle import numpy_dtype, read_manifest
@@ -40,15 +41,14 @@ def bundle(small_bundle):
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    db = tmp_path_factory.mktemp("edge-db") / "gallery.sqlite"
-    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0, max_batch=4, max_delay_ms=1)) as running:
+def server(bundle):
+    with LocalServer(bundle, extra_args=["--max-batch", "4", "--max-delay-ms", "1"]) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def api_key(server):
-    return new_key(server.config.db)
+    return server.api_key
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def edge(bundle, server, api_key):
     def run(*args, as_json=True, server_address=None, key=api_key):
         cmd = edge_command() + [
             "--server",
-            server_address or f"127.0.0.1:{server.port}",
+            server_address or server.address,
             "--bundle",
             str(bundle),
         ]
@@ -208,7 +208,7 @@ def test_server_errors_are_clear(edge, server, tmp_path):
     assert status == 1 and "nobody-enrolled-this" in err
     status, _, err = edge("verify", "--id", "bush", BUSH, as_json=False, key=None)
     assert status == 1 and "no API key given" in err and "PPFR_API_KEY" in err
-    verify_only = new_key(server.config.db, "verify")
+    verify_only = server.create_key("verify-only", "verify")
     status, _, err = edge("--api-key", verify_only, "enroll", "--id", "bush", BUSH, as_json=False, key=None)
     assert status == 1 and "may not do this" in err and "'enroll' scope" in err
     status, _, err = edge("verify", "--id", "bush", BUSH, as_json=False, server_address="127.0.0.1:1")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 from ppfr.bench.cli import main as bench_main
-from ppfr.bench.raw_pairs import Pair, choose, figures
+from ppfr.evaluation.raw_pairs import Pair, choose, figures
 
 LFW = DATA / "lfw"
 PAIRS = [  # a genuine pair whose B photo shows two faces, impostors, and one photo without a face

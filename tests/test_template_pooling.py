@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import DATA
 from ppfr.bench.cli import main as bench_main
-from ppfr.bench.template_pooling import RULES
 from ppfr.cloud.matrix import TemplateMatrix
+from ppfr.evaluation.pooling import RULES
 
 PEOPLE = ["Abdullah_Gul", "Adrien_Brody", "Al_Sharpton", "Alvaro_Uribe", "Amelie_Mauresmo"]
 
