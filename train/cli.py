@@ -11,8 +11,9 @@ import sys
 
 import yaml
 
+from .config import ConfigError, load_config
 from .data import DataError
-from .trainer import ConfigError, load_config, train
+from .trainer import train
 
 
 def _apply_override(cfg: dict, item: str) -> None:
