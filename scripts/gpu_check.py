@@ -7,12 +7,19 @@ made importable from this checkout by a folder of links that mirrors pyproject.t
 """
 
 import importlib.util
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("protos", "train", "export", "edge", "cloud", "bench", "attack")
+
+
+def packages() -> dict[str, str]:
+    """pyproject.toml's package-dir ("ppfr.train" = "train"): the one list, read as text (python3.10 has no
+    tomllib)."""
+    text = (REPO / "pyproject.toml").read_text()
+    return dict(re.findall(r'^"ppfr\.(\w+)"\s*=\s*"([^"]+)"', text, flags=re.M))
 
 
 def ensure_importable() -> None:
@@ -20,8 +27,8 @@ def ensure_importable() -> None:
         return
     shim = Path(tempfile.mkdtemp(prefix="ppfr-tree-")) / "ppfr"
     shim.mkdir()
-    for name in PACKAGES:
-        (shim / name).symlink_to(REPO / name, target_is_directory=True)
+    for name, folder in packages().items():
+        (shim / name).symlink_to(REPO / folder, target_is_directory=True)
     sys.path.insert(0, str(shim.parent))
 
 
