@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from ppfr.data import data_path, lfw_people
 
 
 @dataclass
@@ -38,21 +37,6 @@ class Split:
             "calibration": f"LFW aligned112, {len(self.calib_paths)} further people x 1 image",
             "identity_overlap": len(set(map(str, self.attacker_ids)) & set(self.victim_ids + self.calib_ids)),
         }
-
-
-def read_rgb(path) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read face image {path}")
-    if bgr.shape[:2] != (112, 112):
-        raise ValueError(f"{path}: expected an aligned 112x112 crop, got {bgr.shape[:2]}")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def load_faces(paths) -> np.ndarray:
-    return np.stack([read_rgb(p) for p in paths]) if paths else np.zeros((0, 112, 112, 3), np.uint8)
 
 
 def attacker_set(data: Path, max_images: int | None, seed: int) -> tuple[list[Path], list[int]]:
@@ -95,12 +79,12 @@ def utkface_faces(config_path, max_images: int | None) -> tuple[np.ndarray, dict
     return np.asarray(images)[keep], {**info, "used": int(len(keep))}
 
 
-def make_split(data=DEFAULT_DATA, n_victims=40, n_calib=200, max_attacker=None, seed=0) -> Split:
-    data = Path(data)
+def make_split(data=None, n_victims=40, n_calib=200, max_attacker=None, seed=0) -> Split:
+    data = Path(data) if data else data_path()
     lfw = data / "lfw" / "aligned112"
     if not lfw.is_dir():
         raise FileNotFoundError(f"missing {lfw}: the LFW victim faces (see ../shared/data/README.md)")
-    people = {d.name: sorted(d.glob("*.jpg")) for d in sorted(lfw.iterdir()) if d.is_dir()}
+    people = {name: [lfw / c for c in crops] for name, crops in lfw_people(lfw, 1).items()}
     multi = sorted(n for n, imgs in people.items() if len(imgs) >= 2)
     if n_victims > len(multi):
         raise ValueError(f"asked for {n_victims} victims, LFW has {len(multi)} people with >= 2 images")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ppfr.data import data_path, read_faces
 
 from . import data as D
 from .inversion import reconstruct, train_inversion
@@ -28,7 +29,7 @@ BASELINES = ("rgb", "bdct")  # no key: nothing for a white-box attacker to know 
 
 @dataclass
 class Config:
-    data: Path = D.DEFAULT_DATA
+    data: Path = field(default_factory=data_path)
     out: Path = Path("runs/attack")
     runs: Path = Path("runs")
     n_victims: int = 100
@@ -187,7 +188,7 @@ def references(judges, victims, attacker) -> list:
 
 
 def attacker_faces(cfg, split) -> tuple[np.ndarray, dict]:
-    celeba = D.load_faces(split.attacker_paths)
+    celeba = read_faces(split.attacker_paths)
     if cfg.utkface == 0:
         return celeba, {"celeba": len(celeba), "utkface": None}
     utk, verdict = D.utkface_faces(cfg.attacker_config, cfg.utkface)
@@ -207,7 +208,7 @@ def run(bundle_dirs, cfg: Config, save=None) -> dict:
             )
     split = D.make_split(cfg.data, cfg.n_victims, cfg.n_calib, cfg.max_attacker, cfg.seed)
     attacker, attacker_info = attacker_faces(cfg, split)
-    victims, calib = D.load_faces(split.victim_paths), D.load_faces(split.calib_paths)
+    victims, calib = read_faces(split.victim_paths), read_faces(split.calib_paths)
     judges = make_judges(cfg, split, victims, calib, bundles)
     ref_rows, mean_face = references(judges, victims, attacker)
     rows = []

@@ -11,14 +11,11 @@ cached by file path under the cache folder (dlib costs ~0.06-0.15 s per face per
 from pathlib import Path
 
 import numpy as np
+from ppfr.data import model_path
 from tqdm import tqdm
 
 from .metrics import normalise
 from .server_view import Bundle
-
-DEFAULT_AFFINE = (
-    Path(__file__).resolve().parents[1].parent / "shared/models/dlib/arcface112_to_dlibchip150_affine.txt"
-)
 
 
 def dlib_weights() -> Path:
@@ -35,10 +32,10 @@ def dlib_weights() -> Path:
 class DlibJudge:
     name = "dlib"
 
-    def __init__(self, affine_path=DEFAULT_AFFINE):
+    def __init__(self, affine_path=None):
         import dlib
 
-        affine_path = Path(affine_path)
+        affine_path = Path(affine_path or model_path("dlib", "arcface112_to_dlibchip150_affine.txt"))
         if not affine_path.is_file():
             raise FileNotFoundError(f"missing the 112->150 dlib chip affine {affine_path}")
         self.affine = np.loadtxt(affine_path).reshape(2, 3).astype(np.float64)

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ppfr.data import data_root, lfw_pairs, read_faces
 
 from .server_view import Bundle
 from .unlinkability import dsys, null_dsys
@@ -45,8 +46,6 @@ from .unlinkability import dsys, null_dsys
 def _embed_all(
     bundle: Bundle, root: Path, names: list[str], cache: Path, seed: int, batch: int
 ) -> np.ndarray:
-    from ppfr.export.evaluation import read_rgb
-
     m = bundle.manifest
     tag = f"{m.frontend.sha256[:12]}_{m.recognizer.sha256[:12]}_s{seed}"
     path = cache / f"lfw_{tag}.npz"
@@ -57,7 +56,7 @@ def _embed_all(
     rng = np.random.default_rng(seed)
     out, t0 = [], time.time()
     for i in range(0, len(names), batch):
-        faces = np.stack([read_rgb(root / "lfw" / "aligned112" / n) for n in names[i : i + batch]])
+        faces = read_faces(root / "lfw" / "aligned112" / n for n in names[i : i + batch])
         out.append(bundle.embed(bundle.protect(faces, rng, batch), batch))
         done = i + len(faces)
         print(f"  {bundle.path}: {done}/{len(names)} images, {time.time() - t0:.0f} s", flush=True)
@@ -107,7 +106,6 @@ def measure(
     bundle: Path, other: Path, root: Path, out: Path, pairs: int | None, n_secrets: int, seed: int
 ) -> dict:
     from ppfr.cloud.template_key import TemplateTransform, template_key_id
-    from ppfr.export.evaluation import lfw_pairs
     from ppfr.train.evaluate import verification_metrics
 
     a, b = Bundle(bundle), Bundle(other)
@@ -292,8 +290,6 @@ def main(argv=None) -> int:
     p.add_argument("--secrets", type=int, default=10, help="pairs of fresh template secrets (10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image random inputs")
     args = p.parse_args(argv)
-    from ppfr.export.evaluation import data_root
-
     res = measure(
         args.bundle, args.other, data_root(args.data), args.out, args.pairs, args.secrets, args.seed
     )

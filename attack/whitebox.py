@@ -73,9 +73,9 @@ def rekeyed(bundle, key: str | None = None) -> tuple[TorchFrontend, str]:
     channels = [int(c) for c in params["channels"]] if "channels" in params else None
     extra = {"eps": float(params["eps"])} if "eps" in params else {}
     method = build_method(bundle.method, key=key, channels=channels, **extra)
-    from ppfr.export.keys import key_id
+    from ppfr.train.keys import key_id
 
-    new_id = key_id(method.key_bytes)  # the manifest's key id (export/keys.py)
+    new_id = key_id(method.key_bytes)  # the manifest's key id (train/keys.py)
     if new_id == params.get("key_id"):
         raise ValueError("the renewed key equals the bundle's key")
     return TorchFrontend(method), new_id or ""

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from ppfr.protos.bundle import BundleError, read_manifest
-
-from .tensorrt_runtime import tensorrt_available
+from ppfr.bundle import BundleError, l2_normalise, read_manifest, session
+from ppfr.bundle.tensorrt import tensorrt_available
 
 log = logging.getLogger("ppfr.cloud")
 
@@ -43,37 +42,20 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 class OnnxRuntime:
     """recognizer.onnx on ONNX Runtime: one session created at startup with fixed options, reused by every
     call: one at a time from the server's engine thread, or several at once with `serve --engines N` (a
-    session may be run from several threads). The options were chosen by measurement (`ppfr-bench
-    ort-settings`, docs/benchmarks.md): graph level all and sequential execution beat the alternatives."""
+    session may be run from several threads), with ppfr.bundle's session options."""
 
     name = "onnxruntime"
 
     def __init__(self, model_path, threads: int = 0, max_batch: int = 64, providers=None, name: str = ""):
-        import onnxruntime as ort
-
         if name:
             self.name = name
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = max(0, int(threads))  # 0 = one per physical core
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise RuntimeUnavailable(f"cannot load {model_path}: {err}") from None
+            self._session = session(model_path, threads, providers)  # threads 0 = one per physical core
+        except BundleError as err:
+            raise RuntimeUnavailable(str(err)) from None
         (inp,) = self._session.get_inputs()
         self._input = inp.name
         self._output = self._session.get_outputs()[0].name

@@ -12,31 +12,8 @@ import ctypes
 import threading
 
 import numpy as np
-
-
-class TensorRTUnavailable(RuntimeError):
-    """No NVIDIA GPU, no cuda-python or no tensorrt here; the message says which and what to do."""
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise TensorRTUnavailable("cuda-python is not installed: pip install 'ppfr[gpu]'") from None
-    return cudart
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise TensorRTUnavailable(
-            "tensorrt is not installed: pip install tensorrt --extra-index-url https://pypi.nvidia.com"
-        ) from None
-    return tensorrt
+from ppfr.bundle.tensorrt import cudart as _cudart
+from ppfr.bundle.tensorrt import gpu_info, import_tensorrt
 
 
 def _check(result, what: str):
@@ -46,29 +23,6 @@ def _check(result, what: str):
     if err != cudart.cudaError_t.cudaSuccess:
         raise RuntimeError(f"CUDA {what} failed: {err}")
     return values[0] if len(values) == 1 else values
-
-
-def gpu_info(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor'); TensorRTUnavailable without a GPU."""
-    cudart = _cudart()
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count <= device:
-        raise TensorRTUnavailable(f"no CUDA GPU {device} on this machine")
-    prop = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = (
-        prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    )
-    return name, f"{prop.major}.{prop.minor}"
-
-
-def tensorrt_available() -> bool:
-    """True when a CUDA GPU is present and tensorrt + cuda-python import (creates no runtime)."""
-    try:
-        gpu_info(0)
-        import_tensorrt()
-    except Exception:  # any broken CUDA/TensorRT install means "not available", never a crash
-        return False
-    return True
 
 
 class _Buffer:

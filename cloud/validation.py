@@ -4,8 +4,8 @@ service answers with INVALID_ARGUMENT and the message."""
 import math
 
 import numpy as np
+from ppfr.bundle import numpy_dtype
 from ppfr.protos import manifest_pb2, tensor_pb2, verification_pb2
-from ppfr.protos.bundle import numpy_dtype
 
 WIRE_TYPES = (tensor_pb2.DATA_TYPE_FLOAT16, tensor_pb2.DATA_TYPE_FLOAT32)
 MAX_SUBJECT_ID_CHARS = 256

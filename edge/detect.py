@@ -5,11 +5,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from ppfr.data import model_path
 
 from .errors import EdgeError, ImageError
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DETECTOR = REPO.parent / "shared" / "models" / "yunet" / "face_detection_yunet_2023mar.onnx"
+# $PPFR_DATA/models/... for an installed edge (ppfr.data); ../shared/models/... in a checkout
+DEFAULT_DETECTOR = model_path("yunet", "face_detection_yunet_2023mar.onnx")
 
 # Photos larger than this (longest side, px) are shrunk for detection only; landmarks are scaled back.
 MAX_DETECT_SIDE = 1280

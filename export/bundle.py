@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from google.protobuf import struct_pb2
+from ppfr import data as shared_data
+from ppfr.bundle import data_type, session, write_manifest
 from ppfr.protos import manifest_pb2, tensor_pb2
-from ppfr.protos.bundle import data_type, write_manifest
+from ppfr.train import keys
 
-from . import evaluation, keys, onnx_export, parity
+from . import evaluation, onnx_export, parity
 from .onnx_export import EMBEDDING, IMAGE, PROTECTED, ExportError
 
 FRONTEND = "frontend.onnx"
@@ -110,7 +112,7 @@ def export_model(
     with the FAR 1e-3 point for subjects enrolled from that many photos, pooled as the server scores
     (`evaluation.pooled`, through the exported graphs).
 
-    method_key: the deployment key of a keyed method (export/keys.py); it replaces the key the method
+    method_key: the deployment key of a keyed method (train/keys.py); it replaces the key the method
     was trained with (trained parameters are kept). None keeps the method's own key. Either way the
     manifest records only the key id and whether it is the public demo key, never the key.
     """
@@ -120,8 +122,8 @@ def export_model(
         config, method = keys.rekey(config, method, method_key.key)
     method.eval()
     recognizer.eval()
-    root = evaluation.data_root(data)
-    faces = evaluation.parity_faces(root, max(parity_faces, 2))
+    root = shared_data.data_root(data)
+    faces = shared_data.lfw_faces(root, max(parity_faces, 2))
     gen = torch.Generator().manual_seed(seed)
     random = method.sample_random(len(faces), gen)
     c, h, w = method.output_shape()
@@ -198,7 +200,7 @@ def export_model(
 
 
 def _method_params(method) -> dict:
-    """method.params() with the key id of export/keys.py (never the key) and the demo-key flag."""
+    """method.params() with the key id of train/keys.py (never the key) and the demo-key flag."""
     params = dict(method.params())
     params.pop("key", None)
     key = keys.method_key_bytes(method)
@@ -211,7 +213,7 @@ def _method_params(method) -> dict:
 
 def _graph_embedder(front, recog, method, seed):
     """faces -> embeddings through the exported graphs, one fresh random draw per face (as deployed)."""
-    fs, rs = parity.session(front), parity.session(recog)
+    fs, rs = session(front.SerializeToString()), session(recog.SerializeToString())
     gen = torch.Generator().manual_seed(seed + 1)
 
     def embed(images: np.ndarray) -> np.ndarray:

@@ -5,16 +5,16 @@ ppfr-export --all [--runs runs] [--out artifacts] --demo-key   every runs/*/chec
 ppfr-export engine artifacts/<name> [--profile 1,8,64]   on the serving GPU
 
 A keyed method (PPFR-FD) is exported only with a key from --key-file or $PPFR_METHOD_KEY, or with the
-public demo key when --demo-key says so (export/keys.py); otherwise exit 2 before anything is built.
+public demo key when --demo-key says so (train/keys.py); otherwise exit 2 before anything is built.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from ppfr.protos.bundle import BundleError
-
-from . import keys
+from ppfr import data
+from ppfr.bundle import BundleError
+from ppfr.train import keys
 
 EPILOG = "Build the GPU engine with: ppfr-export engine artifacts/<name> (needs tensorrt, see docs/export.md)"
 
@@ -158,7 +158,7 @@ def _check_config(path: Path, args) -> dict:
     config = yaml.safe_load(path.read_text())
     method, recognizer = build_model(config)
     if method.name == "dctdp":
-        method.calibrate(torch.from_numpy(evaluation.parity_faces(evaluation.data_root(args.data), 32)))
+        method.calibrate(torch.from_numpy(data.lfw_faces(data.data_root(args.data), 32)))
     placeholder = {
         "cosine": 1.0,
         "far": evaluation.FAR,
@@ -203,7 +203,8 @@ def export_main(argv) -> int:
     args = parser.parse_args(argv)
     if args.enrolled_photos < 1:
         parser.error(f"--enrolled-photos must be at least 1, not {args.enrolled_photos}")
-    from .evaluation import DataError
+    from ppfr.data import DataError
+
     from .onnx_export import ExportError
     from .parity import ParityError
 
@@ -251,7 +252,9 @@ def export_main(argv) -> int:
 
 def engine_main(argv) -> int:
     args = _engine_parser().parse_args(argv)
-    from .tensorrt_build import TensorRTUnavailable, build_engine
+    from ppfr.bundle.tensorrt import TensorRTUnavailable
+
+    from .tensorrt_build import build_engine
 
     try:
         profile = tuple(int(x) for x in args.profile.split(","))

@@ -11,59 +11,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from ppfr.data import DataError, lfw_pairs, lfw_people, read_faces
 
 FAR = 1e-3
-REPO = Path(__file__).resolve().parents[1]
-
-
-class DataError(FileNotFoundError):
-    """The shared face data is missing or unreadable."""
-
-
-def data_root(path=None) -> Path:
-    for cand in [path] if path else [Path("../shared/data"), REPO.parent / "shared" / "data"]:
-        if cand and (Path(cand) / "lfw" / "pairs.txt").is_file():
-            return Path(cand)
-    raise DataError(f"face data not found at {path or '../shared/data'} (need lfw/pairs.txt); pass --data")
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape != (112, 112, 3):
-        raise DataError(f"cannot read a 112x112 face from {path}")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def parity_faces(root: Path, n: int = 16) -> np.ndarray:
-    """n real aligned LFW faces, uint8 RGB NHWC, deterministic."""
-    names = (root / "lfw" / "pairs_images.txt").read_text().split()[:: max(1, 6000 // n)][:n]
-    return np.stack([read_rgb(root / "lfw" / "aligned112" / p) for p in names])
-
-
-def lfw_pairs(root: Path, limit: int | None = None) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
-    """(pairs of image paths relative to aligned112, same-person labels, fold index) of LFW View-2.
-
-    `limit` keeps an equal share of every fold (both matched and mismatched pairs)."""
-    lines = (root / "lfw" / "pairs.txt").read_text().splitlines()
-    folds, per = (int(x) for x in lines[0].split())
-    pairs, same, fold = [], [], []
-
-    def img(name, i):
-        return f"{name}/{name}_{int(i):04d}.jpg"
-
-    take = per if limit is None else max(1, limit // (2 * folds))
-    for f in range(folds):
-        block = lines[1 + f * 2 * per : 1 + (f + 1) * 2 * per]
-        for k, line in enumerate(block[:take] + block[per : per + take]):
-            p = line.split()
-            pairs.append(
-                (img(p[0], p[1]), img(p[0], p[2])) if len(p) == 3 else (img(p[0], p[1]), img(p[2], p[3]))
-            )
-            same.append(k < take)
-            fold.append(f)
-    return pairs, np.array(same), np.array(fold)
 
 
 def from_metrics(path: Path, set_name: str = "lfw") -> dict | None:
@@ -99,7 +49,7 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
     embs = []
     for start in range(0, len(names), 64):
         chunk = names[start : start + 64]
-        embs.append(embed(np.stack([read_rgb(root / "lfw" / "aligned112" / n) for n in chunk])))
+        embs.append(embed(read_faces(root / "lfw" / "aligned112" / n for n in chunk)))
     emb = np.concatenate(embs).astype(np.float64)
     a = np.array([index[p[0]] for p in pairs])
     b = np.array([index[p[1]] for p in pairs])
@@ -117,17 +67,6 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
     }
 
 
-def lfw_people(lfw: Path, min_images: int) -> dict[str, list[str]]:
-    """name -> its aligned crops (relative to `lfw`, the aligned112 folder), for people with at least
-    min_images crops."""
-    people = {}
-    for folder in sorted(p for p in lfw.iterdir() if p.is_dir()):
-        crops = sorted(f"{folder.name}/{f.name}" for f in folder.glob("*.jpg"))
-        if len(crops) >= min_images:
-            people[folder.name] = crops
-    return people
-
-
 def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_people: int | None = None) -> dict:
     """Threshold at FAR 1e-3 for subjects enrolled from `enrolled` photos, scored by the cosine of the probe
     to the mean of their templates, as the server does (cloud/matrix.py, pooled_score): pooling raises
@@ -142,9 +81,8 @@ def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_peopl
     if len(people) < 2:
         raise DataError(f"{lfw}: fewer than 2 people with more than {enrolled} crops")
     paths = [lfw / c for crops in people for c in crops]
-    emb = np.concatenate(
-        [embed(np.stack([read_rgb(p) for p in paths[i : i + 64]])) for i in range(0, len(paths), 64)]
-    ).astype(np.float64)
+    emb = np.concatenate([embed(read_faces(paths[i : i + 64])) for i in range(0, len(paths), 64)])
+    emb = emb.astype(np.float64)
     means, probes, owner, start = [], [], [], 0
     for i, crops in enumerate(people):
         mean = emb[start : start + enrolled].mean(0)

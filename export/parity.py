@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
+from ppfr.bundle import session
 
 from .onnx_export import EMBEDDING, IMAGE, PROTECTED, FrontendGraph, RecognizerGraph
 
@@ -33,13 +33,6 @@ class Parity:
 
     def ok(self) -> bool:
         return self.frontend_max_rel_error <= MAX_RELATIVE_ERROR and self.recognizer_min_cosine >= MIN_COSINE
-
-
-def session(model: onnx.ModelProto | bytes | str) -> ort.InferenceSession:
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def frontend_feeds(image: np.ndarray, random: dict[str, torch.Tensor | np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,8 +72,8 @@ def check(
     feeds = frontend_feeds(faces, random)
     ref = FrontendGraph(method).eval()(torch.from_numpy(faces), *(random[n] for n in method_names(method)))
     ref = ref.numpy()
-    got32 = session(frontend32).run([PROTECTED], feeds)[0]
-    wire = session(frontend_wire).run([PROTECTED], feeds)[0]
+    got32 = _run(frontend32, PROTECTED, feeds)
+    wire = _run(frontend_wire, PROTECTED, feeds)
     for name, x in (("torch front-end", ref), ("ORT front-end", got32), ("ORT wire front-end", wire)):
         _finite(name, x)
     rel = max_relative_error(got32, ref)
@@ -98,12 +91,16 @@ def check(
         )
     wire_err = max_relative_error(wire, ref)
     emb_ref = RecognizerGraph(recognizer).eval()(torch.from_numpy(ref_wire)).numpy()
-    emb = session(recognizer_onnx).run([EMBEDDING], {PROTECTED: ref_wire})[0]
+    emb = _run(recognizer_onnx, EMBEDDING, {PROTECTED: ref_wire})
     _finite("ORT embedding", emb)
     cos = min_cosine(emb, emb_ref)
     if cos < MIN_COSINE:
         raise ParityError(f"recognizer parity failed: min embedding cosine {cos:.6f} (limit {MIN_COSINE})")
     return Parity(rel, wire_err, cos, len(faces))
+
+
+def _run(model: onnx.ModelProto, output: str, feeds: dict) -> np.ndarray:
+    return session(model.SerializeToString()).run([output], feeds)[0]
 
 
 def method_names(method) -> list[str]:

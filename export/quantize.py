@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ppfr.bundle import Bundle, BundleError, Seeded, session, write_manifest
+from ppfr.data import DataError, data_root, lfw_faces, lfw_pairs, read_faces
 
 from . import evaluation
 
@@ -46,65 +48,16 @@ class QuantizeError(RuntimeError):
 # --- the bundle's front-end, run as the edge runs it --------------------------------------------------
 
 
-def draw_random(specs, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The manifest's random inputs for `batch` faces, one independent draw per face (same distributions
-    as ppfr.edge.randomness; export may not import edge, see tests/test_layout.py)."""
-    from ppfr.protos.bundle import numpy_dtype
-
-    out = {}
-    for spec in specs:
-        params = {k: v.number_value for k, v in spec.params.fields.items()}
-        shape = (batch, *(int(s) for s in spec.shape))
-        if spec.distribution == "permutation":
-            values = np.argsort(rng.random(shape), axis=-1)
-        elif spec.distribution == "uniform_int":
-            values = rng.integers(int(params["low"]), int(params["high"]), shape)
-        elif spec.distribution == "laplace":
-            values = rng.laplace(params.get("loc", 0.0), params.get("scale", 1.0), shape)
-        else:
-            raise QuantizeError(f"random input {spec.name}: unknown distribution {spec.distribution!r}")
-        out[spec.name] = np.ascontiguousarray(values, dtype=numpy_dtype(spec.data_type))
-    return out
-
-
-class Bundle:
-    """A bundle folder: manifest, front-end session, recognizer paths."""
-
-    def __init__(self, path):
-        from ppfr.protos.bundle import BundleError, read_manifest
-
-        self.path = Path(path)
-        try:
-            self.manifest = read_manifest(self.path)
-        except BundleError as err:
-            raise QuantizeError(str(err)) from None
-        self.recognizer = self.path / (self.manifest.recognizer.path or "recognizer.onnx")
-        self.frontend = self.path / (self.manifest.frontend.path or "frontend.onnx")
-        for f in (self.recognizer, self.frontend):
-            if not f.is_file():
-                raise QuantizeError(f"bundle {self.path} has no {f.name} (re-run `make export`)")
-        self._front = None
-
-    def session(self, path, threads: int = 0):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def protect(self, faces: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """uint8 RGB NHWC faces -> protected tensors in the wire dtype, fresh random inputs per face."""
-        if self._front is None:
-            self._front = self.session(self.frontend)
-        m = self.manifest
-        feeds = {m.frontend_image_input.name or "image": np.ascontiguousarray(faces, dtype=np.uint8)}
-        feeds.update(draw_random(m.random_inputs, len(faces), rng))
-        (out,) = self._front.run([m.protected_tensor.name or "protected"], feeds)
-        return out
+def open_bundle(path) -> Bundle:
+    """The bundle with both graphs present, or QuantizeError saying what is missing."""
+    try:
+        bundle = Bundle(path)
+    except BundleError as err:
+        raise QuantizeError(str(err)) from None
+    for f in (bundle.recognizer_path, bundle.frontend_path):
+        if not f.is_file():
+            raise QuantizeError(f"bundle {bundle.path} has no {f.name} (re-run `make export`)")
+    return bundle
 
 
 def calibration_paths(root: Path, n: int, seed: int) -> list[Path]:
@@ -119,13 +72,9 @@ def calibration_paths(root: Path, n: int, seed: int) -> list[Path]:
 
 
 def calibration_tensors(bundle: Bundle, root: Path, n: int, seed: int, batch: int = 32) -> np.ndarray:
-    paths = calibration_paths(root, n, seed)
-    rng = np.random.default_rng(seed + 1)
-    out = []
-    for s in range(0, len(paths), batch):
-        faces = np.stack([evaluation.read_rgb(p) for p in paths[s : s + batch]])
-        out.append(bundle.protect(faces, rng))
-    return np.concatenate(out)
+    """n CelebA faces protected by the bundle's front-end, one seeded draw per face."""
+    faces = read_faces(calibration_paths(root, n, seed))
+    return bundle.protect(faces, Seeded(seed + 1), batch)
 
 
 # --- quantization ---------------------------------------------------------------------------------------
@@ -159,7 +108,6 @@ def quantize(
     import onnxruntime as ort
     from onnxruntime import quantization as q
     from ppfr.protos import manifest_pb2
-    from ppfr.protos.bundle import write_manifest
 
     if fmt not in FORMATS:
         raise QuantizeError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -168,15 +116,15 @@ def quantize(
     if faces < 1:
         raise QuantizeError(f"--faces must be >= 1, got {faces}")
     try:
-        root = evaluation.data_root(data)
-    except evaluation.DataError as err:
+        root = data_root(data)
+    except DataError as err:
         raise QuantizeError(str(err)) from None
-    bundle = Bundle(bundle_dir)
+    bundle = open_bundle(bundle_dir)
     t0 = time.time()
     tensors = calibration_tensors(bundle, root, faces, seed)
-    log(f"calibration: {len(tensors)} CelebA faces protected by {bundle.frontend} ({time.time() - t0:.1f}s)")
+    log(f"calibration: {len(tensors)} CelebA faces protected by frontend.onnx ({time.time() - t0:.1f}s)")
 
-    input_name = bundle.session(bundle.recognizer).get_inputs()[0].name
+    input_name = bundle.recognizer.get_inputs()[0].name
     out = bundle.path / INT8_MODEL
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -185,7 +133,7 @@ def quantize(
         level = root_log.level
         root_log.setLevel(logging.ERROR)  # the quantizer warns on root about every int64 shape tensor
         try:
-            q.quant_pre_process(str(bundle.recognizer), str(pre), skip_symbolic_shape=True)
+            q.quant_pre_process(str(bundle.recognizer_path), str(pre), skip_symbolic_shape=True)
             t0 = time.time()
             q.quantize_static(
                 str(pre),
@@ -228,7 +176,8 @@ def quantize(
         )
     )
     write_manifest(manifest, bundle.path)
-    log(f"wrote {out} ({len(data_bytes) / 1e6:.1f} MB; fp32 {bundle.recognizer.stat().st_size / 1e6:.1f} MB)")
+    fp32_mb = bundle.recognizer_path.stat().st_size / 1e6
+    log(f"wrote {out} ({len(data_bytes) / 1e6:.1f} MB; fp32 {fp32_mb:.1f} MB)")
     return manifest
 
 
@@ -245,12 +194,12 @@ def evaluate(bundle_dir, data=None, pairs: int | None = None, seed: int = 0, thr
     """LFW View-2 10-fold accuracy of fp32 and int8 through ONNX Runtime on the same protected tensors."""
     from ppfr.train.evaluate import verification_metrics
 
-    bundle = Bundle(bundle_dir)
+    bundle = open_bundle(bundle_dir)
     int8 = int8_path(bundle)
-    root = evaluation.data_root(data)
-    sessions = {"fp32": bundle.session(bundle.recognizer, threads), "int8": bundle.session(int8, threads)}
+    root = data_root(data)
+    sessions = {"fp32": session(bundle.recognizer_path, threads), "int8": session(int8, threads)}
     name = sessions["fp32"].get_inputs()[0].name
-    rng = np.random.default_rng(seed)
+    rng = Seeded(seed)
     embs: dict[str, list] = {"fp32": [], "int8": []}
 
     def run(precision, x):
@@ -269,7 +218,7 @@ def evaluate(bundle_dir, data=None, pairs: int | None = None, seed: int = 0, thr
     fp, i8 = np.concatenate(embs["fp32"]), np.concatenate(embs["int8"])
     cos = _cosines(fp, i8)
     # fp32 templates (enrolled before the switch) against int8 probes
-    pair_list, same, fold = evaluation.lfw_pairs(root, pairs)
+    pair_list, same, fold = lfw_pairs(root, pairs)
     names = sorted({p for pair in pair_list for p in pair})
     index = {n: i for i, n in enumerate(names)}
     a = np.array([index[p[0]] for p in pair_list])
@@ -301,14 +250,11 @@ def latency(
     """Batch-1 latency of fp32 and int8 recognizers (and any `also` {name: model path}), ONNX Runtime
     CPU, 1 thread, on real protected faces; all are timed in alternating rounds in one process, so load
     changes hit them alike."""
-    from ppfr.bench.stats import summarize
-
-    bundle = Bundle(bundle_dir)
+    bundle = open_bundle(bundle_dir)
     int8 = int8_path(bundle)
-    root = evaluation.data_root()
-    x = bundle.protect(evaluation.parity_faces(root, 16), np.random.default_rng(seed))
-    sessions = {"fp32": bundle.session(bundle.recognizer, 1), "int8": bundle.session(int8, 1)}
-    sessions.update({k: bundle.session(v, 1) for k, v in (also or {}).items()})
+    x = bundle.protect(lfw_faces(data_root(), 16), Seeded(seed))
+    sessions = {"fp32": session(bundle.recognizer_path, 1), "int8": session(int8, 1)}
+    sessions.update({k: session(v, 1) for k, v in (also or {}).items()})
     name = sessions["fp32"].get_inputs()[0].name
     lat: dict[str, list] = {p: [] for p in sessions}
     for s in sessions.values():
@@ -321,9 +267,14 @@ def latency(
                 t0 = time.perf_counter_ns()
                 s.run(None, {name: one})
                 lat[p].append((time.perf_counter_ns() - t0) / 1e6)
-    out = {p: summarize(v) for p, v in lat.items()}
+    out = {p: _percentiles(v) for p, v in lat.items()}
     out["speedup_p50"] = {p: round(out["fp32"]["p50_ms"] / out[p]["p50_ms"], 3) for p in lat if p != "fp32"}
     return out
+
+
+def _percentiles(samples_ms: list[float]) -> dict:
+    p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
+    return {"n": len(samples_ms), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4), "p99_ms": round(p99, 4)}
 
 
 def int8_path(bundle: Bundle) -> Path:
@@ -413,7 +364,7 @@ def main(argv=None) -> int:
             )
             verdict = "adopted as an option" if r["adopted"] else "NOT adopted"
             print(f"rule: drop <= {MAX_DROP_POINTS} points -> {verdict}")
-    except (QuantizeError, evaluation.DataError) as err:
+    except (QuantizeError, DataError, BundleError) as err:
         print(f"quantize: error: {err}", file=sys.stderr)
         return 2
     if args.json:

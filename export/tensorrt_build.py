@@ -7,64 +7,13 @@ after a GPU check, so the module imports fine on a machine without either.
 """
 
 import datetime
-import re
 from pathlib import Path
 
+from ppfr.bundle import BundleError, read_manifest, write_manifest
+from ppfr.bundle.tensorrt import gpu_info, gpu_slug, import_tensorrt
 from ppfr.protos import manifest_pb2
-from ppfr.protos.bundle import BundleError, read_manifest, write_manifest
 
 DEFAULT_PROFILE = (1, 8, 64)
-
-
-class TensorRTUnavailable(RuntimeError):
-    """No NVIDIA GPU, no cuda-python or no tensorrt here; the message says which and what to do."""
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise TensorRTUnavailable(
-                "cuda-python is not installed: pip install 'ppfr[gpu]' on the GPU server"
-            ) from None
-    return cudart
-
-
-def gpu_info(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor'); TensorRTUnavailable when there is no GPU.
-
-    (export may not import ppfr.cloud, so this mirrors ppfr.cloud.tensorrt_runtime.gpu_info.)"""
-    cudart = _cudart()
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count <= device:
-        raise TensorRTUnavailable(
-            f"no CUDA GPU {device} on this machine: build the engine on the serving GPU"
-        )
-    err, prop = cudart.cudaGetDeviceProperties(device)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise TensorRTUnavailable(f"cannot query CUDA GPU {device}: {err}")
-    name = (
-        prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-    )
-    return name, f"{prop.major}.{prop.minor}"
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise TensorRTUnavailable(
-            "tensorrt is not installed: pip install tensorrt --extra-index-url https://pypi.nvidia.com"
-        ) from None
-    return tensorrt
-
-
-def gpu_slug(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (file-name safe)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
 def build_engine(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from conftest import DATA
-from ppfr.export import evaluation
+from ppfr.data import lfw_faces
 from ppfr.export.bundle import ExportResult, export_model
 
 SMALL_MODEL = {"backbone": "mobilefacenet", "embedding_size": 128, "blocks": [1, 1, 1, 1]}
@@ -69,7 +69,7 @@ def export_small(
     else:
         m, recognizer = build_model(config)
         if m.name == "dctdp":
-            m.calibrate(torch.from_numpy(evaluation.parity_faces(DATA, 32)))
+            m.calibrate(torch.from_numpy(lfw_faces(DATA, 32)))
     return export_model(
         config,
         m,

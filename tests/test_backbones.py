@@ -46,7 +46,7 @@ def test_bad_backbones_fail_clearly():
 
 
 def test_dynamo_onnx_export_dynamic_batch(tmp_path):
-    import onnxruntime as ort
+    from ppfr.bundle import session
 
     torch.manual_seed(0)
     net = build_backbone(34, 14, embedding_size=32, width=0.25, blocks=(1, 1, 1, 1), stem="upsample").eval()
@@ -54,7 +54,7 @@ def test_dynamo_onnx_export_dynamic_batch(tmp_path):
     path = tmp_path / "b.onnx"
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(net, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=({0: batch},))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(path)
     for n in (1, 5):
         xi = torch.randn(n, 34, 14, 14)
         got = sess.run(None, {sess.get_inputs()[0].name: xi.numpy()})[0]

@@ -13,9 +13,8 @@ from keys import keyed_channel, new_key
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.server import ConfigError, ServerConfig, ServerThread, check_config
+from ppfr.edge.frontend import FrontEnd
 from ppfr.protos import verification_pb2, verification_pb2_grpc
-from ppfr.protos.bundle import numpy_dtype
-from test_cloud_server import Protector
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +52,8 @@ class Overlap:
 
 @pytest.mark.parametrize("max_batch, delay_ms", [(4, 5.0), (1, 0.0)])
 def test_two_engines_run_at_once_on_one_session_and_agree(bundle, faces, max_batch, delay_ms):
-    protect = Protector(bundle)
-    tensors = []
-    for face in faces:
-        msg = protect(face)
-        tensors.append(np.frombuffer(msg.data, dtype=numpy_dtype(msg.data_type)).reshape(msg.shape))
+    front = FrontEnd(bundle)
+    tensors = [front.protect(face) for face in faces]  # [1, C, H, W] each, fresh draws per face
     runtime = create_runtime("onnxruntime", bundle, threads=1)
     expected = runtime.embed(np.concatenate(tensors))
     spy = Overlap(runtime)
@@ -76,7 +72,11 @@ def test_two_engines_run_at_once_on_one_session_and_agree(bundle, faces, max_bat
 
 
 def test_server_with_two_single_thread_engines(bundle, faces, tmp_path):
-    protect = Protector(bundle)
+    front = FrontEnd(bundle)
+
+    def protect(face):
+        return front.to_proto(front.protect(face))
+
     config = ServerConfig(
         bundle=bundle, db=tmp_path / "g.sqlite", port=0, max_batch=4, max_delay_ms=2, threads=1, engines=2
     )

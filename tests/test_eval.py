@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ppfr.train.data import read_pairs_txt
+from ppfr.data import read_pairs
 from ppfr.train.evaluate import embed_faces, kfold_accuracy, tar_at_far, verification_metrics
 from ppfr.train.model import build_model
 
@@ -35,7 +35,7 @@ def test_tar_at_far_hand_computed():
 
 
 def test_lfw_pairs_protocol(data_dir):
-    pairs, folds = read_pairs_txt(data_dir / "lfw" / "pairs.txt")
+    pairs, folds = read_pairs(data_dir / "lfw" / "pairs.txt")
     assert len(pairs) == 6000 and np.bincount(folds).tolist() == [600] * 10
     same = np.array([s for _, _, s in pairs])
     assert same[:300].all() and not same[300:600].any()  # 300 same then 300 different per fold

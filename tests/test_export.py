@@ -4,16 +4,16 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from bundles import export_small, small_config
 from conftest import lfw_faces
 from google.protobuf import json_format
+from ppfr.bundle import read_manifest, session
+from ppfr.data import lfw_faces as lfw_faces_of
 from ppfr.export import cli, onnx_export, parity
 from ppfr.export.bundle import frontend_id
 from ppfr.protos import manifest_pb2, tensor_pb2
-from ppfr.protos.bundle import read_manifest
 from ppfr.train.methods import METHODS
 from ppfr.train.model import build_model, save_checkpoint
 
@@ -69,12 +69,10 @@ def test_bundle_matches_pytorch_at_batch_1_and_7(bundles, method):
     faces = lfw_faces(8, start=100)
     if method == "dctdp":
         from conftest import DATA
-        from ppfr.export import evaluation
 
-        m.calibrate(torch.from_numpy(evaluation.parity_faces(DATA, 32)))
+        m.calibrate(torch.from_numpy(lfw_faces_of(DATA, 32)))
     front32 = onnx.load(str(bundle / "frontend.onnx"))
-    fs = ort.InferenceSession(str(bundle / "frontend.onnx"), providers=["CPUExecutionProvider"])
-    rs = ort.InferenceSession(str(bundle / "recognizer.onnx"), providers=["CPUExecutionProvider"])
+    fs, rs = session(bundle / "frontend.onnx"), session(bundle / "recognizer.onnx")
     assert [i.name for i in fs.get_inputs()] == ["image", *[r.name for r in manifest.random_inputs]]
     assert fs.get_outputs()[0].type == "tensor(float16)"
     assert front32.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8

@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from bundles import small_config
 from conftest import lfw_faces
-from ppfr.export import cli, keys
-from ppfr.protos.bundle import read_manifest
+from ppfr.bundle import read_manifest, session
+from ppfr.export import cli
+from ppfr.train import keys
 from ppfr.train.methods import build_method
 from ppfr.train.model import build_model, save_checkpoint
 
@@ -146,7 +146,7 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
     # the front-end really is Shuffle1 under the given key (not the training key)
     faces = lfw_faces(3)
     shuffle2 = np.stack([np.random.default_rng(i).permutation(34) for i in range(3)]).astype(np.int64)
-    sess = ort.InferenceSession(str(out / "frontend.onnx"), providers=["CPUExecutionProvider"])
+    sess = session(out / "frontend.onnx")
     got = sess.run(None, {"image": faces, "shuffle2": shuffle2})[0].astype(np.float32)
     with torch.no_grad():
         want = build_method("ppfr_fd", key=key)(torch.from_numpy(faces), torch.from_numpy(shuffle2)).numpy()

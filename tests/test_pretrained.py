@@ -8,11 +8,12 @@ from ppfr.train.dlib_resnet import (
     CHIP_AFFINE,
     ChipWarp,
     DlibResNet,
+    PretrainedError,
     dlib_descriptors,
     embed_crops,
     load_dlib_resnet,
+    weights_dir,
 )
-from ppfr.train.pretrained import PretrainedError, weights_dir
 from ppfr.train.student import DlibTrunk, OnlineTeacher
 
 

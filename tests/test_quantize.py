@@ -6,15 +6,14 @@ import hashlib
 import json
 import shutil
 
-import numpy as np
 import pytest
 from conftest import lfw_faces
 from keys import keyed_channel, new_key
+from ppfr.bundle import Bundle, Seeded, data_type, read_manifest
 from ppfr.cloud.runtime import RuntimeUnavailable, create_runtime
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.export import quantize
 from ppfr.protos import verification_pb2, verification_pb2_grpc
-from ppfr.protos.bundle import data_type, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,7 @@ def test_manifest_records_the_int8_model(bundles):
 
 def test_int8_embeddings_stay_close_to_fp32_on_real_faces(bundles):
     _, int8 = bundles
-    b = quantize.Bundle(int8)
-    x = b.protect(lfw_faces(24, start=100), np.random.default_rng(1))
+    x = Bundle(int8).protect(lfw_faces(24, start=100), Seeded(1))
     fp = create_runtime("onnxruntime", int8, threads=1)
     q8 = create_runtime("onnxruntime", int8, threads=1, precision="int8")
     try:
@@ -60,8 +58,8 @@ def test_server_serves_int8(bundles, tmp_path):
     _, int8 = bundles
     m = read_manifest(int8)
     faces = lfw_faces(2, start=0)
-    b = quantize.Bundle(int8)
-    rng = np.random.default_rng(2)
+    b = Bundle(int8)
+    rng = Seeded(2)
 
     def face(i):
         out = b.protect(faces[i : i + 1], rng)

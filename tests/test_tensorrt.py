@@ -11,10 +11,11 @@ import types
 import numpy as np
 import pytest
 from google.protobuf import json_format
+from ppfr.bundle import read_manifest, write_manifest
+from ppfr.bundle.tensorrt import TensorRTUnavailable, tensorrt_available
 from ppfr.cloud import tensorrt_runtime
 from ppfr.export import cli, tensorrt_build
 from ppfr.protos import manifest_pb2, tensor_pb2
-from ppfr.protos.bundle import read_manifest, write_manifest
 
 SHAPE, D = (4, 2, 2), 8
 
@@ -207,8 +208,8 @@ def fake(monkeypatch):
 
 
 def test_no_gpu_here_means_unavailable():
-    assert tensorrt_runtime.tensorrt_available() is False  # no tensorrt, no GPU on this machine
-    with pytest.raises(tensorrt_runtime.TensorRTUnavailable):
+    assert tensorrt_available() is False  # no tensorrt, no GPU on this machine
+    with pytest.raises(TensorRTUnavailable):
         tensorrt_runtime.TensorRTRuntime("missing.plan", 8)
 
 
@@ -235,7 +236,7 @@ def test_runtime_embeds_through_pinned_buffers(fake, tmp_path):
     rt.close()
     with pytest.raises(RuntimeError, match="closed"):
         rt.embed(np.zeros((1, *SHAPE), np.float16))
-    assert tensorrt_runtime.tensorrt_available() is True
+    assert tensorrt_available() is True
 
 
 def test_runtime_rejects_a_foreign_engine(fake, tmp_path):

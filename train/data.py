@@ -14,14 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ppfr.data import FACE_SIZE, DataError, read_pairs, read_rgb
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-FACE_SIZE = 112
-
-
-class DataError(Exception):
-    """A user-facing data problem (missing folder, unreadable image): reported without a traceback."""
 
 
 def resolve(path) -> Path:
@@ -30,17 +26,6 @@ def resolve(path) -> Path:
         return p
     base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
     return (base / p).resolve()
-
-
-def _read(path: Path) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataError(f"cannot read image {path}")
-    if bgr.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        raise DataError(f"{path} is {bgr.shape[1]}x{bgr.shape[0]}; faces must be aligned 112x112 crops")
-    return bgr[:, :, ::-1]
 
 
 def decode_images(paths: list[Path], cache_dir=None, tag: str = "faces") -> np.ndarray:
@@ -54,7 +39,7 @@ def decode_images(paths: list[Path], cache_dir=None, tag: str = "faces") -> np.n
         return np.load(cache, mmap_mode="r")
     out = np.empty((len(paths), FACE_SIZE, FACE_SIZE, 3), np.uint8)
     for i, p in enumerate(paths):
-        out[i] = _read(p)
+        out[i] = read_rgb(p)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # per process: parallel runs share the cache
@@ -136,30 +121,8 @@ def _subset(n: int, max_pairs) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, max_pairs).round().astype(int))
 
 
-def read_pairs_txt(pairs_txt) -> tuple[list[tuple[str, str, bool]], np.ndarray]:
-    """LFW View-2 pairs.txt: header 'folds n', then per fold n same lines then n different lines."""
-    path = resolve(pairs_txt)
-    if not path.is_file():
-        raise DataError(f"pairs file {path} does not exist")
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    n_folds, per = int(lines[0][0]), int(lines[0][1])
-    pairs = []
-    for parts in lines[1:]:
-        if len(parts) == 3:
-            name, a, b = parts
-            pairs.append((f"{name}/{name}_{int(a):04d}.jpg", f"{name}/{name}_{int(b):04d}.jpg", True))
-        elif len(parts) == 4:
-            n1, a, n2, b = parts
-            pairs.append((f"{n1}/{n1}_{int(a):04d}.jpg", f"{n2}/{n2}_{int(b):04d}.jpg", False))
-        else:
-            raise DataError(f"{path}: bad pairs line {' '.join(parts)!r}")
-    if len(pairs) != n_folds * 2 * per:
-        raise DataError(f"{path}: header promises {n_folds}x2x{per} pairs, found {len(pairs)}")
-    return pairs, np.arange(len(pairs)) // (2 * per)
-
-
 def load_pairs(name, pairs, root, cache_dir=None, max_pairs=None) -> PairSet:
-    plist, folds = read_pairs_txt(pairs)
+    plist, folds = read_pairs(resolve(pairs))
     keep = _subset(len(plist), max_pairs)
     plist, folds = [plist[i] for i in keep], folds[keep]
     root = resolve(root)

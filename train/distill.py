@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ppfr.data import model_path
 from torch import nn
 
 from .data import IMAGE_EXTS, DataError, resolve
 
-DEFAULT_AFFINE = "../shared/models/dlib/arcface112_to_dlibchip150_affine.txt"
+DEFAULT_AFFINE = str(model_path("dlib", "arcface112_to_dlibchip150_affine.txt"))
 
 
 class DistillLoss(nn.Module):

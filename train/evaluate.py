@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     try:
         config, method, recognizer, _ = load_checkpoint(args.checkpoint)
         if args.key_file:
-            from ppfr.export.keys import KeyPolicyError, is_keyed, read_key_file, rekey
+            from .keys import KeyPolicyError, is_keyed, read_key_file, rekey
 
             if not is_keyed(method.name):
                 raise DataError(f"--key-file: method {method.name!r} has no key")

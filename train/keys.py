@@ -1,4 +1,4 @@
-"""Method keys handled like keys (issue 15, item 4).
+"""Method keys handled like keys (issue 15, item 4): read and checked here, used by export and evaluation.
 
 A keyed method (PPFR-FD: the Shuffle1 permutation) needs a deployment secret at export. `ppfr-export`
 takes it from a file (`--key-file`) or the environment (`PPFR_METHOD_KEY`), or, only when asked with
@@ -140,7 +140,8 @@ def rekey(config: dict, method, key: bytes):
     the state from the trained method. The returned config holds the new key: redact it before it is
     written anywhere (`redacted_config`)."""
     import torch
-    from ppfr.train.methods import build_method
+
+    from .methods import build_method
 
     method_cfg = dict(config["method"])
     name = method_cfg.pop("name")

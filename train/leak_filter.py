@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ppfr.data import read_pairs
 
-from .data import load_cfp, load_pairs, load_unlabeled, read_pairs_txt, resolve
+from .data import load_cfp, load_pairs, load_unlabeled, resolve
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ def filter_unlabeled(spec: dict, eval_specs: list[dict], cache_dir, far: float =
         emb = embed_crops(net, ps.images, progress=f"teacher: {s['name']}")
         ref.append(emb)
         if "pairs" in s and lfw_emb is None:  # identities from the pair list: impostor statistics
-            plist, _ = read_pairs_txt(s["pairs"])
+            plist, _ = read_pairs(resolve(s["pairs"]))
             uniq = sorted({p for a, b, _ in plist for p in (a, b)})
             lfw_emb, lfw_names = emb, [u.split("/")[0] for u in uniq]
     if lfw_emb is None:

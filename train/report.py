@@ -40,13 +40,12 @@ def onnx_ms(bundle: Path, runs: int = 50) -> float | None:
     import time
 
     import numpy as np
+    from ppfr.bundle import session
 
     path = bundle / "recognizer.onnx"
     if not path.is_file():
         return None
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(path)
     inp = sess.get_inputs()[0]
     dtype = np.float16 if "float16" in inp.type else np.float32
     x = np.random.default_rng(0).standard_normal([1, *inp.shape[1:]]).astype(dtype)
