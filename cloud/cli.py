@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
     s.add_argument(
+        "--http-port",
+        type=_port,
+        help="also serve the API as HTTP/JSON on this port, same keys and limits (default off)",
+    )
+    s.add_argument(
         "--template-key-file",
         type=Path,
         help="renewable templates: file holding the deployment's template secret (or set "
@@ -194,6 +199,7 @@ def main(argv=None) -> int:
         max_concurrent_calls=args.max_concurrent_calls,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        http_port=args.http_port,
         template_secret=template_secret,
     )
     try:

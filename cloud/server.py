@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from ppfr.cloud import http_gateway
 from ppfr.cloud.auth import KeyStore, default_key_path
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.gallery import db_label, open_gallery
@@ -76,6 +77,9 @@ class ServerConfig:
     # Prometheus /metrics on its own HTTP port; None = off, 0 = a free port (RunningServer.metrics_port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # HTTP/JSON beside gRPC on its own port (cloud/http_gateway.py): same keys, limits and metrics;
+    # None = off, 0 = a free port (RunningServer.http.port).
+    http_port: int | None = None
     # Renewable templates: the deployment secret (cloud/template_key.py) read by the CLI from a file or
     # $PPFR_TEMPLATE_KEY; None stores embeddings as they are. Its repr shows the secret's id only.
     template_secret: SecretSource | None = None
@@ -177,6 +181,7 @@ class RunningServer:
         self.port = port
         self.grace_s = grace_s
         self._stopped = False
+        self.http = None  # the HTTP/JSON gateway, when config.http_port is set
 
     @property
     def address(self) -> str:
@@ -189,6 +194,8 @@ class RunningServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:  # HTTP/JSON calls drain first, then gRPC's
+            await self.http.stop(self.grace_s if grace is None else grace)
         await self.server.stop(self.grace_s if grace is None else grace)
         await self.batcher.close()
         self.service.close()
@@ -295,6 +302,8 @@ async def start(config: ServerConfig) -> RunningServer:
         gate.metrics,
     )
     running.metrics_port = metrics_port
+    if config.http_port is not None:  # HTTP/JSON beside gRPC: the same gate and servicer
+        await http_gateway.attach(running, config, message_limit(config, manifest))
     tls = "mtls" if config.tls_client_ca else "tls" if credentials else "off"
     batching = (
         f"max_batch={batcher.max_batch} max_delay_ms={config.max_delay_ms:g}" if batcher.enabled else "off"
