@@ -17,11 +17,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ppfr.data import data_path
+
 from . import config as bench_config
 from .machine import describe, load_average
 
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS = REPO.parent / "shared" / "data" / "lfw" / "raw_samples_250"
+PHOTOS = data_path("lfw", "raw_samples_250")
 
 
 SUBCOMMANDS = {

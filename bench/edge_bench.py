@@ -28,7 +28,7 @@ def enroll_request(fe, protected: np.ndarray, subject_id: str = SUBJECT) -> byte
 
 
 def frontend(bundle_dir):
-    """The edge's own front-end runner on one ONNX Runtime thread."""
+    """The edge's own front-end (a ppfr.bundle.Bundle) on one ONNX Runtime thread."""
     from ppfr.edge.frontend import FrontEnd
 
     return FrontEnd(bundle_dir, threads=1)
@@ -88,13 +88,13 @@ def bench_frontend(bundle_dir, faces: np.ndarray, cfg) -> tuple[dict, list[np.nd
 
     fe = frontend(bundle_dir)
     singles = [np.ascontiguousarray(f[None]) for f in faces]
-    feeds = {fe.image_name: singles[0], **fe.random_inputs()}
+    feeds = {fe.image_input: singles[0], **fe.random_inputs()}
     it = {"i": 0}
 
     def run_only():  # the ONNX graph alone, random inputs given
         it["i"] += 1
-        feeds[fe.image_name] = singles[it["i"] % len(singles)]
-        fe.session.run([fe.output_name], feeds)
+        feeds[fe.image_input] = singles[it["i"] % len(singles)]
+        fe.frontend.run([fe.output], feeds)
 
     def full():  # what the edge does per query after alignment: draw, run, serialize
         it["i"] += 1

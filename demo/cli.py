@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from ppfr.cloud.local import LocalServer, LocalServerError
+from ppfr.data import data_path
 
 from .report import report, shown
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LFW = DATA / "lfw" / "aligned112"
-LFW_RAW = DATA / "lfw" / "raw250"  # raw originals, a folder per person
+LFW = data_path("lfw", "aligned112")
+LFW_RAW = data_path("lfw", "raw250")  # raw originals, a folder per person
 BIN = Path(sys.executable).parent
 WORKDIR = Path("runs") / "demo"
 
@@ -109,7 +109,7 @@ def choose_people(count: int, enroll: int = 3) -> list[dict]:
         for n in chosen
     ]
     if not LFW.is_dir():
-        raise DemoError(f"the LFW faces are missing: expected {LFW} (clone the project beside ../shared)")
+        raise DemoError(f"no LFW faces at {LFW}: set PPFR_DATA or clone the project beside ../shared")
     names = sorted(d.name for d in LFW.iterdir() if d.is_dir() and d.name not in raw)
     multi = [n for n in names if len(list((LFW / n).glob("*.jpg"))) >= enroll + 1]
     step = max(1, len(multi) // max(1, count - len(people)))

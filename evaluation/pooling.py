@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ppfr.export.evaluation import lfw_people, read_rgb
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from ppfr.bundle import Bundle, Seeded
+from ppfr.data import data_path, lfw_people, read_rgb
 
 
 def best(gallery: np.ndarray, probes: np.ndarray) -> np.ndarray:
@@ -42,15 +40,13 @@ RULES = {"best": best, "mean-cos": mean_cos, "pooled": pooled}
 
 def embed_people(bundle_dir: Path, root: Path, names: list[str], cache: Path) -> np.ndarray:
     """L2-normalised embeddings of these crops through the bundle, cached per front-end and recognizer."""
-    from ppfr.attack.server_view import Bundle
-
     bundle = Bundle(bundle_dir, threads=2)
     path = cache / f"{bundle.manifest.recognizer.sha256[:12]}_{bundle.manifest.frontend.sha256[:12]}.npz"
     if path.is_file():
         cached = np.load(path)
         if list(cached["names"]) == names:
             return cached["emb"]
-    rng, out = np.random.default_rng(0), []
+    rng, out = Seeded(0), []  # reproducible draws: the same embeddings for the same bundle
     for i in range(0, len(names), 256):
         faces = np.stack([read_rgb(root / n) for n in names[i : i + 256]])
         out.append(bundle.embed(bundle.protect(faces, rng)))
@@ -88,7 +84,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ppfr-bench pooling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="an exported bundle (artifacts/NAME)")
     parser.add_argument("--enroll", default="1,3,5", help="photos enrolled per person (default 1,3,5)")
-    parser.add_argument("--lfw", default=str(DATA / "lfw" / "aligned112"), help="LFW aligned crops")
+    parser.add_argument("--lfw", default=str(data_path("lfw", "aligned112")), help="LFW aligned crops")
     parser.add_argument("--out", help="JSON results (default runs/pooling/<bundle>.json)")
     args = parser.parse_args(argv)
     bundle, root = Path(args.bundle), Path(args.lfw)
@@ -105,7 +101,7 @@ def main(argv=None) -> int:
     threshold = json.loads((bundle / "manifest.json").read_text())["threshold"]["cosine"]
     people = lfw_people(root, counts[0] + 1)
     names = [c for crops in people.values() for c in crops]
-    out = Path(args.out or REPO / "runs" / "pooling" / f"{bundle.name}.json")
+    out = Path(args.out or Path("runs") / "pooling" / f"{bundle.name}.json")
     emb = dict(zip(names, embed_people(bundle, root, names, out.parent / ".cache")))
     rows = [row for k in counts for row in measure(people, emb, k, threshold)]
     print(f"{bundle}: threshold {threshold:.4f}; LFW aligned crops, <= 2 genuine probes per person")

@@ -7,6 +7,7 @@ import pytest
 from conftest import DATA
 from ppfr.bench.cli import main as bench_main
 from ppfr.cloud.matrix import TemplateMatrix
+from ppfr.data import read_faces
 from ppfr.evaluation.pooling import RULES
 
 PEOPLE = ["Abdullah_Gul", "Adrien_Brody", "Al_Sharpton", "Alvaro_Uribe", "Amelie_Mauresmo"]
@@ -68,7 +69,7 @@ def test_export_calibrates_the_threshold_for_pooled_subjects():
     lfw = DATA / "lfw" / "aligned112"
     people = [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) > 3][:6]
     crops = [sorted(d.glob("*.jpg"))[:5] for d in people]
-    emb = [embed(np.stack([evaluation.read_rgb(p) for p in c])) for c in crops]
+    emb = [embed(read_faces(c)) for c in crops]
     genuine = np.concatenate([RULES["pooled"](e[:3], e[3:]) for e in emb])
     impostor = np.concatenate(
         [
