@@ -12,10 +12,12 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 SHARED = "../shared/data"
+METHOD_EXAMPLE = "{name: rgb|bdct|ppfr_fd|dctdp|partialface, ...}"
 
 
 class ConfigError(Exception):
@@ -63,13 +65,13 @@ class Train:
     batch_size: int = 64  # per process
     max_steps: int = 1000
     epochs: float | None = None  # when set, overrides max_steps (steps = epochs * steps per epoch)
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     method_lr: float | None = None  # learnable protection parameters (DCTDP rhos, analysis logits); None = lr
-    method_optimizer: str = "adam"
-    schedule: str = "cosine"  # cosine | step | constant
+    method_optimizer: Literal["adam", "sgd"] = "adam"
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = field(default_factory=list)  # epochs (step schedule)
     gamma: float = 0.1
     warmup_steps: int = 0
@@ -88,7 +90,7 @@ class Train:
     save_every: int = 0
     max_minutes: float | None = None  # wall-clock cap for the loop (makes step count machine-dependent)
     threads: int | None = None
-    device: str = "auto"  # auto | cuda | cpu
+    device: Literal["auto", "cuda", "cpu"] = "auto"
     amp: bool = False
     log_every: int = 20
 
@@ -104,7 +106,7 @@ class Eval:
 class Config:
     name: str = "run"
     seed: int = 0
-    method: dict  # {name: rgb|bdct|ppfr_fd|dctdp|partialface, ...its parameters} (methods.py)
+    method: dict = field(metadata={"example": METHOD_EXAMPLE})  # its parameters: methods.py
     model: dict = field(
         default_factory=lambda: {"backbone": "mobilefacenet", "embedding_size": 128, "stem": "direct"}
     )  # {backbone, ...its parameters} (backbones.py)
@@ -155,31 +157,45 @@ def load_config(path) -> dict:
 
 
 # --- the schema ------------------------------------------------------------------------------------
+_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string", dict: "a mapping"}
+_PLURAL = {float: "numbers", int: "integers", dict: "mappings"}
+
+
 def _type_name(hint) -> str:
-    args = typing.get_args(hint)
-    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    origin = typing.get_origin(hint) or hint
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
-    names |= {list: "a list", dict: "a mapping", type(None): "null"}
-    return names.get(origin, getattr(origin, "__name__", str(origin)))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_PLURAL[args[0]]}"
+    return _NAMES[hint]
 
 
 def _fits(value, hint) -> bool:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in typing.get_args(hint))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
     if hint is float:  # YAML writes 1 for 1.0; a bool is no number here
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint) or hint
-    if not isinstance(value, origin):
-        return False
-    if origin is list and typing.get_args(hint):
-        return all(_fits(v, typing.get_args(hint)[0]) for v in value)
-    return True
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def _type_error(key: str, value, hint) -> ConfigError:
+    msg = f"config key {key!r} must be {_type_name(hint)}, got {value!r}"
+    try:
+        float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            msg += "; write numbers like 1.0e-3"
+    except (TypeError, ValueError):
+        pass
+    return ConfigError(msg)
 
 
 def _section(schema, given, path: str) -> dict:
@@ -197,7 +213,7 @@ def _section(schema, given, path: str) -> dict:
         key = path + f.name
         if f.name not in given:
             if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"config needs {key}")
+                raise ConfigError(f"config needs {key}: {f.metadata['example']}")
             default = f.default if f.default is not MISSING else f.default_factory()
             out[f.name] = _section(type(default), {}, key + ".") if is_dataclass(default) else default
         elif is_dataclass(hints[f.name]):
@@ -205,8 +221,7 @@ def _section(schema, given, path: str) -> dict:
         elif _fits(given[f.name], hints[f.name]):
             out[f.name] = copy.deepcopy(given[f.name])
         else:
-            want = _type_name(hints[f.name])
-            raise ConfigError(f"config key {key!r} must be {want}, got {given[f.name]!r}")
+            raise _type_error(key, given[f.name], hints[f.name])
     return out
 
 
@@ -214,7 +229,7 @@ def full_config(config: dict) -> dict:
     """Every key of a training run: `config` over the schema's defaults, checked (ConfigError)."""
     cfg = _section(Config, config, "")
     if "name" not in cfg["method"]:
-        raise ConfigError("config needs method: {name: rgb|bdct|ppfr_fd|dctdp|partialface, ...}")
+        raise ConfigError(f"config needs method.name (method: {METHOD_EXAMPLE})")
     if cfg["head"]["weight"] <= 0 and cfg["distill"]["weight"] <= 0:
         raise ConfigError("nothing to train: set head.weight > 0 and/or distill.weight > 0")
     return cfg
