@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStore, KeyStoreError, default_key_path, parse_scopes
+from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStoreError, open_key_store, parse_scopes
 from ppfr.cloud.gallery import GalleryError, db_arg
 from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         a = actions.add_parser(name, help=text, description=text)
         where = a.add_mutually_exclusive_group(required=True)
-        where.add_argument("--keys", type=Path, help="API key file")
-        where.add_argument("--db", help="the server's --db; the key file is <db>.keys")
+        where.add_argument("--keys", type=Path, help="API key file (the server's --keys)")
+        where.add_argument(
+            "--db", help="the server's --db: keys in <db>.keys for SQLite, in the database for postgresql://"
+        )
         if name == "create":
             a.add_argument("--name", required=True, help="who or what uses the key, e.g. door-3")
             a.add_argument(
@@ -133,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _keys(args) -> int:
-    path = args.keys or default_key_path(args.db)
-    store = KeyStore(path, create=args.action == "create")
+    store = open_key_store(args.keys, args.db, create=args.action == "create")
+    path = store.path
     try:
         if args.action == "create":
             record, secret = store.create(args.name, parse_scopes(args.scopes), args.rate)

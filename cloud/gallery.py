@@ -17,16 +17,22 @@ the mean of its templates (template pooling: docs/cloud.md, "Matching and score 
 backends 1:N search runs in process: exact (BLAS) up to `exact_max` templates, beyond it a compressed scan
 with an exact rerank (cloud/ann.py); the measured recall is in docs/cloud.md.
 
+Template ids are random 63-bit numbers (not a sequence an enroll key could sweep), and every template
+records the API key id that enrolled it (its owner): `owner=` on enroll and delete_template limits a call
+to the subjects and templates that key enrolled (docs/cloud.md, "Scope matrix").
+
 Contract shared by both backends:
-    enroll(subject_id, embedding, idempotency_key=None) -> Enrollment   (a repeated key returns the first)
+    enroll(subject_id, embedding, idempotency_key=None, owner=None) -> Enrollment   (a repeated key returns
+        the first; with owner, SubjectTaken when another key's templates hold the subject)
     verify(subject_id, embedding) -> float | None;  identify(embedding, top_k) -> [Match]
-    delete(subject_id) -> int;  delete_template(template_id) -> subject_id | None
+    delete(subject_id) -> int;  delete_template(template_id, owner=None) -> subject_id | None
     list_subjects(page_size, page_token="") -> ([(subject_id, template_count)], next_page_token)
-    has_subject, subject_count, template_count, close()
+    has_subject, subject_count, template_count, sizes() (no database round trip), ping(), close()
 """
 
 import base64
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -57,6 +63,19 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 class GalleryError(RuntimeError):
     """A database that cannot be opened or was enrolled with another recognizer."""
+
+
+class GalleryUnavailable(GalleryError):
+    """The database cannot be reached now (down, restarting, network): calls may succeed later."""
+
+
+class SubjectTaken(PermissionError):
+    """An owner-limited enroll into a subject whose templates another key enrolled."""
+
+
+def new_template_id() -> int:
+    """A random positive 63-bit id: knowing one id tells nothing about the others."""
+    return secrets.randbits(63) or 1
 
 
 @dataclass(frozen=True)
@@ -193,6 +212,18 @@ class MatrixGallery:
         self._refresh()
         return self._matrix.has_subject(subject_id)
 
+    def sizes(self) -> tuple[int, int]:
+        """(subjects, templates) as this process last saw them, without a database round trip (metrics)."""
+        return self._matrix.subject_count, self._matrix.template_count
+
+    def fresh_sizes(self) -> tuple[int, int]:
+        """(subjects, templates) including every write committed before the call (GetServerInfo)."""
+        self._refresh()
+        return self.sizes()
+
+    def ping(self) -> None:
+        """Raises GalleryUnavailable when the database cannot be reached (nothing to reach for SQLite)."""
+
     def verify(self, subject_id: str, embedding: np.ndarray) -> float | None:
         """Cosine similarity to the mean of the subject's templates, or None for an unknown subject."""
         self._refresh()
@@ -202,6 +233,26 @@ class MatrixGallery:
         """The top_k subjects by pooled score, best first (`exact` bypasses the compressed index)."""
         self._refresh()
         return [Match(s, v) for s, v in self._matrix.identify(unit(embedding), top_k, exact=exact)]
+
+
+def open_sqlite(path) -> sqlite3.Connection:
+    """The gallery file with its schema (older files get the later columns). secure_delete overwrites a
+    deleted template's bytes in the file; the WAL checkpoint after every delete removes its older copies."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA secure_delete=ON")
+    db.executescript(SCHEMA)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(templates)")}
+    if "idempotency_key" not in columns:  # a gallery written before idempotent Enroll
+        db.execute("ALTER TABLE templates ADD COLUMN idempotency_key TEXT")
+    if "key_id" not in columns:  # a gallery written before templates recorded their owner
+        db.execute("ALTER TABLE templates ADD COLUMN key_id TEXT")
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS templates_idempotency ON templates "
+        "(subject_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+    )
+    return db
 
 
 class SqliteGallery(MatrixGallery):
@@ -227,17 +278,7 @@ class SqliteGallery(MatrixGallery):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():  # templates are biometric data: owner-only from the start
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(templates)")}
-            if "idempotency_key" not in columns:  # a gallery written before idempotent Enroll
-                self._db.execute("ALTER TABLE templates ADD COLUMN idempotency_key TEXT")
-            self._db.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS templates_idempotency ON templates "
-                "(subject_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
-            )
+            self._db = open_sqlite(self.path)
             for suffix in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists() and side.stat().st_mode & 0o077:
@@ -289,35 +330,61 @@ class SqliteGallery(MatrixGallery):
         return page, encode_page_token(page[-1][0]) if len(rows) > size else ""
 
     # --- writes (serialised by the lock; durable before they return) ---------------------------------
-    def enroll(
-        self, subject_id: str, embedding: np.ndarray, idempotency_key: str | None = None
-    ) -> Enrollment:
+    def _checked(self, embedding) -> np.ndarray:
         vec = unit(embedding)
         if vec.shape != (self.embedding_size,):
             raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_size},)")
+        return vec
+
+    def enroll(
+        self,
+        subject_id: str,
+        embedding: np.ndarray,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        exclusive: bool = False,
+    ) -> Enrollment:
+        """Adds a template recorded as `owner`'s; `exclusive`: SubjectTaken when the subject holds a
+        template of another owner (checked before the idempotency key, so a retry reveals nothing)."""
+        vec = self._checked(embedding)
         now = time.time()
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                if idempotency_key:
-                    row = self._db.execute(
-                        "SELECT template_id, create_time FROM templates "
-                        "WHERE subject_id = ? AND idempotency_key = ?",
-                        (subject_id, idempotency_key),
+                if (
+                    exclusive
+                    and self._db.execute(
+                        "SELECT 1 FROM templates WHERE subject_id = ? AND key_id IS NOT ? LIMIT 1",
+                        (subject_id, owner),
                     ).fetchone()
-                    if row is not None:
-                        count = self._matrix.templates_of(subject_id)
-                        return Enrollment(subject_id, int(row[0]), count, float(row[1]))
-                cur = self._db.execute(
-                    "INSERT INTO templates (subject_id, embedding, create_time, idempotency_key) "
-                    "VALUES (?, ?, ?, ?)",
-                    (subject_id, vec.astype("<f4").tobytes(), now, idempotency_key or None),
+                ):
+                    raise SubjectTaken(subject_id)
+                if idempotency_key and (found := self._existing(subject_id, idempotency_key)):
+                    return found
+                template_id = new_template_id()
+                self._db.execute(
+                    "INSERT INTO templates (template_id, subject_id, embedding, create_time, "
+                    "idempotency_key, key_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    (template_id, subject_id, vec.astype("<f4").tobytes(), now, idempotency_key, owner),
                 )
-                template_id = int(cur.lastrowid)
             self._matrix.add(subject_id, template_id, vec)
             count = self._matrix.templates_of(subject_id)
             self._maybe_attach_ann()
         return Enrollment(subject_id, template_id, count, now)
+
+    def _existing(self, subject_id: str, idempotency_key: str) -> Enrollment | None:
+        row = self._db.execute(
+            "SELECT template_id, create_time FROM templates WHERE subject_id = ? AND idempotency_key = ?",
+            (subject_id, idempotency_key),
+        ).fetchone()
+        if row is None:
+            return None
+        return Enrollment(subject_id, int(row[0]), self._matrix.templates_of(subject_id), float(row[1]))
+
+    def _erase(self) -> None:
+        """Copies the WAL into the file and truncates it: with secure_delete, no file of the gallery holds
+        the deleted rows' bytes any more (docs/cloud.md, "Deletion that erases")."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def delete(self, subject_id: str) -> int:
         """Removes the subject's templates; returns how many there were (0 for an unknown subject)."""
@@ -328,19 +395,25 @@ class SqliteGallery(MatrixGallery):
                     "DELETE FROM templates WHERE subject_id = ?", (subject_id,)
                 ).rowcount
             self._matrix.remove_subject(subject_id)
+            if deleted:
+                self._erase()
         return deleted
 
-    def delete_template(self, template_id: int) -> str | None:
-        """Removes one template; returns its subject id, or None when there is no such template."""
+    def delete_template(self, template_id: int, owner: str | None = None) -> str | None:
+        """Removes one template (with owner: only one that owner enrolled); returns its subject id, or None
+        when there is no such template."""
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 row = self._db.execute(
-                    "DELETE FROM templates WHERE template_id = ? RETURNING subject_id", (int(template_id),)
+                    "DELETE FROM templates WHERE template_id = ? AND (? IS NULL OR key_id = ?) "
+                    "RETURNING subject_id",
+                    (int(template_id), owner, owner),
                 ).fetchone()
             if row is None:
                 return None
             self._matrix.remove_template(template_id)
+            self._erase()
         return row[0]
 
     def bulk_load(self, subject_ids, embeddings: np.ndarray, chunk: int = 50_000) -> dict:
@@ -356,11 +429,7 @@ class SqliteGallery(MatrixGallery):
                 names = list(subject_ids[start : start + chunk])
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
-                    first = self._db.execute(  # AUTOINCREMENT never reuses an id, deleted ones included
-                        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'templates'), 0), "
-                        "coalesce((SELECT max(template_id) FROM templates), 0))"
-                    ).fetchone()
-                    ids = np.arange(first[0] + 1, first[0] + 1 + len(names), dtype=np.int64)
+                    ids = np.fromiter((new_template_id() for _ in names), np.int64, len(names))
                     blobs = (v.astype("<f4").tobytes() for v in vecs)
                     self._db.executemany(
                         "INSERT INTO templates (template_id, subject_id, embedding, create_time) "

@@ -17,8 +17,12 @@ Why not search in PostgreSQL: pgvector's HNSW index was measured here first, at 
 insert (the target is 5) and recall@1 0.85 at ef_search 800, 92 ms per search (docs/cloud.md). Each replica
 holds the templates in memory instead (512 MB per million 128-d templates, plus 16 MB of codes).
 
-Connections: one per thread that uses the gallery (the server: its event loop and its write thread), opened
-on first use, reopened after a failure.
+Connections: one per thread that uses the gallery (the server's gallery threads), opened on first use,
+reopened after a failure. A database that cannot be reached raises GalleryUnavailable (the server answers
+UNAVAILABLE and reports NOT_SERVING until `ping()` succeeds again).
+
+Deletion: DELETE leaves the row's bytes in the table's pages until VACUUM reuses them and in the WAL
+segments until they are recycled; docs/cloud.md ("Deletion that erases") says what an operator runs.
 """
 
 import functools
@@ -30,12 +34,15 @@ from ppfr.cloud.gallery import (
     EXACT_MAX,
     Enrollment,
     GalleryError,
+    GalleryUnavailable,
     MatrixGallery,
+    SubjectTaken,
     check_meta,
     check_page_size,
     decode_page_token,
     encode_page_token,
     meta_wanted,
+    new_template_id,
     unit,
     unit_rows,
 )
@@ -53,6 +60,7 @@ CREATE TABLE IF NOT EXISTS ppfr_templates (
     create_time double precision NOT NULL,
     idempotency_key text
 );
+ALTER TABLE ppfr_templates ADD COLUMN IF NOT EXISTS key_id text;
 CREATE INDEX IF NOT EXISTS ppfr_templates_subject ON ppfr_templates (subject_id);
 CREATE UNIQUE INDEX IF NOT EXISTS ppfr_templates_idempotency ON ppfr_templates (subject_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -71,6 +79,19 @@ CREATE TABLE IF NOT EXISTS ppfr_changes (
 OLD_HNSW_INDEX = "ppfr_templates_hnsw"  # made by earlier versions; dropped (it made every insert slow)
 SCHEMA_LOCK = 0x70706672  # advisory lock: replicas starting together create the schema once
 NEXT_SEQ = "UPDATE ppfr_log_head SET seq = seq + 1 RETURNING seq"  # every write's first statement
+# One enrollment: the subject's count, the template, its change-log entry, in one statement.
+ENROLL = (
+    "WITH s AS (INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
+    "  ON CONFLICT (subject_id) DO UPDATE "
+    "  SET template_count = ppfr_subjects.template_count + 1 RETURNING template_count), "
+    "t AS (INSERT INTO ppfr_templates "
+    "  (template_id, subject_id, embedding, create_time, idempotency_key, key_id) "
+    "  SELECT %s, %s, %s::vector, %s, %s, %s FROM s RETURNING template_id), "
+    "c AS (INSERT INTO ppfr_changes (seq, template_id, added) "
+    "  SELECT %s, template_id, true FROM t) "
+    "SELECT t.template_id, s.template_count FROM t, s"
+)
+CONNECT_TIMEOUT_S = 2  # a database that does not answer is reported unavailable within the health check's 2 s
 
 
 def vector_text(vec: np.ndarray) -> str:
@@ -115,11 +136,11 @@ class PostgresGallery(MatrixGallery):
     # --- connections -------------------------------------------------------------------------------
     def _connect(self):
         try:
-            conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
             if self._vector_oid is not None:
                 conn.adapters.register_loader(self._vector_oid, _vector_loader(self._psycopg))
         except self._psycopg.Error as err:
-            raise GalleryError(f"cannot connect to the gallery database: {_short(err)}") from None
+            raise GalleryUnavailable(f"cannot connect to the gallery database: {_short(err)}") from None
         with self._all_lock:
             self._all.append(conn)
         return conn
@@ -141,8 +162,14 @@ class PostgresGallery(MatrixGallery):
         except self._psycopg.OperationalError as err:
             conn = getattr(self._local, "conn", None)
             if not retry or conn is None or not (conn.closed or conn.broken):
-                raise GalleryError(f"gallery database error: {_short(err)}") from None
-            return fn(self._conn())
+                raise GalleryUnavailable(f"gallery database error: {_short(err)}") from None
+            try:
+                return fn(self._conn())
+            except self._psycopg.OperationalError as again:
+                raise GalleryUnavailable(f"gallery database error: {_short(again)}") from None
+
+    def ping(self) -> None:
+        self._run(lambda c: c.execute("SELECT 1").fetchone())
 
     def _setup(self, wanted: dict) -> None:
         psycopg = self._psycopg
@@ -249,46 +276,36 @@ class PostgresGallery(MatrixGallery):
         return page, encode_page_token(page[-1][0]) if len(rows) > size else ""
 
     # --- writes (each one transaction, committed before it returns) ------------------------------------
-    def enroll(self, subject_id: str, embedding, idempotency_key: str | None = None) -> Enrollment:
+    def enroll(
+        self,
+        subject_id: str,
+        embedding,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        exclusive: bool = False,
+    ) -> Enrollment:
+        """As SqliteGallery.enroll (owner, exclusive: cloud/gallery.py)."""
         vec = unit(embedding)
         if vec.shape != (self.embedding_size,):
             raise ValueError(f"embedding has shape {vec.shape}, expected ({self.embedding_size},)")
         text = vector_text(vec)
         UniqueViolation = self._psycopg.errors.UniqueViolation
 
-        def existing(conn):
-            found = conn.execute(
-                "SELECT t.template_id, t.create_time, s.template_count FROM ppfr_templates t "
-                "JOIN ppfr_subjects s USING (subject_id) WHERE t.subject_id = %s AND t.idempotency_key = %s",
-                (subject_id, idempotency_key),
-            ).fetchone()
-            return (
-                None
-                if found is None
-                else Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
-            )
-
         def write(conn):
-            if idempotency_key and (found := existing(conn)) is not None:
+            if exclusive and _owned_by_other(conn, subject_id, owner):
+                raise SubjectTaken(subject_id)
+            if idempotency_key and (found := _existing(conn, subject_id, idempotency_key)) is not None:
                 return found
             now = time.time()
             try:
                 with conn.transaction():
                     seq = conn.execute(NEXT_SEQ).fetchone()[0]
-                    template_id, count = conn.execute(
-                        "WITH s AS (INSERT INTO ppfr_subjects (subject_id, template_count) VALUES (%s, 1) "
-                        "  ON CONFLICT (subject_id) DO UPDATE "
-                        "  SET template_count = ppfr_subjects.template_count + 1 RETURNING template_count), "
-                        "t AS (INSERT INTO ppfr_templates "
-                        "  (subject_id, embedding, create_time, idempotency_key) "
-                        "  SELECT %s, %s::vector, %s, %s FROM s RETURNING template_id), "
-                        "c AS (INSERT INTO ppfr_changes (seq, template_id, added) "
-                        "  SELECT %s, template_id, true FROM t) "
-                        "SELECT t.template_id, s.template_count FROM t, s",
-                        (subject_id, subject_id, text, now, idempotency_key or None, seq),
-                    ).fetchone()
+                    if exclusive and _owned_by_other(conn, subject_id, owner):  # under the write lock
+                        raise SubjectTaken(subject_id)
+                    row = (subject_id, new_template_id(), subject_id, text, now, idempotency_key, owner, seq)
+                    template_id, count = conn.execute(ENROLL, row).fetchone()
             except UniqueViolation:  # the same key committed meanwhile (a concurrent retry)
-                return existing(conn)
+                return _existing(conn, subject_id, idempotency_key)
             return Enrollment(subject_id, int(template_id), int(count), now)
 
         return self._run(write, retry=False)
@@ -310,13 +327,16 @@ class PostgresGallery(MatrixGallery):
 
         return self._run(write, retry=False)
 
-    def delete_template(self, template_id: int) -> str | None:
+    def delete_template(self, template_id: int, owner: str | None = None) -> str | None:
+        key_id = owner
+
         def write(conn):
             with conn.transaction():
                 seq = conn.execute(NEXT_SEQ).fetchone()[0]
                 owner = conn.execute(
-                    "DELETE FROM ppfr_templates WHERE template_id = %s RETURNING subject_id",
-                    (int(template_id),),
+                    "DELETE FROM ppfr_templates WHERE template_id = %s AND (%s::text IS NULL OR key_id = %s) "
+                    "RETURNING subject_id",
+                    (int(template_id), key_id, key_id),
                 ).fetchone()
                 if owner is None:
                     return None
@@ -342,16 +362,15 @@ class PostgresGallery(MatrixGallery):
         now = time.time()
         with conn.transaction():
             seq = conn.execute(NEXT_SEQ).fetchone()[0]
-            before = conn.execute("SELECT coalesce(max(template_id), 0) FROM ppfr_templates").fetchone()[0]
+            ids = [new_template_id() for _ in range(len(embeddings))]
             with conn.cursor().copy(
-                "COPY ppfr_templates (subject_id, embedding, create_time) FROM STDIN"
+                "COPY ppfr_templates (template_id, subject_id, embedding, create_time) FROM STDIN"
             ) as copy:
-                for s, v in zip(subject_ids, np.asarray(embeddings, np.float32)):
-                    copy.write_row((s, vector_text(unit(v)), now))
+                for t, s, v in zip(ids, subject_ids, np.asarray(embeddings, np.float32)):
+                    copy.write_row((t, s, vector_text(unit(v)), now))
             conn.execute(
-                "INSERT INTO ppfr_changes (seq, template_id, added) "
-                "SELECT %s, template_id, true FROM ppfr_templates WHERE template_id > %s",
-                (seq, before),
+                "INSERT INTO ppfr_changes (seq, template_id, added) SELECT %s, unnest(%s::bigint[]), true",
+                (seq, ids),
             )
             conn.execute(
                 "INSERT INTO ppfr_subjects (subject_id, template_count) "
@@ -371,6 +390,25 @@ class PostgresGallery(MatrixGallery):
                 conn.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+
+
+def _existing(conn, subject_id: str, idempotency_key: str) -> Enrollment | None:
+    found = conn.execute(
+        "SELECT t.template_id, t.create_time, s.template_count FROM ppfr_templates t "
+        "JOIN ppfr_subjects s USING (subject_id) WHERE t.subject_id = %s AND t.idempotency_key = %s",
+        (subject_id, idempotency_key),
+    ).fetchone()
+    return None if found is None else Enrollment(subject_id, int(found[0]), int(found[2]), float(found[1]))
+
+
+def _owned_by_other(conn, subject_id: str, owner: str | None) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM ppfr_templates WHERE subject_id = %s AND key_id IS DISTINCT FROM %s LIMIT 1",
+            (subject_id, owner),
+        ).fetchone()
+        is not None
+    )
 
 
 @functools.cache

@@ -3,10 +3,15 @@ concurrent calls, the API key (authentication, scope, per-key rate limit), decod
 observation and at most one log line per call. Health checks and reflection pass through untouched, so
 load balancers and grpcurl can use them without a key (they reveal no gallery content).
 
-Checks run cheapest first and before the request is decoded, so a caller without a valid key never gets
-its bytes parsed, and a request that is not valid protobuf is answered INVALID_ARGUMENT in one log line.
+Checks run cheapest first. The key (authentication, scope, rate) is checked on the call's metadata before
+the request is read at all: a refused call gets a handler that never reads its message (a stream handler
+that answers at once), so a flood of keyless calls costs a dictionary lookup each and holds no payload in
+Python. Refusals are logged by sampling (the first REFUSALS_LOGGED, then one a second with the count of
+those not logged), so such a flood cannot fill the disk. A request that is not valid protobuf is answered
+INVALID_ARGUMENT in one log line.
 """
 
+import collections
 import contextvars
 import logging
 import re
@@ -25,8 +30,31 @@ REQUEST_ID_HEADER = "x-request-id"
 # The current call's request id, for every log line written while serving it.
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# The calling key (an ApiKey; None when authentication is off), for the service's scope decisions.
+CALLER = contextvars.ContextVar("caller", default=None)
 # Successful calls of these RPCs are logged at DEBUG only (they are the bulk of the traffic).
 _QUIET = {"Verify", "Identify", "GetServerInfo", "ListSubjects"}
+REFUSALS_LOGGED = 10  # refusals logged in full before sampling starts
+
+
+class LogSampler:
+    """The first `first` events pass, then at most one per `every_s` seconds; `allow()` also returns how
+    many were held back since the last one that passed."""
+
+    def __init__(self, first: int = REFUSALS_LOGGED, every_s: float = 1.0, clock=time.monotonic):
+        self.first, self.every_s, self._clock = first, every_s, clock
+        self._seen = 0
+        self._held = 0
+        self._last = -float("inf")
+
+    def allow(self) -> tuple[bool, int]:
+        self._seen += 1
+        now = self._clock()
+        if self._seen <= self.first or now - self._last >= self.every_s:
+            held, self._held, self._last = self._held, 0, now
+            return True, held
+        self._held += 1
+        return False, 0
 
 
 class Refused(Exception):
@@ -42,6 +70,9 @@ class CallGate(grpc.aio.ServerInterceptor):
         self.max_concurrent_calls = max_concurrent_calls
         self.in_flight = 0
         self.limiter = RateLimiter()
+        self.active = collections.Counter()  # calls in progress by RPC (shutdown waits for Enrolls)
+        self.draining = False  # set on shutdown: calls in progress finish, new ones are UNAVAILABLE
+        self.refusals = LogSampler()
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -49,22 +80,61 @@ class CallGate(grpc.aio.ServerInterceptor):
             return handler
         method = details.method[len(SERVICE_PREFIX) :]
         headers = {m.key: m.value for m in details.invocation_metadata or ()}
+        try:
+            key = self._admit(method, headers)
+        except Refused as refused:
+            return self._refusal(method, refused)
 
         async def behavior(raw: bytes, context):
-            return await self._call(method, headers, handler, raw, context)
+            return await self._call(method, headers, handler, raw, context, key)
 
         # No deserializer: the raw bytes come here, and are decoded only after the checks.
         return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=handler.response_serializer)
 
-    async def _call(self, method, headers, handler, raw, context):
+    def _admit(self, method: str, headers: dict):
+        if self.draining:
+            raise Refused(
+                grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
+            )
+        return self._authorize(method, headers)
+
+    def _refusal(self, method: str, refused: Refused):
+        """A handler that answers `refused` without reading the request (see the module docstring)."""
+
+        async def refuse(_requests, context):
+            start = time.perf_counter()
+            try:
+                await context.abort(refused.code, refused.message)
+            finally:
+                seconds = time.perf_counter() - start
+                if self.metrics is not None:
+                    self.metrics.observe(method, refused.code.name, seconds)
+                logged, held = self.refusals.allow()
+                if logged and log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "key=- peer=%s %s %s (%s)%s",
+                        context.peer(),
+                        method,
+                        refused.code.name,
+                        refused.reason,
+                        f" [{held} similar refusals not logged]" if held else "",
+                    )
+
+        # gRPC calls the stream behaviour (request_streaming), which never reads the message; in-process
+        # callers of the handler (the HTTP gateway) call unary_unary with the body they already hold.
+        return grpc.stream_unary_rpc_method_handler(refuse)._replace(unary_unary=refuse)
+
+    async def _call(self, method, headers, handler, raw, context, key):
         start = time.perf_counter()
         given = headers.get(REQUEST_ID_HEADER)
         request_id = given if isinstance(given, str) and _CLIENT_REQUEST_ID.fullmatch(given) else None
         request_id = request_id or secrets.token_hex(8)
         REQUEST_ID.set(request_id)
+        CALLER.set(key)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        key_id, reason, code = "-", "", "OK"
+        key_id, reason, code = (key.key_id if key else "-"), "", "OK"
         self.in_flight += 1
+        self.active[method] += 1
         try:
             if self.in_flight > self.max_concurrent_calls:
                 raise Refused(
@@ -73,8 +143,6 @@ class CallGate(grpc.aio.ServerInterceptor):
                     "(--max-concurrent-calls); retry with backoff",
                     "concurrency limit",
                 )
-            key = self._authorize(method, headers)
-            key_id = key.key_id if key else "-"
             try:
                 request = handler.request_deserializer(raw)
             except DecodeError:
@@ -93,6 +161,7 @@ class CallGate(grpc.aio.ServerInterceptor):
             raise
         finally:
             self.in_flight -= 1
+            self.active[method] -= 1
             seconds = time.perf_counter() - start
             if self.metrics is not None:
                 self.metrics.observe(method, code, seconds)

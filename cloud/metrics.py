@@ -30,13 +30,24 @@ class Metrics:
         )
         self.subjects = Gauge("ppfr_gallery_subjects", "Enrolled subjects", registry=r)
         self.templates = Gauge("ppfr_gallery_templates", "Enrolled templates", registry=r)
+        self.gallery_latency = Histogram(
+            "ppfr_gallery_seconds",
+            "Gallery work per call (database and matching, on the gallery threads), by operation",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gallery_up = Gauge("ppfr_gallery_up", "1 while the gallery database answers, else 0", registry=r)
+        self.gallery_up.set(1)
         self._http = None
 
     def watch(self, batcher, gallery) -> None:
-        """Gauges read at scrape time; batch sizes observed as the batcher runs them."""
+        """Gauges read at scrape time; batch sizes observed as the batcher runs them. The gallery sizes are
+        the replica's own copy (gallery.sizes()): a scrape never touches the database (each scrape runs on
+        a new thread, and a database connection per thread leaked one per scrape)."""
         self.queue_depth.set_function(batcher.queue_depth)
-        self.subjects.set_function(lambda: gallery.subject_count)
-        self.templates.set_function(lambda: gallery.template_count)
+        self.subjects.set_function(lambda: gallery.sizes()[0])
+        self.templates.set_function(lambda: gallery.sizes()[1])
         batcher.on_batch = self.batch_size.observe
 
     def observe(self, method: str, code: str, seconds: float) -> None:

@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from ppfr.cloud import http_gateway
-from ppfr.cloud.auth import KeyStore, default_key_path
+from ppfr.cloud.auth import FailedAttempts, open_key_store, shared_file_warning
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.gallery import db_label, open_gallery
+from ppfr.cloud.health import GalleryWatch
 from ppfr.cloud.interceptor import CallGate
 from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
@@ -38,6 +40,7 @@ MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 # with a bare CANCELLED; this high, every call reaches the gate and beyond --max-concurrent-calls gets a
 # clear RESOURCE_EXHAUSTED. HTTP/2 flow control still bounds the bytes they hold.
 MAX_PENDING_CALLS = 20_000
+ENROLL_DRAIN_S = 60.0  # on shutdown, Enrolls still running after the grace get this much longer
 
 
 class ConfigError(ValueError):
@@ -67,11 +70,22 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     # Largest request/response accepted; None = enough for the bundle's float32 tensor (at least 4 MiB).
     max_message_bytes: int | None = None
-    grace_s: float = 5.0
-    # API keys (see cloud/auth.py): the key file, default `<db>.keys`; authentication is on unless
-    # insecure_no_auth (local experiments only).
+    # Shutdown: calls in progress get this long to finish (Enrolls in progress are waited for, up to
+    # ENROLL_DRAIN_S more); new calls are refused UNAVAILABLE meanwhile.
+    grace_s: float = 30.0
+    # API keys (see cloud/auth.py): a key file (default `<db>.keys` beside a SQLite gallery; a PostgreSQL
+    # gallery keeps them in its database); authentication is on unless insecure_no_auth (experiments only).
     keys: Path | None = None
     insecure_no_auth: bool = False
+    # Failed Verifies per subject (verify keys): this many within failed_window_s lock the subject out
+    # (answered as a non-match) until they age out; 0 = no limit. Per replica.
+    max_failed_verifies: int = 10
+    failed_window_s: float = 300.0
+    # Show Verify's score to verify keys too (it helps an attacker hill-climb; admin keys always see it).
+    verify_scores: bool = False
+    # Operational log: level and format (text, or json: one object per line).
+    log_level: str = "INFO"
+    log_format: str = "text"
     # FaceVerification calls in progress at once; beyond it calls are answered RESOURCE_EXHAUSTED.
     max_concurrent_calls: int = 256
     # Prometheus /metrics on its own HTTP port; None = off, 0 = a free port (RunningServer.metrics_port).
@@ -99,12 +113,22 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError(f"--threads must be >= 0, got {config.threads}")
     if config.engines < 1:
         raise ConfigError(f"--engines must be >= 1, got {config.engines}")
+    if config.max_failed_verifies < 0 or config.failed_window_s <= 0:
+        raise ConfigError("--max-failed-verifies must be >= 0 and --failed-window-s > 0")
+    if config.grace_s < 0:
+        raise ConfigError(f"--grace-s must be >= 0, got {config.grace_s}")
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"--max-concurrent-calls must be >= 1, got {config.max_concurrent_calls}")
     if config.metrics_port is not None and not (0 <= int(config.metrics_port) <= 65535):
         raise ConfigError(f"--metrics-port must be between 0 and 65535, got {config.metrics_port}")
     if config.max_message_bytes is not None and config.max_message_bytes < 1024:
         raise ConfigError(f"--max-message-bytes must be at least 1024, got {config.max_message_bytes}")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, got {config.log_format!r}")
+    _check_tls(config)
+
+
+def _check_tls(config: ServerConfig) -> None:
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     if config.tls_client_ca and not config.tls_cert:
@@ -181,6 +205,7 @@ class RunningServer:
         self.port = port
         self.grace_s = grace_s
         self._stopped = False
+        self.watch = None  # the GalleryWatch (cloud/health.py)
         self.http = None  # the HTTP/JSON gateway, when config.http_port is set
 
     @property
@@ -188,15 +213,19 @@ class RunningServer:
         return f"{_format_host(self.host)}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Reports NOT_SERVING, stops taking calls, lets in-flight calls finish (up to grace seconds), then
-        closes the engine and the database."""
+        """Reports NOT_SERVING, refuses new calls (UNAVAILABLE), lets calls in progress finish (up to grace
+        seconds; Enrolls up to ENROLL_DRAIN_S longer), then closes the engine and the database."""
         if self._stopped:
             return
         self._stopped = True
+        self.gate.draining = True
         await self.health.enter_graceful_shutdown()
+        if self.watch is not None:
+            await self.watch.stop()
         if self.http is not None:  # HTTP/JSON calls drain first, then gRPC's
             await self.http.stop(self.grace_s if grace is None else grace)
-        await self.server.stop(self.grace_s if grace is None else grace)
+        await self._drain(self.grace_s if grace is None else grace)
+        await self.server.stop(1.0)
         await self.batcher.close()
         self.service.close()
         self.batcher.runtime.close()
@@ -206,6 +235,18 @@ class RunningServer:
             self.gate.keys.close()
         log.info("ppfr-cloud stopped")
 
+    async def _drain(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self.gate.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        deadline += ENROLL_DRAIN_S
+        while self.gate.active["Enroll"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.gate.in_flight:
+            log.warning(
+                "shutdown: %d calls still in progress after the grace are cancelled", self.gate.in_flight
+            )
+
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
@@ -214,7 +255,14 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
     """The grpc.aio server with every service added and its port bound (not yet started)."""
     batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms, config.engines)
     service = FaceVerificationService(
-        manifest, manifest.name or Path(config.bundle).name, batcher, gallery, transform
+        manifest,
+        manifest.name or Path(config.bundle).name,
+        batcher,
+        gallery,
+        transform,
+        metrics=gate.metrics,
+        failed_attempts=FailedAttempts(config.max_failed_verifies, config.failed_window_s),
+        verify_scores=config.verify_scores,
     )
     gate.metrics.watch(batcher, gallery)
 
@@ -253,18 +301,13 @@ async def start(config: ServerConfig) -> RunningServer:
     """Builds everything and starts listening; port 0 picks a free port (see RunningServer.port)."""
     check_config(config)
     bundle = Path(config.bundle)
-    manifest = read_manifest(bundle)
-    if not manifest.frontend_id:
-        raise BundleError(f"{bundle}/manifest.json has no frontend_id")
-    numpy_dtype(manifest.protected_tensor.data_type)
-    if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
-        raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
+    manifest = _read_bundle(bundle)
     _warn_if_gallery_is_readable(config.db)
     transform, gallery = _open_gallery(config, manifest)
     keys = runtime = None
     metrics = Metrics()
     try:
-        keys = None if config.insecure_no_auth else KeyStore(config.keys or default_key_path(config.db))
+        keys = None if config.insecure_no_auth else open_key_store(config.keys, config.db, watch=True)
         gate = CallGate(keys, metrics, config.max_concurrent_calls)
         runtime = create_runtime(
             config.runtime,
@@ -288,6 +331,9 @@ async def start(config: ServerConfig) -> RunningServer:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch = GalleryWatch(gallery, health_servicer, ("", SERVICE_NAME), gate.metrics)
+    service.watch = watch
+    watch.start()
 
     running = RunningServer(
         server,
@@ -302,8 +348,28 @@ async def start(config: ServerConfig) -> RunningServer:
         gate.metrics,
     )
     running.metrics_port = metrics_port
+    running.watch = watch
     if config.http_port is not None:  # HTTP/JSON beside gRPC: the same gate and servicer
         await http_gateway.attach(running, config, message_limit(config, manifest))
+    _log_serving(config, manifest, running, credentials, transform)
+    _log_access(config, keys, running.address)
+    if metrics_port is not None:
+        log.info("metrics at http://%s:%d/metrics", _format_host(config.metrics_host), metrics_port)
+    return running
+
+
+def _read_bundle(bundle: Path):
+    manifest = read_manifest(bundle)
+    if not manifest.frontend_id:
+        raise BundleError(f"{bundle}/manifest.json has no frontend_id")
+    numpy_dtype(manifest.protected_tensor.data_type)
+    if len(manifest.protected_tensor.shape) < 2 or manifest.embedding_size <= 0:
+        raise BundleError(f"{bundle}/manifest.json lacks the protected tensor shape or embedding size")
+    return manifest
+
+
+def _log_serving(config: ServerConfig, manifest, running: RunningServer, credentials, transform) -> None:
+    batcher, gallery = running.batcher, running.gallery
     tls = "mtls" if config.tls_client_ca else "tls" if credentials else "off"
     batching = (
         f"max_batch={batcher.max_batch} max_delay_ms={config.max_delay_ms:g}" if batcher.enabled else "off"
@@ -311,18 +377,17 @@ async def start(config: ServerConfig) -> RunningServer:
     log.info(
         "ppfr-cloud serving bundle=%s method=%s frontend_id=%s runtime=%s threads=%d engines=%d address=%s "
         "tls=%s batching=%s gallery=%s (%d subjects, %d templates)",
-        bundle,
+        config.bundle,
         manifest.method,
         manifest.frontend_id[:12],
-        runtime.name,
+        batcher.runtime.name,
         config.threads,
         batcher.engines,
         running.address,
         tls,
         batching,
         db_label(config.db),
-        gallery.subject_count,
-        gallery.template_count,
+        *gallery.sizes(),
     )
     if transform is not None:
         log.info(
@@ -331,24 +396,26 @@ async def start(config: ServerConfig) -> RunningServer:
         )
     if credentials is None and not _is_loopback(config.host):
         log.warning("serving without TLS on %s: protected tensors cross the network unencrypted", config.host)
-    if keys is None:
-        log.warning(
+
+
+def _log_access(config: ServerConfig, keys, address: str) -> None:
+    if keys is None:  # at the logger's own level: shown however quiet the log is (--log-level ERROR)
+        log.log(
+            max(logging.WARNING, log.getEffectiveLevel()),
             "AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach %s can enroll, identify, "
             "list and delete subjects. Use this for local experiments only.",
-            running.address,
+            address,
         )
-    else:
-        active = sum(k.active for k in keys.list_keys())
-        log.info("API keys required (key file %s, %d active keys)", keys.path, active)
-        if not active:
-            log.warning(
-                "no active API key: every call will be refused; create one with "
-                "`ppfr-cloud keys create --keys %s --name NAME --scopes verify,enroll`",
-                keys.path,
-            )
-    if metrics_port is not None:
-        log.info("metrics at http://%s:%d/metrics", _format_host(config.metrics_host), metrics_port)
-    return running
+        return
+    active = sum(k.active for k in keys.list_keys())
+    log.info("API keys required (keys in %s, %d active keys)", keys.path, active)
+    if isinstance(keys.path, Path) and (warning := shared_file_warning(keys.path)):
+        log.warning(warning)
+    if not active:
+        log.warning(
+            "no active API key: every call will be refused; create one with "
+            "`ppfr-cloud keys create --db DB --name NAME --scopes verify,enroll` (--keys FILE for a key file)"
+        )
 
 
 def _open_gallery(config: ServerConfig, manifest):

@@ -1,19 +1,28 @@
 """The ppfr.v1.FaceVerification service on grpc.aio: validate, embed through the batcher, match against the
 gallery. Requests are checked before the engine; errors map to gRPC status codes with a clear message and
-never reach the logs with tensor or template content."""
+never reach the logs with tensor or template content.
+
+What a key learns depends on its scopes (docs/cloud.md, "Scope matrix"); the calling key comes from the
+gate (cloud/interceptor.py, CALLER). Admin keys (and every caller when authentication is off) see scores,
+counts and subject ids; a verify key gets Verify's decision only, an unknown subject answered exactly like
+a non-match, and failed attempts per subject are limited; an enroll key enrolls into new subjects or its
+own and deletes only templates it enrolled. Gallery work runs on threads (never on the event loop), its
+latency in ppfr_gallery_seconds."""
 
 import asyncio
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 import grpc
 from google.protobuf import timestamp_pb2
 from ppfr.cloud import validation
+from ppfr.cloud.auth import FailedAttempts
 from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
-from ppfr.cloud.gallery import Gallery
-from ppfr.cloud.interceptor import REQUEST_ID
+from ppfr.cloud.gallery import Gallery, GalleryUnavailable, SubjectTaken
+from ppfr.cloud.interceptor import CALLER, REQUEST_ID
 from ppfr.cloud.template_key import TemplateTransform
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
@@ -21,6 +30,12 @@ from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
 log = logging.getLogger("ppfr.cloud")
 
 MAX_MESSAGE_CHARS = 300  # error details stay small whatever the request held
+READ_THREADS = 4  # gallery reads (PostgreSQL: a log query each) run on these, never on the event loop
+
+
+def is_admin(key) -> bool:
+    """None: authentication is off, every caller may do everything."""
+    return key is None or "admin" in key.scopes
 
 
 class NotFound(LookupError):
@@ -53,6 +68,13 @@ def _rpc(method):
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it finished"
         except BatcherClosed as err:
             code, message = grpc.StatusCode.UNAVAILABLE, str(err)
+        except GalleryUnavailable as err:
+            if self.watch is not None:
+                self.watch.failed(err)  # logged once per incident
+            code, message = grpc.StatusCode.UNAVAILABLE, "the gallery database is unavailable; retry later"
+        except SubjectTaken:
+            code = grpc.StatusCode.PERMISSION_DENIED
+            message = "this subject_id was enrolled by another key: choose another subject_id"
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -79,6 +101,9 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         batcher: DynamicBatcher,
         gallery: Gallery,
         template_transform: TemplateTransform | None = None,
+        metrics=None,
+        failed_attempts: FailedAttempts | None = None,
+        verify_scores: bool = False,
     ):
         self.manifest = manifest
         self.bundle_name = bundle_name
@@ -89,8 +114,16 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         self.template_transform = template_transform
         self.validate_face = FaceValidator(manifest)
         self.threshold = float(manifest.threshold.cosine)
-        # SQLite writes (with their fsync) run here so the event loop never waits on the disk.
+        # Writes (with their fsync) run on one thread, reads on a few: the event loop never waits on the
+        # database, and a read never queues behind a write's commit.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppfr-gallery")
+        self._read_threads = ThreadPoolExecutor(
+            max_workers=READ_THREADS, thread_name_prefix="ppfr-gallery-read"
+        )
+        self.metrics = metrics
+        self.attempts = failed_attempts or FailedAttempts(0, 0)
+        self.verify_scores = verify_scores  # show Verify's score to verify keys too (server option)
+        self.watch = None  # the GalleryWatch (cloud/health.py), set by the server
 
     # --- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -112,11 +145,36 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         return self.template_transform.apply(embedding)
 
     async def _in_db_thread(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+        return await self._timed(self._db_thread, fn, *args)
 
-    def _require_subject(self, subject_id: str) -> None:
-        if not self.gallery.has_subject(subject_id):
+    async def _read(self, fn, *args):
+        return await self._timed(self._read_threads, fn, *args)
+
+    async def _timed(self, pool, fn, *args):
+        start = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        finally:
+            if self.metrics is not None:
+                self.metrics.gallery_latency.labels(fn.__name__).observe(time.perf_counter() - start)
+
+    async def _require_subject(self, subject_id: str) -> None:
+        if not await self._read(self.gallery.has_subject, subject_id):
             raise NotFound(f"subject {subject_id!r} is not enrolled")
+
+    def _decide(self, subject_id: str, score: float | None, key) -> bool:
+        """Verify's decision; failures count towards the subject's lock-out (admin keys are exempt)."""
+        if is_admin(key):
+            return score is not None and score >= self.threshold
+        if self.attempts.locked(subject_id):
+            log.warning(
+                "request_id=%s Verify refused: too many failed attempts on one subject", REQUEST_ID.get()
+            )
+            return False
+        match = score is not None and score >= self.threshold
+        if not match:
+            self.attempts.failed(subject_id)
+        return match
 
     # --- rpcs ------------------------------------------------------------------------------------------
     @_rpc
@@ -127,27 +185,28 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         # A caller whose deadline has passed gets no new enrollment. The deadline can still pass during the
         # commit, so DEADLINE_EXCEEDED does not prove nothing was stored: retry with the same idempotency_key.
         self._remaining(context)
-        enrolled = await self._in_db_thread(self.gallery.enroll, subject_id, embedding, key)
+        caller = CALLER.get()
+        owner, admin = (caller.key_id if caller else None), is_admin(caller)
+        enrolled = await self._in_db_thread(self.gallery.enroll, subject_id, embedding, key, owner, not admin)
         create_time = timestamp_pb2.Timestamp()
         create_time.FromNanoseconds(int(enrolled.create_time * 1e9))
         return verification_pb2.EnrollResponse(
             subject_id=subject_id,
             template_id=enrolled.template_id,
-            template_count=enrolled.template_count,
+            template_count=enrolled.template_count if admin else 0,  # counts only for admin keys
             create_time=create_time,
         )
 
     @_rpc
     async def Verify(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
-        tensor = self.validate_face(request.face)
-        self._require_subject(subject_id)
-        embedding = await asyncio.wait_for(self.batcher.embed(tensor), self._remaining(context))
-        score = self.gallery.verify(subject_id, self._template(embedding))
-        if score is None:  # deleted while the face was being embedded
-            raise NotFound(f"subject {subject_id!r} is not enrolled")
+        embedding = await self._embed(request.face, context)
+        score = await self._read(self.gallery.verify, subject_id, embedding)  # None: not enrolled
+        key = CALLER.get()
+        match = self._decide(subject_id, score, key)
+        shown = score if score is not None and (self.verify_scores or is_admin(key)) else 0.0
         return verification_pb2.VerifyResponse(
-            subject_id=subject_id, score=score, match=score >= self.threshold, threshold=self.threshold
+            subject_id=subject_id, score=shown, match=match, threshold=self.threshold
         )
 
     @_rpc
@@ -157,7 +216,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         # Only matches: a caller learns nothing about subjects that score below the threshold.
         candidates = [
             verification_pb2.Candidate(subject_id=m.subject_id, score=m.score, match=True)
-            for m in self.gallery.identify(embedding, top_k)
+            for m in await self._read(self.gallery.identify, embedding, top_k)
             if m.score >= self.threshold
         ]
         return verification_pb2.IdentifyResponse(candidates=candidates, threshold=self.threshold)
@@ -165,7 +224,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def DeleteSubject(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
-        self._require_subject(subject_id)
+        await self._require_subject(subject_id)
         deleted = await self._in_db_thread(self.gallery.delete, subject_id)
         if not deleted:
             raise NotFound(f"subject {subject_id!r} is not enrolled")
@@ -174,10 +233,13 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def DeleteTemplate(self, request, context):
         template_id = validation.template_id(request.template_id)
-        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id)
+        caller = CALLER.get()
+        owner = None if is_admin(caller) else caller.key_id  # enroll keys: only what they enrolled
+        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id, owner)
         if subject_id is None:
-            raise NotFound(f"template {template_id} does not exist")
-        return verification_pb2.DeleteTemplateResponse(subject_id=subject_id, template_id=template_id)
+            raise NotFound(f"template {template_id} does not exist or was enrolled by another key")
+        shown = subject_id if owner is None else ""  # the subject id only for admin keys
+        return verification_pb2.DeleteTemplateResponse(subject_id=shown, template_id=template_id)
 
     @_rpc
     async def ListSubjects(self, request, context):
@@ -194,6 +256,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def GetServerInfo(self, request, context):
         m = self.manifest
+        subjects, templates = await self._read(self.gallery.fresh_sizes)
         return verification_pb2.ServerInfo(
             bundle_name=self.bundle_name,
             method=m.method,
@@ -202,11 +265,12 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
             protected_tensor=m.protected_tensor,
             embedding_size=m.embedding_size,
             threshold=self.threshold,
-            subject_count=self.gallery.subject_count,
-            template_count=self.gallery.template_count,
+            subject_count=subjects,
+            template_count=templates,
             max_batch_size=self.batcher.max_batch if self.batcher.enabled else 1,
             ppfr_version=_package_version(),
         )
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
+        self._read_threads.shutdown(wait=True)

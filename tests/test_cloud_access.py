@@ -353,10 +353,10 @@ def test_zero_face_identify_lists_nobody(stubs, protect, faces):
 
 
 def test_a_fuzz_of_malformed_requests_gets_no_ok_and_no_internal_error(server, stubs, protect, faces):
-    """The harness's malformed cases (bench/harden.py; docs/cloud.md has the 1,200-case figures)."""
+    """The harness's malformed cases (tests/hardening.py; docs/cloud.md has the 1,200-case figures)."""
     import asyncio
 
-    from ppfr.bench.harden import malformed_cases, send_all
+    from hardening import malformed_cases, send_all
 
     good = protect(faces[0])
     stubs["admin"].Enroll(pb.EnrollRequest(subject_id="fuzz-subject", face=good))

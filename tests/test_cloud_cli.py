@@ -83,5 +83,9 @@ def test_keys_create_list_revoke(run_cli, tmp_path):
     assert out.returncode == 2 and "no active key" in out.stderr
     out = run_cli("keys", "create", "--db", db, "--name", "x", "--scopes", "root")
     assert out.returncode == 2 and "scopes" in out.stderr and "Traceback" not in out.stderr
-    out = run_cli("keys", "list", "--db", "postgresql://db.example/ppfr")  # no file beside a URL
-    assert out.returncode == 2 and "--keys FILE" in out.stderr
+    out = run_cli("keys", "list", "--db", "postgresql://nobody@127.0.0.1:1/ppfr")  # keys in the database
+    assert (
+        out.returncode == 2
+        and "cannot open the API key table" in out.stderr
+        and "Traceback" not in out.stderr
+    )
