@@ -195,6 +195,8 @@ def demo(args, started: float) -> int:
         if not config.is_file():
             raise DemoError(f"config {config} not found (run ppfr-demo in the checkout)")
         bundle = ensure_bundle(config, args.run or config.stem, args.set)
+    if not (bundle / "manifest.json").is_file():
+        raise DemoError(f"{bundle} is not a bundle (no manifest.json): run `make export` first")
     calibration = json.loads((bundle / "manifest.json").read_text()).get("threshold", {})
     people = choose_people(args.identities, args.enroll)
     WORKDIR.mkdir(parents=True, exist_ok=True)
