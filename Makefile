@@ -78,6 +78,13 @@ attack: $(SETUP)
 postgres: $(STAMP)
 	$(PY) -m ppfr.cloud.pglocal runs/postgres
 
+# A deployment on this machine: PostgreSQL (pgserver), two replicas sharing it (gRPC + HTTP/JSON + /metrics)
+# and a client spreading real-face calls over both (gRPC round_robin), then everything stops; non-zero exit on
+# any failure. The same entry script (deploy/cluster.py) runs deploy/compose.yaml's containers. docs/cloud.md.
+.PHONY: cluster
+cluster: $(SETUP)
+	$(PY) deploy/cluster.py up
+
 # The gallery at 10k/100k/1M templates: SQLite and PostgreSQL, exact and compressed (runs/bench-gallery/gallery.{json,md,png}).
 # GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see python -m ppfr.bench.gallery_bench --help)
 bench-gallery: $(STAMP)
