@@ -10,6 +10,7 @@ addresses), then checks what a deployment must do:
 Exit status 0 only if all of that holds.
 """
 
+import ipaddress
 import json
 import os
 import re
@@ -27,6 +28,11 @@ _SAMPLE = re.compile(r"^ppfr_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$
 def add_arguments(p) -> None:
     env = os.environ.get
     p.add_argument("--targets", required=True, help="gRPC addresses of the replicas, HOST:PORT,HOST:PORT")
+    p.add_argument(
+        "--balanced",
+        help="gRPC target spread over the replicas (default ipv4:TARGETS; a DNS name with one record per "
+        "replica: dns:///NAME:PORT)",
+    )
     p.add_argument("--bundle", type=Path, default=env("PPFR_BUNDLE"), help="the replicas' bundle")
     data = env("PPFR_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
     p.add_argument("--data", type=Path, default=data, help="the shared face data (default ../shared/data)")
@@ -73,10 +79,20 @@ def read_face(path: Path):
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def round_robin_channel(targets: list[str]) -> grpc.Channel:
-    """One channel over every replica: the ipv4 resolver takes a list of addresses, round_robin uses them
-    in turn (a load balancer or a DNS name with several records does the same in production)."""
-    target = "ipv4:" + ",".join(targets)
+def balanced_target(targets: list[str], given: str | None) -> str:
+    """The ipv4 resolver takes a list of addresses; names need a DNS name with a record per replica."""
+    if given:
+        return given
+    for target in targets:
+        try:
+            ipaddress.ip_address(target.rsplit(":", 1)[0].strip("[]"))
+        except ValueError:
+            raise SystemExit(f"client: {target} is no IP address; give --balanced dns:///NAME:PORT") from None
+    return ("ipv6:" if ":" in targets[0].rsplit(":", 1)[0] else "ipv4:") + ",".join(targets)
+
+
+def round_robin_channel(target: str) -> grpc.Channel:
+    """One channel over every replica: round_robin sends each call to the next ready replica."""
     return grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
 
 
@@ -113,7 +129,8 @@ class Session:
 
         self.frontend = FrontEnd(args.bundle, threads=1)
         self.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-        self.channel = round_robin_channel(self.targets)
+        self.balanced = balanced_target(self.targets, args.balanced)
+        self.channel = round_robin_channel(self.balanced)
         self.stub = verification_pb2_grpc.FaceVerificationStub(self.channel)
         self.metadata = (("x-api-key", key),)
         self.key = key
@@ -172,7 +189,7 @@ def run(args) -> int:
         raise SystemExit("client: needs --bundle (or $PPFR_BUNDLE)")
     session = Session(args, api_key(args))
     chosen = people(args.data, args.subjects)
-    log(f"{len(chosen)} LFW people over {len(session.targets)} replicas: {', '.join(session.targets)}")
+    log(f"{len(chosen)} LFW people, calls spread over {session.balanced} (round_robin)")
     try:
         for name, first, _ in chosen:
             session.enroll(name, first)
