@@ -77,10 +77,11 @@ def _bundle_sources(artifacts: Path, runs: Path) -> list[dict]:
 
 def pack(out: Path = PACK, data: Path | None = None, faces: int = 64, artifacts=None, runs=None) -> Path:
     import torch
+    from ppfr.data import data_path
     from ppfr.train.model import build_model, save_release
     from ppfr.train.pretrained import PretrainedError, weights_dir
 
-    data = Path(data) if data else REPO.parent / "shared" / "data"
+    data = Path(data) if data else data_path()
     folder = data / "celeba" / "aligned112"
     paths = sorted(folder.glob("*/*.jpg"))
     if len(paths) < faces:
@@ -396,7 +397,9 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command")
     k = sub.add_parser("pack", help="write the packed faces, weights and checkpoints (needs ../shared)")
     k.add_argument("--out", type=Path, default=PACK)
-    k.add_argument("--data", type=Path, default=None, help="shared face data (default ../shared/data)")
+    k.add_argument(
+        "--data", type=Path, default=None, help="shared face data (default $PPFR_DATA/data or ../shared/data)"
+    )
     k.add_argument("--faces", type=int, default=64)
     p.add_argument("--pack", type=Path, default=PACK, help="the packed folder (default .gpu-check/)")
     p.add_argument("--json", type=Path, default=REPO / "runs" / "gpu-check" / "gpu_check.json")

@@ -20,7 +20,7 @@ SHARED = "../shared/data"
 METHOD_EXAMPLE = "{name: rgb|bdct|ppfr_fd|dctdp|partialface, ...}"
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """A user mistake in the config: reported without a traceback."""
 
 

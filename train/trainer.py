@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -310,7 +311,7 @@ class TrainState:
     )
     model: nn.Module | None = None  # the module under DistributedDataParallel; None: the module itself
     amp: bool = False  # bfloat16 autocast (CUDA)
-    log: object = print
+    log: Callable[..., None] = print  # a no-op on every rank but 0
 
 
 def _apply_schedule(state: TrainState) -> None:
