@@ -183,8 +183,8 @@ def test_every_shipped_config_builds():
     from pathlib import Path
 
     from ppfr.train.backbones import build_backbone
+    from ppfr.train.config import full_config, load_config
     from ppfr.train.methods import build_method
-    from ppfr.train.trainer import full_config, load_config
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     names = {p.stem for p in configs}
