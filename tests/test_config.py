@@ -139,3 +139,7 @@ def test_ppfr_train_exits_2_with_one_line(tmp_path, capsys):
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "nope.yaml does not exist" in proc.stderr
+    bad.write_text("method: {name: rgb\n")
+    assert train_cli(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and err.count("\n") == 1

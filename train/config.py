@@ -124,7 +124,7 @@ def _read(path: Path) -> dict:
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must be a mapping")
     return cfg
