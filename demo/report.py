@@ -33,23 +33,7 @@ def best_split(g_scores, i_scores) -> tuple[float, float]:
     return t, float(np.mean((scores > t) == same))
 
 
-def report(people, enrolled, verified, identified, calibration: dict, started: float, bundle: Path) -> dict:
-    threshold = calibration.get("cosine", 0.0)
-    genuine = [r for r in verified if r["ok"] and r["kind"] == "genuine"]
-    impostor = [r for r in verified if r["ok"] and r["kind"] == "impostor"]
-    accepted = sum(r["match"] for r in genuine)
-    rejected = sum(not r["match"] for r in impostor)
-    ranked = [r for r in identified if r["ok"] and r["candidates"]]
-    rank1 = sum(r["candidates"][0]["subject_id"] == r["truth"] for r in ranked)
-    g_scores = np.array([r["score"] for r in genuine])
-    i_scores = np.array([r["score"] for r in impostor])
-    both = len(g_scores) and len(i_scores)
-    separation = float((g_scores[:, None] > i_scores[None, :]).mean()) if both else 0.0
-    done = [r for r in enrolled + verified + identified if r["ok"]]
-    failed = len(enrolled + verified + identified) - len(done)
-    payload = sorted({r["payload_bytes"] for r in done})
-    accuracy = (accepted + rejected) / max(1, len(genuine) + len(impostor))
-
+def print_gallery(people, enrolled, bundle: Path, threshold: float) -> None:
     print("\n" + "=" * 78)
     print(f"ppfr demo - bundle {shown(bundle)}, verification threshold (cosine) {threshold:.3f}")
     n_raw = sum(p["raw"] for p in people)
@@ -57,6 +41,17 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
     raw_probes = sum(len(p["probes"]) for p in people if p["raw"])
     print(f"         ({n_raw} identities from raw photos through YuNet + alignment, the rest from aligned")
     print(f"         crops; {raw_probes} of {sum(len(p['probes']) for p in people)} probes are raw photos)")
+
+
+def print_verification(genuine, impostor, calibration: dict) -> dict:
+    """Sample decisions and the verification figures; returns them for summary.json."""
+    accepted = sum(r["match"] for r in genuine)
+    rejected = sum(not r["match"] for r in impostor)
+    accuracy = (accepted + rejected) / max(1, len(genuine) + len(impostor))
+    g_scores = np.array([r["score"] for r in genuine])
+    i_scores = np.array([r["score"] for r in impostor])
+    both = len(g_scores) and len(i_scores)
+    separation = float((g_scores[:, None] > i_scores[None, :]).mean()) if both else 0.0
     print("\nsample decisions (probe -> claimed identity: score, decision):")
     for r in genuine[:4] + impostor[:4]:
         verdict = "ACCEPT" if r["match"] else "reject"
@@ -78,10 +73,30 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
         t, acc = best_split(g_scores, i_scores)
         print(f"  for reference, the threshold that best separates these probes ({t:.3f}, chosen after")
         print(f"  the fact, so optimistic) gives accuracy {acc:.1%}")
+    return {
+        "genuine_accepted": accepted,
+        "genuine": len(genuine),
+        "impostor_rejected": rejected,
+        "impostor": len(impostor),
+        "accuracy": accuracy,
+        "pair_separation": separation,
+    }
+
+
+def print_identification(people, identified) -> dict:
+    ranked = [r for r in identified if r["ok"] and r["candidates"]]
+    rank1 = sum(r["candidates"][0]["subject_id"] == r["truth"] for r in ranked)
     asked = sum(r["ok"] for r in identified)
     print(f"identification 1:{len(people)} (Identify answers only candidates above the threshold):")
     print(f"  probes with a match       {share(len(ranked), asked)}")
     print(f"  top match the right person {share(rank1, len(ranked))}")
+    return {"rank1_correct": rank1, "identified": len(ranked)}
+
+
+def print_costs(results, started: float) -> dict:
+    """Latency per stage, payload bytes and failures over every request."""
+    done = [r for r in results if r["ok"]]
+    payload = sorted({r["payload_bytes"] for r in done})
     print("\nlatency per image in ms (this machine; one ppfr-edge process per batch of images):")
     for stage in ("detect", "align", "protect", "round_trip"):
         values = [r["timings_ms"][stage] for r in done if stage in r["timings_ms"]]
@@ -89,25 +104,23 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
     print(f"  {'edge total':11s} {percentiles([sum(r['timings_ms'].values()) for r in done])}")
     sizes = ", ".join(f"{b:,} B" for b in payload)
     print(f"payload per query: {sizes} (the protected tensor; no image leaves the edge)")
-    print(f"failed requests: {failed}")
+    print(f"failed requests: {len(results) - len(done)}")
     print(f"demo wall time: {time.monotonic() - started:.0f} s")
     print("=" * 78)
-    return {
-        "bundle": shown(bundle),
-        "threshold": threshold,
-        "identities": len(people),
-        "genuine_accepted": accepted,
-        "genuine": len(genuine),
-        "impostor_rejected": rejected,
-        "impostor": len(impostor),
-        "accuracy": accuracy,
-        "pair_separation": separation,
-        "rank1_correct": rank1,
-        "identified": len(ranked),
-        "payload_bytes": payload,
-        "failed": failed,
-        "wall_s": round(time.monotonic() - started, 1),
-        "decisions": [
-            {k: r[k] for k in ("kind", "image", "subject_id", "score", "match")} for r in genuine + impostor
-        ],
-    }
+    return {"payload_bytes": payload, "failed": len(results) - len(done)}
+
+
+def report(people, enrolled, verified, identified, calibration: dict, started: float, bundle: Path) -> dict:
+    """Prints the report; returns summary.json's content (every verification decision listed)."""
+    threshold = calibration.get("cosine", 0.0)
+    genuine = [r for r in verified if r["ok"] and r["kind"] == "genuine"]
+    impostor = [r for r in verified if r["ok"] and r["kind"] == "impostor"]
+    print_gallery(people, enrolled, bundle, threshold)
+    summary = {"bundle": shown(bundle), "threshold": threshold, "identities": len(people)}
+    summary |= print_verification(genuine, impostor, calibration)
+    summary |= print_identification(people, identified)
+    summary |= print_costs(enrolled + verified + identified, started)
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    keys = ("kind", "image", "subject_id", "score", "match")
+    summary["decisions"] = [{k: r[k] for k in keys} for r in genuine + impostor]
+    return summary
