@@ -1,4 +1,5 @@
-"""`ppfr-cloud serve` (the verification server) and `ppfr-cloud keys create|list|revoke` (its API keys).
+"""`ppfr-cloud serve` (the verification server), `ppfr-cloud keys create|list|revoke` (its API keys) and the
+gallery's data commands (backup, restore, rotate-template-key, audit: cloud/data_commands.py).
 Bad input exits 2 with one clear line."""
 
 import argparse
@@ -8,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from ppfr.cloud import config
 from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStoreError, open_key_store, parse_scopes
+from ppfr.cloud.data_commands import DATA_COMMANDS, add_data_commands
 from ppfr.cloud.gallery import GalleryError, db_arg
+from ppfr.cloud.logs import setup_logging
 from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
 from ppfr.cloud.template_key import TemplateKeyError, file_is_shared, load_secret
@@ -26,74 +30,113 @@ def _port(text: str) -> int:
     return value
 
 
+def _default(name: str):
+    """A setting's default: ServerConfig is the one source of defaults (flags, TOML and environment)."""
+    return ServerConfig.__dataclass_fields__[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppfr-cloud", description="ppfr cloud verification server (gRPC)")
     commands = parser.add_subparsers(dest="command", required=True)
-    s = commands.add_parser("serve", help="serve a bundle's recognizer over gRPC")
-    s.add_argument("--bundle", type=Path, required=True, help="bundle folder written by ppfr-export")
+    s = commands.add_parser(
+        "serve",
+        help="serve a bundle's recognizer over gRPC",
+        description="Every setting may also come from --config FILE (TOML) or $PPFR_CLOUD_<SETTING>; flags "
+        "win over the environment, which wins over the file (docs/cloud.md, Configuration).",
+    )
+    s.add_argument("--config", type=Path, help="TOML file of settings (or $PPFR_CLOUD_CONFIG)")
+    _serve_engine_args(s)
+    _serve_access_args(s)
+    # Defaults stay ServerConfig's: None marks a flag not given, so TOML and environment can set it.
+    s.set_defaults(**{a.dest: None for a in s._actions if a.dest != "help"})
+    _keys_parser(commands)
+    add_data_commands(commands)
+    return parser
+
+
+def _serve_engine_args(s) -> None:
+    s.add_argument("--bundle", type=Path, help="bundle folder written by ppfr-export (required)")
     s.add_argument(
         "--db",
         type=db_arg,
-        required=True,
-        help="SQLite gallery file (created if missing), or postgresql://... shared by replicas",
+        help="SQLite gallery file (created if missing), or postgresql://... shared by replicas (required; "
+        "keep a password out of argv: $PGPASSWORD, ~/.pgpass, $PPFR_CLOUD_DB or --config)",
     )
-    s.add_argument("--port", type=_port, default=50051, help="TCP port; 0 picks a free one (default 50051)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all (default 127.0.0.1)")
+    s.add_argument("--port", type=_port, help=f"TCP port; 0 picks a free one (default {_default('port')})")
+    s.add_argument("--host", help=f"address to bind; 0.0.0.0 for all (default {_default('host')})")
     s.add_argument(
-        "--runtime", choices=RUNTIME_KINDS, default="auto", help="recognizer runtime (default auto)"
+        "--runtime", choices=RUNTIME_KINDS, help=f"recognizer runtime (default {_default('runtime')})"
     )
     s.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
-        help="recognizer precision (default fp32); int8 serves the bundle's recognizer.int8.onnx on ONNX "
-        "Runtime (make it with python -m ppfr.export.quantize; figures in docs/benchmarks.md)",
+        help=f"recognizer precision (default {_default('precision')}); int8 serves the bundle's "
+        "recognizer.int8.onnx on ONNX Runtime (python -m ppfr.export.quantize; docs/benchmarks.md)",
     )
-    s.add_argument("--max-batch", type=int, default=8, help="dynamic batching: largest batch; 1 = off")
+    s.add_argument("--max-batch", type=int, help="dynamic batching: largest batch; 1 = off")
     s.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=2.0,
-        help="dynamic batching: longest wait to fill a batch; 0 = off",
+        "--max-delay-ms", type=float, help="dynamic batching: longest wait to fill a batch; 0 = off"
     )
-    s.add_argument("--threads", type=int, default=0, help="recognizer CPU threads; 0 = one per core")
+    s.add_argument("--threads", type=int, help="recognizer CPU threads; 0 = one per core")
     s.add_argument(
         "--engines",
         type=int,
-        default=1,
-        help="recognizer calls run at once, on one shared session (default 1); for throughput on N cores "
-        "use --engines N --threads 1 (docs/benchmarks.md)",
+        help=f"recognizer calls run at once, on one shared session (default {_default('engines')}); for "
+        "throughput on N cores use --engines N --threads 1 (docs/benchmarks.md)",
     )
+    s.add_argument(
+        "--max-message-bytes", type=int, help="largest gRPC message; default fits the bundle's tensor"
+    )
+    s.add_argument(
+        "--grace-s",
+        type=float,
+        help=f"on shutdown, seconds for calls in progress to finish (default {_default('grace_s'):g}; "
+        "Enrolls are waited for longer)",
+    )
+    s.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.add_argument("--log-format", choices=("text", "json"), help="operational log lines (default text)")
+    s.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED "
+        f"(default {_default('max_concurrent_calls')})",
+    )
+    s.add_argument(
+        "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
+    )
+    s.add_argument("--metrics-host", help=f"address for /metrics (default {_default('metrics_host')})")
+    s.add_argument(
+        "--http-port",
+        type=_port,
+        help="also serve the API as HTTP/JSON on this port, same keys and limits (default off)",
+    )
+
+
+def _serve_access_args(s) -> None:
     s.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM); turns on TLS")
     s.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     s.add_argument("--tls-client-ca", type=Path, help="CA (PEM) for client certificates; turns on mutual TLS")
     s.add_argument(
-        "--max-message-bytes",
-        type=int,
-        help="largest gRPC message; default fits the bundle's tensor (>= 4 MiB)",
+        "--keys",
+        type=Path,
+        help="API key file (default: <db>.keys; a postgresql:// gallery keeps them inside)",
     )
-    s.add_argument("--grace-s", type=float, default=5.0, help="seconds to drain in-flight calls on shutdown")
-    s.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    s.add_argument("--keys", type=Path, help="API key file (default: <db>.keys); see `ppfr-cloud keys`")
     s.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="accept calls without an API key (local experiments only: anyone may change the gallery)",
     )
     s.add_argument(
-        "--max-concurrent-calls",
+        "--max-failed-verifies",
         type=int,
-        default=256,
-        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED (default 256)",
+        help=f"failed Verifies per subject (verify keys) that lock it out for --failed-window-s (default "
+        f"{_default('max_failed_verifies')}; 0 = no limit)",
     )
+    s.add_argument("--failed-window-s", type=float, help=f"(default {_default('failed_window_s'):g})")
     s.add_argument(
-        "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
-    )
-    s.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
-    s.add_argument(
-        "--http-port",
-        type=_port,
-        help="also serve the API as HTTP/JSON on this port, same keys and limits (default off)",
+        "--verify-scores",
+        action="store_true",
+        help="show Verify's score to verify keys too (default: admin only)",
     )
     s.add_argument(
         "--template-key-file",
@@ -103,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Keep it outside the gallery database; the gallery records only its id",
     )
 
+
+def _keys_parser(commands) -> None:
     k = commands.add_parser("keys", help="create, list and revoke API keys")
     actions = k.add_subparsers(dest="action", required=True)
     for name, text in (
@@ -131,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "revoke":
             a.add_argument("key_id", help="the key id shown by `keys list`")
-    return parser
 
 
 def _keys(args) -> int:
@@ -162,56 +206,38 @@ def _keys(args) -> int:
     return 0
 
 
+def serve_config(args, environ=None) -> ServerConfig:
+    """The server's settings: ServerConfig defaults < --config TOML < $PPFR_CLOUD_* < flags
+    (cloud/config.py)."""
+    settings = config.resolve(vars(args), args.config, environ)
+    return config.build(settings, load_secret(settings.get("template_key_file"), environ))
+
+
+def _serve(args) -> int:
+    server_config = serve_config(args)
+    setup_logging(server_config.log_level, server_config.log_format)
+    secret_file = config.resolve(vars(args), args.config).get("template_key_file")
+    if secret_file and file_is_shared(secret_file):
+        logging.getLogger("ppfr.cloud").warning(
+            "template secret file %s is readable by other users (chmod 600 it)", secret_file
+        )
+    asyncio.run(serve(server_config))
+    return 0
+
+
+USER_ERRORS = (ConfigError, BundleError, GalleryError, RuntimeUnavailable, KeyStoreError, TemplateKeyError)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "keys":
-        try:
-            return _keys(args)
-        except KeyStoreError as err:
-            print(f"ppfr-cloud: error: {err}", file=sys.stderr)
-            return 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = {"keys": _keys, "serve": _serve, **DATA_COMMANDS}[args.command]
     try:
-        template_secret = load_secret(args.template_key_file)
-    except TemplateKeyError as err:
-        print(f"ppfr-cloud: error: {err}", file=sys.stderr)
-        return 2
-    if args.template_key_file and file_is_shared(args.template_key_file):
-        logging.getLogger("ppfr.cloud").warning(
-            "template secret file %s is readable by other users (chmod 600 it)", args.template_key_file
-        )
-    config = ServerConfig(
-        bundle=args.bundle,
-        db=args.db,
-        port=args.port,
-        host=args.host,
-        runtime=args.runtime,
-        precision=args.precision,
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        threads=args.threads,
-        engines=args.engines,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        max_message_bytes=args.max_message_bytes,
-        grace_s=args.grace_s,
-        keys=args.keys,
-        insecure_no_auth=args.insecure_no_auth,
-        max_concurrent_calls=args.max_concurrent_calls,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        http_port=args.http_port,
-        template_secret=template_secret,
-    )
-    try:
-        asyncio.run(serve(config))
-    except (ConfigError, BundleError, GalleryError, RuntimeUnavailable, KeyStoreError) as err:
+        return command(args)
+    except USER_ERRORS as err:
         print(f"ppfr-cloud: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ Contract shared by both backends:
 """
 
 import base64
+import hashlib
+import hmac
 import os
 import secrets
 import sqlite3
@@ -58,6 +60,17 @@ CREATE TABLE IF NOT EXISTS templates (
 );
 CREATE INDEX IF NOT EXISTS templates_subject ON templates (subject_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    key_id TEXT,
+    action TEXT NOT NULL,
+    subject_hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 
@@ -71,6 +84,13 @@ class GalleryUnavailable(GalleryError):
 
 class SubjectTaken(PermissionError):
     """An owner-limited enroll into a subject whose templates another key enrolled."""
+
+
+def subject_hash(audit_key: bytes, subject_id: str) -> str:
+    """The audit log's name for a subject: a keyed hash (HMAC-SHA256 under the gallery's own audit key,
+    128 bits), so erasing a subject leaves no readable id behind, yet `ppfr-cloud audit --subject ID` finds
+    its records."""
+    return hmac.new(audit_key, subject_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def new_template_id() -> int:
@@ -297,9 +317,18 @@ class SqliteGallery(MatrixGallery):
         check_meta(stored, wanted, self.path, has_templates)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for key, value in wanted.items():
+            for key, value in {**wanted, "audit_key": secrets.token_hex(32)}.items():
                 if value:
                     self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'audit_key'").fetchone()
+        self._audit_key = bytes.fromhex(row[0])
+
+    def _audit(self, action: str, subject_id: str, key_id: str | None) -> None:
+        """One audit record, in the transaction of the change it records (docs/cloud.md, "Audit log")."""
+        self._db.execute(
+            "INSERT INTO audit (time, key_id, action, subject_hash) VALUES (?, ?, ?, ?)",
+            (time.time(), key_id, action, subject_hash(self._audit_key, subject_id)),
+        )
 
     def _load(self, chunk: int = 20_000) -> None:
         d = self.embedding_size
@@ -367,6 +396,7 @@ class SqliteGallery(MatrixGallery):
                     "idempotency_key, key_id) VALUES (?, ?, ?, ?, ?, ?)",
                     (template_id, subject_id, vec.astype("<f4").tobytes(), now, idempotency_key, owner),
                 )
+                self._audit("enroll", subject_id, owner)
             self._matrix.add(subject_id, template_id, vec)
             count = self._matrix.templates_of(subject_id)
             self._maybe_attach_ann()
@@ -386,7 +416,7 @@ class SqliteGallery(MatrixGallery):
         the deleted rows' bytes any more (docs/cloud.md, "Deletion that erases")."""
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def delete(self, subject_id: str) -> int:
+    def delete(self, subject_id: str, actor: str | None = None) -> int:
         """Removes the subject's templates; returns how many there were (0 for an unknown subject)."""
         with self._lock:
             with self._db:
@@ -394,14 +424,18 @@ class SqliteGallery(MatrixGallery):
                 deleted = self._db.execute(
                     "DELETE FROM templates WHERE subject_id = ?", (subject_id,)
                 ).rowcount
+                if deleted:
+                    self._audit("delete_subject", subject_id, actor)
             self._matrix.remove_subject(subject_id)
             if deleted:
                 self._erase()
         return deleted
 
-    def delete_template(self, template_id: int, owner: str | None = None) -> str | None:
+    def delete_template(
+        self, template_id: int, owner: str | None = None, actor: str | None = None
+    ) -> str | None:
         """Removes one template (with owner: only one that owner enrolled); returns its subject id, or None
-        when there is no such template."""
+        when there is no such template. actor: the key recorded in the audit log (default owner)."""
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -410,6 +444,8 @@ class SqliteGallery(MatrixGallery):
                     "RETURNING subject_id",
                     (int(template_id), owner, owner),
                 ).fetchone()
+                if row is not None:
+                    self._audit("delete_template", row[0], actor or owner)
             if row is None:
                 return None
             self._matrix.remove_template(template_id)

@@ -26,6 +26,7 @@ segments until they are recycled; docs/cloud.md ("Deletion that erases") says wh
 """
 
 import functools
+import secrets
 import threading
 import time
 
@@ -43,6 +44,7 @@ from ppfr.cloud.gallery import (
     encode_page_token,
     meta_wanted,
     new_template_id,
+    subject_hash,
     unit,
     unit_rows,
 )
@@ -61,6 +63,15 @@ CREATE TABLE IF NOT EXISTS ppfr_templates (
     idempotency_key text
 );
 ALTER TABLE ppfr_templates ADD COLUMN IF NOT EXISTS key_id text;
+CREATE TABLE IF NOT EXISTS ppfr_audit (
+    seq bigserial PRIMARY KEY,
+    time double precision NOT NULL,
+    key_id text,
+    action text NOT NULL,
+    subject_hash text NOT NULL
+);
+CREATE OR REPLACE RULE ppfr_audit_no_update AS ON UPDATE TO ppfr_audit DO INSTEAD NOTHING;
+CREATE OR REPLACE RULE ppfr_audit_no_delete AS ON DELETE TO ppfr_audit DO INSTEAD NOTHING;
 CREATE INDEX IF NOT EXISTS ppfr_templates_subject ON ppfr_templates (subject_id);
 CREATE UNIQUE INDEX IF NOT EXISTS ppfr_templates_idempotency ON ppfr_templates (subject_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -190,12 +201,14 @@ class PostgresGallery(MatrixGallery):
                 stored.setdefault("embedding_size", column.removeprefix("vector(").rstrip(")"))
                 has_templates = conn.execute("SELECT 1 FROM ppfr_templates LIMIT 1").fetchone() is not None
                 check_meta(stored, wanted, "the PostgreSQL gallery", has_templates)
-                for key, value in wanted.items():
+                for key, value in {**wanted, "audit_key": secrets.token_hex(32)}.items():
                     if value:
                         conn.execute(
                             "INSERT INTO ppfr_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                             (key, value),
                         )
+                audit_key = conn.execute("SELECT value FROM ppfr_meta WHERE key = 'audit_key'").fetchone()[0]
+                self._audit_key = bytes.fromhex(audit_key)
                 self._vector_oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         except psycopg.errors.FeatureNotSupported as err:
             raise GalleryError(f"pgvector is missing: {_short(err)}") from None
@@ -304,13 +317,20 @@ class PostgresGallery(MatrixGallery):
                         raise SubjectTaken(subject_id)
                     row = (subject_id, new_template_id(), subject_id, text, now, idempotency_key, owner, seq)
                     template_id, count = conn.execute(ENROLL, row).fetchone()
+                    self._audit(conn, "enroll", subject_id, owner)
             except UniqueViolation:  # the same key committed meanwhile (a concurrent retry)
                 return _existing(conn, subject_id, idempotency_key)
             return Enrollment(subject_id, int(template_id), int(count), now)
 
         return self._run(write, retry=False)
 
-    def delete(self, subject_id: str) -> int:
+    def _audit(self, conn, action: str, subject_id: str, key_id: str | None) -> None:
+        conn.execute(
+            "INSERT INTO ppfr_audit (time, key_id, action, subject_hash) VALUES (%s, %s, %s, %s)",
+            (time.time(), key_id, action, subject_hash(self._audit_key, subject_id)),
+        )
+
+    def delete(self, subject_id: str, actor: str | None = None) -> int:
         def write(conn):
             with conn.transaction():
                 seq = conn.execute(NEXT_SEQ).fetchone()[0]
@@ -319,6 +339,7 @@ class PostgresGallery(MatrixGallery):
                     == 0
                 ):
                     return 0
+                self._audit(conn, "delete_subject", subject_id, actor)
                 return conn.execute(
                     "WITH t AS (DELETE FROM ppfr_templates WHERE subject_id = %s RETURNING template_id) "
                     "INSERT INTO ppfr_changes (seq, template_id, added) SELECT %s, template_id, false FROM t",
@@ -327,7 +348,9 @@ class PostgresGallery(MatrixGallery):
 
         return self._run(write, retry=False)
 
-    def delete_template(self, template_id: int, owner: str | None = None) -> str | None:
+    def delete_template(
+        self, template_id: int, owner: str | None = None, actor: str | None = None
+    ) -> str | None:
         key_id = owner
 
         def write(conn):
@@ -349,6 +372,7 @@ class PostgresGallery(MatrixGallery):
                     owner,
                 )
                 conn.execute("DELETE FROM ppfr_subjects WHERE subject_id = %s AND template_count <= 0", owner)
+                self._audit(conn, "delete_template", owner[0], actor or key_id)
             return owner[0]
 
         return self._run(write, retry=False)

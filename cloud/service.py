@@ -225,7 +225,8 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     async def DeleteSubject(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
         await self._require_subject(subject_id)
-        deleted = await self._in_db_thread(self.gallery.delete, subject_id)
+        caller = CALLER.get()
+        deleted = await self._in_db_thread(self.gallery.delete, subject_id, caller.key_id if caller else None)
         if not deleted:
             raise NotFound(f"subject {subject_id!r} is not enrolled")
         return verification_pb2.DeleteSubjectResponse(subject_id=subject_id, deleted_template_count=deleted)
@@ -235,7 +236,8 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         template_id = validation.template_id(request.template_id)
         caller = CALLER.get()
         owner = None if is_admin(caller) else caller.key_id  # enroll keys: only what they enrolled
-        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id, owner)
+        actor = caller.key_id if caller else None
+        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id, owner, actor)
         if subject_id is None:
             raise NotFound(f"template {template_id} does not exist or was enrolled by another key")
         shown = subject_id if owner is None else ""  # the subject id only for admin keys
