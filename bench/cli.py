@@ -203,9 +203,6 @@ def main(argv=None) -> int:
     except (BenchError, EdgeError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"ppfr-bench: error: {err}", file=sys.stderr)
         return 2
-    from .plot import plot
-    from .report import markdown, summary_rows
-
     result = {
         "schema": "ppfr.bench.v1",
         "created": created,
@@ -217,19 +214,27 @@ def main(argv=None) -> int:
         "skipped": skipped,
         **body,
     }
+    write(result, out_dir, log, png=not args.no_e2e)
+    return 0
+
+
+def write(result: dict, out_dir: Path, log, png: bool) -> None:
+    """bench.json, bench.md (printed too) and, with the end-to-end sweep, bench.png."""
+    from .plot import plot
+    from .report import markdown, summary_rows
+
     result["machine"]["load_average_at_end"] = load_average()
     result["summary"] = summary_rows(result)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "bench.md").write_text(markdown(result))
-    if not args.no_e2e:
+    if png:
         plot(result, out_dir / "bench.png")
     log(
         f"wrote {out_dir}/bench.json, bench.md"
-        + ("" if args.no_e2e else ", bench.png")
+        + (", bench.png" if png else "")
         + f" in {result['wall_s']:.0f} s"
     )
     print((out_dir / "bench.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":

@@ -249,22 +249,15 @@ def render(summary: dict) -> str:
 
 
 # --- the run -------------------------------------------------------------------------------------
-def check(args) -> dict:
-    from ppfr.cloud.local import LocalServer, LocalServerError
-    from ppfr.edge.client import Client, make_channel
-    from ppfr.edge.errors import ServerError
+def edge_side(args, pairs: list[Pair], progress):
+    """The bundle's front-end, and every photo once through the edge, raw and aligned."""
     from ppfr.edge.pipeline import Pipeline
 
-    started = time.perf_counter()
-    data = Path(args.data)
-    pairs_file = data / "lfw" / "raw250_pairs.tsv"
-    pairs = choose(read_pairs(pairs_file), args.pairs)
+    data, bundle = Path(args.data), Path(args.bundle)
     roots = {"raw": data / "lfw" / "raw250", "aligned": data / "lfw" / "aligned112"}
     for root in roots.values():
         if not root.is_dir():
             raise CheckError(f"photo folder not found: {root}")
-    progress = Progress(not args.no_progress)
-    bundle = Path(args.bundle)
     pipelines = {
         "raw": Pipeline(
             bundle, aligned=False, strict=args.strict, detector=args.detector, score_threshold=args.min_score
@@ -272,20 +265,24 @@ def check(args) -> dict:
         "aligned": Pipeline(bundle, aligned=True),
     }
     frontend = pipelines["raw"].frontend
-    manifest = frontend.manifest
     names = sorted({n for p in pairs for n in (p.a, p.b)})
-    log(f"{len(pairs)} pairs, {len(names)} photos; bundle {bundle} ({manifest.method})")
-    prepared = {
-        mode: prepare(pipelines[mode], roots[mode], names, progress, f"{mode}: edge") for mode in MODES
-    }
+    log(f"{len(pairs)} pairs, {len(names)} photos; bundle {bundle} ({frontend.manifest.method})")
+    return frontend, {m: prepare(pipelines[m], roots[m], names, progress, f"{m}: edge") for m in MODES}
 
-    server = LocalServer(bundle, workdir=Path(args.out).parent / "work", extra_args=["--max-delay-ms", "1.0"])
+
+def server_side(args, frontend, prepared: dict, pairs: list[Pair], progress):
+    """A local server for the bundle; both modes' pairs through it. Returns (server info, results, rpc)."""
+    from ppfr.cloud.local import LocalServer, LocalServerError
+    from ppfr.edge.client import Client, make_channel
+    from ppfr.edge.errors import ServerError
+
+    work = Path(args.out).parent / "work"
+    server = LocalServer(args.bundle, workdir=work, extra_args=["--max-delay-ms", "1.0"])
     log(f"starting the server: {' '.join(server.command())}")
     try:
         with server:
-            client = Client(
-                make_channel(server.address), server.address, timeout=args.timeout, api_key=server.api_key
-            )
+            address = server.address
+            client = Client(make_channel(address), address, timeout=args.timeout, api_key=server.api_key)
             info = client.info()
             if info.frontend_id and info.frontend_id != frontend.frontend_id:
                 raise CheckError(f"the server serves front-end {info.frontend_id[:12]}, not the bundle's", 1)
@@ -299,17 +296,37 @@ def check(args) -> dict:
         raise CheckError(f"the server did not start: {err}", 1) from None
     except ServerError as err:
         raise CheckError(f"{err} (server log: {server.log_path})", 1) from None
+    return info, results, rpc
 
-    photos = prepared["raw"]["photos"]
+
+def photo_counts(photos: dict) -> dict:
     refused: dict[str, int] = {}
     for p in photos.values():
         if not p["accepted"]:
             refused[p["reason"]] = refused.get(p["reason"], 0) + 1
     accepted = sum(p["accepted"] for p in photos.values())
+    return {
+        "total": len(photos),
+        "accepted": accepted,
+        "accepted_rate": accepted / max(1, len(photos)),
+        "several_faces": sum(p.get("faces_found", 0) > 1 for p in photos.values()),
+        "refused_by_reason": refused,
+        "refused": {n: p["error"] for n, p in photos.items() if not p["accepted"]},
+    }
+
+
+def check(args) -> dict:
+    started = time.perf_counter()
+    pairs_file = Path(args.data) / "lfw" / "raw250_pairs.tsv"
+    pairs = choose(read_pairs(pairs_file), args.pairs)
+    progress = Progress(not args.no_progress)
+    frontend, prepared = edge_side(args, pairs, progress)
+    info, results, rpc = server_side(args, frontend, prepared, pairs, progress)
+    manifest = frontend.manifest
     summary = {
         "schema": "ppfr.raw_pairs.v1",
         "command": ["ppfr-bench", "raw-pairs", *args.argv],
-        "bundle": str(bundle),
+        "bundle": str(args.bundle),
         "method": manifest.method,
         "frontend_id": frontend.frontend_id,
         "threshold": float(manifest.threshold.cosine),
@@ -318,14 +335,7 @@ def check(args) -> dict:
         "threshold_set": manifest.threshold.evaluation_set or "its evaluation set",
         "pairs_file": str(pairs_file),
         "edge_settings": {"strict": args.strict, "min_score": args.min_score, "detector": str(args.detector)},
-        "photos_raw": {
-            "total": len(photos),
-            "accepted": accepted,
-            "accepted_rate": accepted / max(1, len(photos)),
-            "several_faces": sum(p.get("faces_found", 0) > 1 for p in photos.values()),
-            "refused_by_reason": refused,
-            "refused": {n: p["error"] for n, p in photos.items() if not p["accepted"]},
-        },
+        "photos_raw": photo_counts(prepared["raw"]["photos"]),
         "photos_aligned_refused": {
             n: p["error"] for n, p in prepared["aligned"]["photos"].items() if not p["accepted"]
         },
