@@ -22,7 +22,7 @@ from ppfr.cloud import validation
 from ppfr.cloud.auth import FailedAttempts
 from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
 from ppfr.cloud.gallery import Gallery, GalleryUnavailable, SubjectTaken
-from ppfr.cloud.interceptor import CALLER, REQUEST_ID
+from ppfr.cloud.interceptor import CALLER, REQUEST_ID, LogSampler
 from ppfr.cloud.template_key import TemplateTransform
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
@@ -124,6 +124,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         self.attempts = failed_attempts or FailedAttempts(0, 0)
         self.verify_scores = verify_scores  # show Verify's score to verify keys too (server option)
         self.watch = None  # the GalleryWatch (cloud/health.py), set by the server
+        self._lockout_log = LogSampler()
 
     # --- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -162,17 +163,25 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         if not await self._read(self.gallery.has_subject, subject_id):
             raise NotFound(f"subject {subject_id!r} is not enrolled")
 
-    def _decide(self, subject_id: str, score: float | None, key) -> bool:
-        """Verify's decision; failures count towards the subject's lock-out (admin keys are exempt)."""
-        if is_admin(key):
-            return score is not None and score >= self.threshold
-        if self.attempts.locked(subject_id):
-            log.warning(
-                "request_id=%s Verify refused: too many failed attempts on one subject", REQUEST_ID.get()
-            )
+    def _locked_out(self, subject_id: str, key) -> bool:
+        """A subject locked out for a verify key (admin keys are exempt): answered as a plain non-match
+        without running the engine, so an attacker's flood on it costs the server next to nothing."""
+        if is_admin(key) or not self.attempts.locked(subject_id):
             return False
+        logged, held = self._lockout_log.allow()
+        if logged:
+            log.warning(
+                "request_id=%s key=%s Verify answered non-match: too many failed attempts on one subject%s",
+                REQUEST_ID.get(),
+                key.key_id,
+                f" [{held} more not logged]" if held else "",
+            )
+        return True
+
+    def _decide(self, subject_id: str, score: float | None, key) -> bool:
+        """Verify's decision; a verify key's failures count towards the subject's lock-out."""
         match = score is not None and score >= self.threshold
-        if not match:
+        if not match and not is_admin(key):
             self.attempts.failed(subject_id)
         return match
 
@@ -200,9 +209,12 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def Verify(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
+        key = CALLER.get()
+        if self._locked_out(subject_id, key):
+            self.validate_face(request.face)  # a malformed request is still INVALID_ARGUMENT
+            return verification_pb2.VerifyResponse(subject_id=subject_id, threshold=self.threshold)
         embedding = await self._embed(request.face, context)
         score = await self._read(self.gallery.verify, subject_id, embedding)  # None: not enrolled
-        key = CALLER.get()
         match = self._decide(subject_id, score, key)
         shown = score if score is not None and (self.verify_scores or is_admin(key)) else 0.0
         return verification_pb2.VerifyResponse(

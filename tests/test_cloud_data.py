@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from ppfr.cloud.cli import build_parser, main, serve_config
 from ppfr.cloud.gallery import SqliteGallery, open_gallery, unit
-from ppfr.cloud.logs import setup_logging
 from ppfr.cloud.template_key import load_secret
 
 DIM = 128
@@ -150,13 +149,19 @@ def test_the_template_secret_rotates_in_place(tmp_path, capsys):
 def test_json_log_lines():
     import io
 
+    from ppfr.cloud.logs import JsonFormatter
+
     stream = io.StringIO()
-    setup_logging("INFO", "json")
-    logging.getLogger().handlers[0].setStream(stream)
-    logging.getLogger("ppfr.cloud").warning("a %s line", "json")
-    entry = json.loads(stream.getvalue().strip().splitlines()[-1])
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("ppfr.cloud.json-test")
+    logger.addHandler(handler)
+    try:
+        logger.warning("a %s line", "json")
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(stream.getvalue().strip())
     assert entry["message"] == "a json line" and entry["level"] == "WARNING" and entry["time"].endswith("Z")
-    setup_logging("WARNING", "text")
 
 
 def test_flags_toml_and_environment_give_the_same_config(tmp_path):

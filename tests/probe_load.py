@@ -1,0 +1,227 @@
+"""The load parts of tests/cloud_probe.py: a keyless flood, a PostgreSQL outage under enrollment load, a
+backup under enrollment load, and deletion searched for in every gallery file (docs/cloud.md)."""
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cloud_probe import WORK, key_for, start_postgres, stub
+from conftest import lfw_faces
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ppfr.cloud.cli import main as cloud_cli
+from ppfr.cloud.local import LocalServer
+from ppfr.cloud.server import ServerConfig, ServerThread
+from ppfr.protos import verification_pb2 as pb
+
+
+def rss_mb(pid) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def keyed_rate(address, key, face, seconds) -> float:
+    s, md = stub(address, key)
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        s.Verify(pb.VerifyRequest(subject_id="p0", face=face), metadata=md)
+        n += 1
+    return n / seconds
+
+
+async def keyless_flood(address, face, n):
+    request = pb.VerifyRequest(subject_id="x", face=face).SerializeToString()
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary("/ppfr.v1.FaceVerification/Verify")
+        results = await asyncio.gather(*(call(request, timeout=60) for _ in range(n)), return_exceptions=True)
+    return {type(r).__name__ if not isinstance(r, grpc.aio.AioRpcError) else r.code().name for r in results}
+
+
+def flood(bundle, protect, n=8000):
+    face = protect(lfw_faces(1, start=100)[0])
+    with LocalServer(bundle, workdir=WORK / "flood") as server:
+        s, md = stub(server.address, server.api_key)
+        s.Enroll(pb.EnrollRequest(subject_id="p0", face=face), metadata=md)
+        base = keyed_rate(server.address, server.api_key, face, 6)
+        rss0, lines0 = rss_mb(server.process.pid), len(server.log_path.read_text().splitlines())
+        peak, result, rates = [rss0], {}, []
+        flooder = threading.Thread(
+            target=lambda: result.update(codes=asyncio.run(keyless_flood(server.address, face, n)))
+        )
+        t0 = time.monotonic()
+        flooder.start()
+        while flooder.is_alive():
+            rates.append(keyed_rate(server.address, server.api_key, face, 1))
+            peak.append(rss_mb(server.process.pid))
+        took = time.monotonic() - t0
+        lines = len(server.log_path.read_text().splitlines()) - lines0
+        print(
+            f"flood: {n} keyless Verify calls in {took:.1f}s ({result.get('codes')}); keyed Verify/s "
+            f"baseline "
+            f"{base:.1f}, during the flood {np.mean(rates):.1f} ({np.mean(rates) / base:.0%}, worst second "
+            f"{min(rates):.1f}); server RSS {rss0:.0f} -> peak {max(peak):.0f} MB (+{max(peak) - rss0:.0f}); "
+            f"log lines written {lines}"
+        )
+
+
+def outage(bundle, protect, workers=4):
+    pg, url = start_postgres("outage")
+    from pgserver._commands import pg_ctl
+
+    faces = [protect(f) for f in lfw_faces(8, start=100)]
+    try:
+        with LocalServer(bundle, db=url, workdir=WORK / "outage") as server:
+            stop, acked, codes, events = threading.Event(), [], {}, []
+            threads = [
+                threading.Thread(target=enroller, args=(server, faces, w, stop, acked, codes))
+                for w in range(workers)
+            ]
+            watcher = threading.Thread(target=watch_health, args=(server.address, stop, events))
+            for t in [*threads, watcher]:
+                t.start()
+            time.sleep(3)
+            t_stop = time.monotonic()
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.system_user)
+            t_stopped = time.monotonic()
+            time.sleep(5)
+            pg.ensure_postgres_running()
+            t_up = time.monotonic()
+            time.sleep(6)
+            stop.set()
+            for t in [*threads, watcher]:
+                t.join()
+            report_outage(server, acked, codes, events, t_stop, t_stopped, t_up)
+    finally:
+        pg.cleanup()
+
+
+def enroller(server, faces, worker, stop, acked, codes):
+    s, md = stub(server.address, server.api_key)
+    i = 0
+    while not stop.is_set():
+        subject = f"w{worker}-{i}"
+        request = pb.EnrollRequest(subject_id=subject, face=faces[i % len(faces)], idempotency_key=subject)
+        while True:  # retried with the same idempotency key until acknowledged
+            try:
+                s.Enroll(request, metadata=md, timeout=10)
+                acked.append(subject)
+                break
+            except grpc.RpcError as err:
+                codes[err.code().name] = codes.get(err.code().name, 0) + 1
+                if stop.is_set():
+                    return
+                time.sleep(0.1)
+        i += 1
+
+
+def watch_health(address, stop, events):
+    last = None
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while not stop.is_set():
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            if status != last:
+                events.append((time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(status)))
+                last = status
+            time.sleep(0.02)
+
+
+def report_outage(server, acked, codes, events, t_stop, t_stopped, t_up):
+    s, md = stub(server.address, server.api_key)
+    present, token = set(), ""
+    while True:
+        page = s.ListSubjects(pb.ListSubjectsRequest(page_size=1000, page_token=token), metadata=md)
+        present |= {x.subject_id for x in page.subjects}
+        token = page.next_page_token
+        if not token:
+            break
+    down = next((t for t, name in events if name == "NOT_SERVING" and t >= t_stop), None)
+    back = next((t for t, name in events if name == "SERVING" and t >= t_up), None)
+    log = server.log_path.read_text()
+    print(
+        f"outage: pg_ctl stop issued, NOT_SERVING after {down - t_stop:.2f}s "
+        f"(stop took {t_stopped - t_stop:.2f}s); "
+        f"restarted, SERVING {back - t_up:.2f}s after it was up; errors seen by enrollers {codes}; "
+        f"acknowledged {len(acked)}, lost {len(set(acked) - present)}; 'unavailable' log lines "
+        f"{log.count('gallery database unavailable')}"
+    )
+
+
+def backup(bundle, protect):
+    db = WORK / "live.sqlite"
+    faces = [protect(f) for f in lfw_faces(12, start=100)]
+    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
+        key = key_for(db)
+        s, md = stub(running.address, key)
+        stop = threading.Event()
+
+        def load():
+            i = 0
+            while not stop.is_set():
+                s.Enroll(pb.EnrollRequest(subject_id=f"b{i}", face=faces[i % 12]), metadata=md)
+                i += 1
+
+        writers = [threading.Thread(target=load) for _ in range(2)]
+        for w in writers:
+            w.start()
+        time.sleep(2)
+        assert cloud_cli(["backup", "--db", str(db), "--out", str(WORK / "b.sqlite")]) == 0
+        time.sleep(1)
+        stop.set()
+        for w in writers:
+            w.join()
+        assert cloud_cli(["restore", "--db", str(WORK / "r.sqlite"), "--from", str(WORK / "b.sqlite")]) == 0
+        compare_decisions(running, s, md, WORK / "r.sqlite", key, faces)
+
+
+def compare_decisions(running, s, md, restored_db, key, faces):
+    with ServerThread(ServerConfig(bundle=running.config.bundle, db=restored_db, port=0)) as restored:
+        r, rmd = stub(restored.address, key)
+        subjects = [
+            x.subject_id
+            for x in r.ListSubjects(pb.ListSubjectsRequest(page_size=1000), metadata=rmd).subjects
+        ]
+        same = total = 0
+        for subject in subjects:
+            for face in faces[:3]:
+                a = s.Verify(pb.VerifyRequest(subject_id=subject, face=face), metadata=md).match
+                b = r.Verify(pb.VerifyRequest(subject_id=subject, face=face), metadata=rmd).match
+                same, total = same + (a == b), total + 1
+        live = s.GetServerInfo(pb.GetServerInfoRequest(), metadata=md).subject_count
+        print(
+            f"backup: under 2 enrollers, the backup holds {len(subjects)} of the {live} subjects enrolled "
+            f"by the "
+            f"end; Verify decisions identical for {same}/{total} (subject, probe) pairs"
+        )
+
+
+def erase(bundle, protect):
+    db = WORK / "erase.sqlite"
+    faces = [protect(f) for f in lfw_faces(20, start=100)]
+    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
+        s, md = stub(running.address, key_for(db))
+        enrolled = [
+            s.Enroll(pb.EnrollRequest(subject_id=f"e{i}", face=f), metadata=md) for i, f in enumerate(faces)
+        ]
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            blobs = dict(conn.execute("SELECT subject_id, embedding FROM templates").fetchall())
+        for i in range(5):
+            s.DeleteSubject(pb.DeleteSubjectRequest(subject_id=f"e{i}"), metadata=md)
+        for e in enrolled[5:10]:
+            s.DeleteTemplate(pb.DeleteTemplateRequest(template_id=e.template_id), metadata=md)
+        files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
+        data = {p.name: p.read_bytes() for p in files}
+        found = sum(blobs[f"e{i}"][:64] in d for i in range(10) for d in data.values())
+        kept = sum(blobs[f"e{i}"][:64] in d for i in range(10, 20) for d in data.values())
+        print(
+            f"erase: 10 templates deleted through the API; their bytes found in {found} places across "
+            f"{sorted(data)}; the 10 kept found in {kept}"
+        )
+
+
+LOAD_PARTS = {"flood": flood, "outage": outage, "backup": backup, "erase": erase}
