@@ -99,15 +99,15 @@ class LocalServer:
         return cmd + (["--keys", str(self.keys)] if self.keys else []) + self.extra_args
 
     def start(self) -> "LocalServer":
-        self.api_key = self.api_key or self.create_key()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a") as log:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
         try:
+            self.api_key = self.api_key or self.create_key()
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a") as log:  # the child keeps its own copy of the descriptor
+                self.process = subprocess.Popen(
+                    self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
             self.wait_serving()
-        except BaseException:
+        except BaseException:  # a failed start (or Ctrl-C during it) leaves no process and no temp folder
             self.stop()
             raise
         return self
