@@ -4,19 +4,20 @@ spreads its calls over both. `make cluster` runs `up`; the container files run t
     python deploy/cluster.py [up]    # make cluster: all of it on this machine, then stops it all
     python deploy/cluster.py bundle  # the bundle it serves (exports the shipped default once)
     python deploy/cluster.py key     # an API key in the deployment's key store (stdout, or --out FILE)
-    python deploy/cluster.py replica # one replica: ppfr-cloud serve, settings from PPFR_* variables
     python deploy/cluster.py client --targets H:P,H:P ...   # enroll and verify real faces over both
 
 `up` starts PostgreSQL 16 + pgvector from PyPI pgserver (a fresh database in a temporary folder), makes
-the bundle and a key, starts two replicas on free loopback ports (each also serving HTTP/JSON and
-Prometheus /metrics) with `replica`, runs `client` against both (gRPC round_robin over the two
-addresses), prints each replica's call counts from its /metrics, and stops everything, also on failure.
-Exit status 0 only if every step and every call succeeded.
+the bundle and a key, starts two replicas on free loopback ports, each `ppfr-cloud serve` with its settings
+in PPFR_CLOUD_* variables as in a container (gRPC, HTTP/JSON, Prometheus /metrics; API keys in the
+database's table), runs `client` against both (gRPC round_robin over the two addresses), prints each
+replica's call counts from its /metrics, and stops everything, also on failure. Exit status 0 only if
+every step and every call succeeded.
 
-This file is the one place that runs `ppfr-cloud` for the deployment (`_cloud` and `replica`).
+This file is the one place that runs `ppfr-cloud` for the deployment (`_cloud`, `start_replica`).
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,17 +32,6 @@ sys.path.insert(0, str(REPO / "deploy"))  # the client beside this file, whateve
 CHECKPOINT = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
 BUNDLE = REPO / "runs" / "cluster" / "bundle"
 SCOPES = "verify,enroll,admin"
-# `replica`: PPFR_* variable -> `ppfr-cloud serve` flag (a container's settings; flags given win)
-REPLICA_ENV = {
-    "PPFR_BUNDLE": "--bundle",
-    "PPFR_DB": "--db",
-    "PPFR_HOST": "--host",
-    "PPFR_PORT": "--port",
-    "PPFR_HTTP_PORT": "--http-port",
-    "PPFR_METRICS_PORT": "--metrics-port",
-    "PPFR_METRICS_HOST": "--metrics-host",
-    "PPFR_THREADS": "--threads",
-}
 
 
 class ClusterError(RuntimeError):
@@ -81,13 +71,19 @@ def create_key(db: str, name: str = "cluster") -> str:
     return done.stdout.strip()
 
 
-def replica_command(argv: list[str]) -> list[str]:
-    """`ppfr-cloud serve` with the PPFR_* settings of REPLICA_ENV, then the flags given."""
-    flags = []
-    for variable, flag in REPLICA_ENV.items():
-        if os.environ.get(variable) and flag not in argv:
-            flags += [flag, os.environ[variable]]
-    return _cloud("serve", *flags, *argv)
+@contextlib.contextmanager
+def environment(variables: dict):
+    """os.environ with `variables` set (a child started inside inherits them), restored after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # --- up: everything on this machine ----------------------------------------------------------------------
@@ -115,22 +111,23 @@ class Postgres:
 
 
 def start_replica(bundle: Path, db: str, key: str, workdir: Path, name: str):
-    """One replica through `deploy/cluster.py replica`, as a container runs it (cloud/local.py manages
-    the process: free port, SERVING wait, SIGTERM stop)."""
+    """One replica as a container runs it: `ppfr-cloud serve` with every setting in PPFR_CLOUD_* variables
+    (deploy/Dockerfile.server) and the API keys in the database. cloud/local.py manages the process (SERVING
+    wait, SIGTERM stop, log file)."""
     from ppfr.cloud.local import LocalServer, free_port
-
-    http_port, metrics_port = free_port(), free_port()
 
     class Replica(LocalServer):
         def command(self) -> list[str]:
-            return [sys.executable, __file__, "replica", "--port", str(self.port)]
+            return _cloud("serve")
 
-    env = {"PPFR_BUNDLE": str(bundle), "PPFR_DB": db, "PPFR_HOST": "127.0.0.1", "PPFR_THREADS": "1"}
-    env.update(PPFR_HTTP_PORT=str(http_port), PPFR_METRICS_PORT=str(metrics_port))
-    os.environ.update(env)  # the child inherits them (LocalServer starts it from this environment)
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
+    settings = {"BUNDLE": bundle, "DB": db, "HOST": "127.0.0.1", "PORT": port, "THREADS": 1}
+    settings.update(HTTP_PORT=http_port, METRICS_PORT=metrics_port)
     started = time.monotonic()
-    server = Replica(bundle, db=db, workdir=workdir, api_key=key, log_path=workdir / f"replica_{name}.log")
-    server.start()
+    log_path = workdir / f"replica_{name}.log"
+    server = Replica(bundle, db=db, port=port, workdir=workdir, api_key=key, log_path=log_path)
+    with environment({f"PPFR_CLOUD_{k}": str(v) for k, v in settings.items()}):
+        server.start()
     server.http_url, server.metrics_url = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}"
     say(
         f"replica {name} SERVING at {server.address} (HTTP/JSON :{http_port}, metrics :{metrics_port}) "
@@ -143,6 +140,8 @@ def up(args) -> int:
     started = time.monotonic()
     workdir = REPO / "runs" / "cluster"
     workdir.mkdir(parents=True, exist_ok=True)
+    for old_log in workdir.glob("replica_*.log"):
+        old_log.unlink()
     bundle = ensure_bundle()
     replicas = []
     status = 1
@@ -178,9 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = commands.add_parser("bundle", help="export the shipped default for the replicas (once)")
     b.add_argument("--out", type=Path, default=BUNDLE)
     k = commands.add_parser("key", help="create an API key with every scope; printed, or written to --out")
-    k.add_argument("--db", default=os.environ.get("PPFR_DB"), help="the replicas' --db (default $PPFR_DB)")
+    k.add_argument("--db", default=os.environ.get("PPFR_CLOUD_DB"), help="the replicas' db ($PPFR_CLOUD_DB)")
     k.add_argument("--out", type=Path, help="file for the key (mode 0600); default stdout")
-    commands.add_parser("replica", help="ppfr-cloud serve with PPFR_* settings (more flags may follow)")
     from client import add_arguments
 
     add_arguments(commands.add_parser("client", help="enroll and verify real faces over every replica"))
@@ -190,10 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["replica"]:  # every other argument goes to ppfr-cloud serve
-        cmd = replica_command(argv[1:])
-        os.execv(cmd[0], cmd)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "bundle":
@@ -214,7 +208,7 @@ def main(argv=None) -> int:
 
 def write_key(args) -> None:
     if not args.db:
-        raise ClusterError("key needs --db or $PPFR_DB")
+        raise ClusterError("key needs --db or $PPFR_CLOUD_DB")
     key = create_key(args.db)
     if args.out is None:
         print(key)
