@@ -221,7 +221,24 @@ def json_parser(message_class, rpc: str):
 
 
 def to_json(message) -> str:
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=None)
+    """Every field, defaults included, in the order the .proto declares them."""
+    value = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    return json.dumps(_declared_order(value, message.DESCRIPTOR))
+
+
+def _declared_order(value: dict, message_descriptor) -> dict:
+    ordered = {}
+    for f in message_descriptor.fields:
+        if f.json_name not in value:
+            continue
+        item = value[f.json_name]
+        if f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            if f.is_repeated:
+                item = [_declared_order(v, f.message_type) if isinstance(v, dict) else v for v in item]
+            elif isinstance(item, dict):
+                item = _declared_order(item, f.message_type)
+        ordered[f.json_name] = item
+    return ordered
 
 
 # --- the call ------------------------------------------------------------------------------------------
