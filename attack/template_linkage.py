@@ -102,58 +102,66 @@ def _rates(mated, nonmated, thr: float) -> dict:
     }
 
 
+class _Scorer:
+    """Scores of the LFW pairs between two template sets, and one system's figures."""
+
+    def __init__(self, names: list[str], pair_list, same: np.ndarray, folds: np.ndarray, thr: float):
+        index = {n: i for i, n in enumerate(names)}
+        self.i1 = np.array([index[p[0]] for p in pair_list])
+        self.i2 = np.array([index[p[1]] for p in pair_list])
+        self.same, self.folds, self.thr = same, folds, thr
+
+    def scores(self, x, y):
+        return np.sum(x[self.i1] * y[self.i2], axis=1)
+
+    def split(self, s):
+        return s[self.same], s[~self.same]
+
+    def system(self, x, y) -> dict:
+        """One pair of template sets: verification figures, linkage (other photo, same photo)."""
+        from ppfr.train.evaluate import verification_metrics
+
+        s = self.scores(x, y)
+        m, n = self.split(s)
+        same_photo = np.sum(x * y, axis=1)
+        row = {
+            "other_photo": {**_unlink(m, n), **_rates(m, n, self.thr)},
+            "same_photo": {**_unlink(same_photo, n), **_rates(same_photo, n, self.thr)},
+        }
+        v = verification_metrics(s, self.same, self.folds)
+        row["verification"] = {k: v[k] for k in ("accuracy_mean", "accuracy_std", "tar_at_far_1e-03")}
+        return row
+
+
+def _ids(m) -> dict:
+    p = m.method_params
+    return {
+        "frontend_id": m.frontend_id[:16],
+        "key_id": p["key_id"] if "key_id" in p else "",
+        "demo_key": bool(p["demo_key"]) if "demo_key" in p else None,
+    }
+
+
 def measure(
     bundle: Path, other: Path, root: Path, out: Path, pairs: int | None, n_secrets: int, seed: int
 ) -> dict:
-    from ppfr.cloud.template_key import TemplateTransform, template_key_id
-    from ppfr.train.evaluate import verification_metrics
-
     a, b = Bundle(bundle), Bundle(other)
     if a.manifest.method != b.manifest.method:
         raise SystemExit("ppfr.attack.template_linkage: the two bundles are of different methods")
     pair_list, same, folds = lfw_pairs(root, pairs)
     names = sorted({p for pr in pair_list for p in pr})
-    index = {n: i for i, n in enumerate(names)}
-    i1 = np.array([index[p[0]] for p in pair_list])
-    i2 = np.array([index[p[1]] for p in pair_list])
     t0 = time.time()
     ea = _embed_all(a, root, names, out / "cache", seed, 64)
     eb = _embed_all(b, root, names, out / "cache", seed + 1, 64)
     embed_s = time.time() - t0
     thr = float(a.manifest.threshold.cosine)
-
-    def scores(x, y):
-        return np.sum(x[i1] * y[i2], axis=1)
-
-    def split(s):
-        return s[same], s[~same]
-
-    def system(x, y) -> dict:
-        """One pair of template sets: verification figures, linkage (other photo, same photo)."""
-        s = scores(x, y)
-        m, n = split(s)
-        same_photo = np.sum(x * y, axis=1)
-        row = {
-            "other_photo": {**_unlink(m, n), **_rates(m, n, thr)},
-            "same_photo": {**_unlink(same_photo, n), **_rates(same_photo, n, thr)},
-        }
-        v = verification_metrics(s, same, folds)
-        row["verification"] = {k: v[k] for k in ("accuracy_mean", "accuracy_std", "tar_at_far_1e-03")}
-        return row
-
-    def ids(m):
-        p = m.method_params
-        return {
-            "frontend_id": m.frontend_id[:16],
-            "key_id": p["key_id"] if "key_id" in p else "",
-            "demo_key": bool(p["demo_key"]) if "demo_key" in p else None,
-        }
-
-    res = {
+    sc = _Scorer(names, pair_list, same, folds, thr)
+    floor = sc.split(sc.scores(ea, ea))[1]
+    return {
         "bundle": str(bundle),
         "other": str(other),
-        "bundle_ids": ids(a.manifest),
-        "other_ids": ids(b.manifest),
+        "bundle_ids": _ids(a.manifest),
+        "other_ids": _ids(b.manifest),
         "same_recognizer": a.manifest.recognizer.sha256 == b.manifest.recognizer.sha256,
         "threshold_cosine": thr,
         "threshold_source": a.manifest.threshold.evaluation_set,
@@ -161,15 +169,21 @@ def measure(
         "images": len(names),
         "embed_seconds": round(embed_s, 1),
         "estimator_floor": {
-            "dsys_kde": null_dsys(split(scores(ea, ea))[1], estimator="kde"),
-            "dsys_hist": null_dsys(split(scores(ea, ea))[1], estimator="hist"),
+            "dsys_kde": null_dsys(floor, estimator="kde"),
+            "dsys_hist": null_dsys(floor, estimator="hist"),
             "what": "D<->sys between two random halves of the same-key non-mated scores (same distribution)",
         },
-        "plain_same_key": system(ea, ea),
-        "plain_same_key_other": system(eb, eb),
-        "plain_cross_key": system(ea, eb),
+        "plain_same_key": sc.system(ea, ea),
+        "plain_same_key_other": sc.system(eb, eb),
+        "plain_cross_key": sc.system(ea, eb),
+        "renewable": _renewable(sc, ea, eb, names, n_secrets, seed),
     }
-    # Renewable templates: n_secrets fresh pairs of secrets (never stored), their ids only.
+
+
+def _renewable(sc: _Scorer, ea, eb, names: list[str], n_secrets: int, seed: int) -> dict:
+    """Renewable templates: n_secrets fresh pairs of secrets (never stored), their ids only."""
+    from ppfr.cloud.template_key import TemplateTransform, template_key_id
+
     d = ea.shape[1]
     same_secret, two_secrets, cross_deploy, max_dev, key_ids = [], [], [], 0.0, []
     people = np.array([n.split("/")[0] for n in names])
@@ -182,18 +196,18 @@ def measure(
         t1, t2 = TemplateTransform(s1, d), TemplateTransform(s2, d)
         key_ids.append([template_key_id(s1), template_key_id(s2)])
         qa1 = t1.apply(ea)
-        same_secret.append(system(qa1, qa1))
-        max_dev = max(max_dev, float(np.max(np.abs(scores(qa1, qa1) - scores(ea, ea)))))
+        same_secret.append(sc.system(qa1, qa1))
+        max_dev = max(max_dev, float(np.max(np.abs(sc.scores(qa1, qa1) - sc.scores(ea, ea)))))
         qa2, qb2 = t2.apply(ea), t2.apply(eb)
-        two_secrets.append(system(qa1, qa2))
-        cross_deploy.append(system(qa1, qb2))
+        two_secrets.append(sc.system(qa1, qa2))
+        cross_deploy.append(sc.system(qa1, qb2))
         if not attack:  # the alignment does not depend on the secrets (it is rotation-equivariant)
             for label, x2 in (("two_secrets", qa2), ("cross_deployment", qb2)):
                 attack[label] = {
-                    "stats_all_templates": system(qa1, _aligned(qa1, x2, everyone, everyone)),
-                    "stats_disjoint_people": system(qa1, _aligned(qa1, x2, first, ~first)),
+                    "stats_all_templates": sc.system(qa1, _aligned(qa1, x2, everyone, everyone)),
+                    "stats_disjoint_people": sc.system(qa1, _aligned(qa1, x2, first, ~first)),
                 }
-    res["renewable"] = {
+    return {
         "secret_pairs": n_secrets,
         "secret_ids": key_ids,
         "same_secret": _summary(same_secret),
@@ -202,7 +216,6 @@ def measure(
         "cross_deployment": _summary(cross_deploy),
         "alignment_attack": attack,
     }
-    return res
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -284,7 +297,7 @@ def main(argv=None) -> int:
         "--bundle", type=Path, required=True, help="bundle under key 1 (e.g. artifacts/dlib_ppfr_fd)"
     )
     p.add_argument("--other", type=Path, required=True, help="the same run exported under key 2")
-    p.add_argument("--data", type=Path, help="shared face data (default ../shared/data)")
+    p.add_argument("--data", type=Path, help="face data (default $PPFR_DATA/data or ../shared/data)")
     p.add_argument("--out", type=Path, default=Path("runs/unlinkability"))
     p.add_argument("--pairs", type=int, help="LFW pairs (default all 6,000; equal share per fold)")
     p.add_argument("--secrets", type=int, default=10, help="pairs of fresh template secrets (10)")

@@ -124,20 +124,9 @@ def export_model(
     recognizer.eval()
     root = shared_data.data_root(data)
     faces = shared_data.lfw_faces(root, max(parity_faces, 2))
-    gen = torch.Generator().manual_seed(seed)
-    random = method.sample_random(len(faces), gen)
-    c, h, w = method.output_shape()
-
-    front32 = onnx_export.export_frontend(
-        method, torch.from_numpy(faces[:2]), {k: v[:2] for k, v in random.items()}
-    )
-    front = onnx_export.cast_output(front32, dtype)
-    example = torch.zeros(2, c, h, w, dtype=onnx_export.TORCH_FLOAT[dtype])
-    recog = onnx_export.export_recognizer(recognizer, example)
+    random = method.sample_random(len(faces), torch.Generator().manual_seed(seed))
+    front32, front, recog = _graphs(method, recognizer, faces, random, dtype)
     result = parity.check(front32, front, recog, method, recognizer, faces, random, dtype)
-
-    with torch.no_grad():
-        emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
     if threshold is None or enrolled_photos > 1:  # ONNX Runtime sessions only when a threshold is computed
         embed = _graph_embedder(front, recog, method, seed)
         if threshold is None:
@@ -147,15 +136,37 @@ def export_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    front_bytes, recog_bytes = front.SerializeToString(), recog.SerializeToString()
-    ri = method.random_inputs()
-    manifest = manifest_pb2.BundleManifest(
+    files = {FRONTEND: front.SerializeToString(), RECOGNIZER: recog.SerializeToString()}
+    manifest = _manifest(config, method, recognizer, out, files, dtype, threshold)
+    manifest.training.CopyFrom(_training_info(config, ckpt or {}, checkpoint))
+    manifest.opset = onnx_export.opset_of(front)
+    _write(out, files, manifest)
+    return ExportResult(out, manifest, result)
+
+
+def _graphs(method, recognizer, faces: np.ndarray, random: dict, dtype: str):
+    """(float32 front-end, front-end in the wire dtype, recognizer) as ONNX models."""
+    c, h, w = method.output_shape()
+    front32 = onnx_export.export_frontend(
+        method, torch.from_numpy(faces[:2]), {k: v[:2] for k, v in random.items()}
+    )
+    front = onnx_export.cast_output(front32, dtype)
+    example = torch.zeros(2, c, h, w, dtype=onnx_export.TORCH_FLOAT[dtype])
+    return front32, front, onnx_export.export_recognizer(recognizer, example)
+
+
+def _manifest(config, method, recognizer, out: Path, files: dict, dtype: str, threshold: dict):
+    """The manifest of the exported graphs (training info and opset are added by the caller)."""
+    c, h, w = method.output_shape()
+    with torch.no_grad():
+        emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
+    return manifest_pb2.BundleManifest(
         name=str(config.get("name", out.name)),
         method=method.name,
         method_params=_struct(_method_params(method)),
-        frontend_id=frontend_id(front_bytes, method.key_material()),
-        frontend=_model_file(out / FRONTEND, front_bytes),
-        recognizer=_model_file(out / RECOGNIZER, recog_bytes),
+        frontend_id=frontend_id(files[FRONTEND], method.key_material()),
+        frontend=_model_file(out / FRONTEND, files[FRONTEND]),
+        recognizer=_model_file(out / RECOGNIZER, files[RECOGNIZER]),
         frontend_image_input=_spec(IMAGE, (-1, 112, 112, 3), "uint8"),
         random_inputs=[
             manifest_pb2.RandomInputSpec(
@@ -165,7 +176,7 @@ def export_model(
                 distribution=r.distribution,
                 params=_struct(r.params),
             )
-            for r in ri
+            for r in method.random_inputs()
         ],
         protected_tensor=_spec(PROTECTED, (-1, c, h, w), dtype),
         embedding=_spec(EMBEDDING, (-1, emb_size), "float32"),
@@ -183,20 +194,20 @@ def export_model(
             float32_bytes=method.payload_bytes("float32"),
             wire_data_type=data_type(dtype),
         ),
-        training=_training_info(config, ckpt or {}, checkpoint),
-        opset=onnx_export.opset_of(front),
         ppfr_version=_version(),
         create_time=_now(),
     )
-    for name, data_bytes in ((FRONTEND, front_bytes), (RECOGNIZER, recog_bytes)):
+
+
+def _write(out: Path, files: dict, manifest) -> None:
+    """The graphs (each replaced atomically), then the manifest; engines of an older recognizer go."""
+    for name, data_bytes in files.items():
         tmp = out / (name + ".tmp")
         tmp.write_bytes(data_bytes)
         tmp.replace(out / name)
-    stale = [p for p in out.glob("recognizer.*.plan")]  # engines of an older recognizer no longer match
-    for p in stale:
+    for p in out.glob("recognizer.*.plan"):
         p.unlink()
     write_manifest(manifest, out)
-    return ExportResult(out, manifest, result)
 
 
 def _method_params(method) -> dict:

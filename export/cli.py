@@ -47,7 +47,7 @@ def _export_parser() -> argparse.ArgumentParser:
         help="use the public demo key (ppfr-demo-key); the manifest marks the bundle as demo",
     )
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="wire dtype (float16)")
-    p.add_argument("--data", type=Path, help="shared face data (default ../shared/data)")
+    p.add_argument("--data", type=Path, help="face data (default $PPFR_DATA/data or ../shared/data)")
     p.add_argument("--parity-faces", type=int, default=16, help="real faces for the parity check (16)")
     p.add_argument(
         "--eval-pairs",

@@ -105,10 +105,6 @@ def quantize(
     log=print,
 ):
     """Write recognizer.int8.onnx into the bundle and record it in manifest.json; returns the manifest."""
-    import onnxruntime as ort
-    from onnxruntime import quantization as q
-    from ppfr.protos import manifest_pb2
-
     if fmt not in FORMATS:
         raise QuantizeError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if method not in METHODS:
@@ -123,9 +119,28 @@ def quantize(
     t0 = time.time()
     tensors = calibration_tensors(bundle, root, faces, seed)
     log(f"calibration: {len(tensors)} CelebA faces protected by frontend.onnx ({time.time() - t0:.1f}s)")
+    t0 = time.time()
+    data_bytes = _quantized(bundle, tensors, fmt, method, per_channel)
+    log(f"quantized ({fmt}, {method}, per_channel={per_channel}) in {time.time() - t0:.1f}s")
+    out = bundle.path / INT8_MODEL
+    tmp_out = out.with_suffix(".onnx.tmp")
+    tmp_out.write_bytes(data_bytes)
+    tmp_out.replace(out)
+    manifest = bundle.manifest
+    manifest.recognizer_int8.CopyFrom(
+        _record(manifest, data_bytes, fmt, method, per_channel, root, len(tensors), seed)
+    )
+    write_manifest(manifest, bundle.path)
+    fp32_mb = bundle.recognizer_path.stat().st_size / 1e6
+    log(f"wrote {out} ({len(data_bytes) / 1e6:.1f} MB; fp32 {fp32_mb:.1f} MB)")
+    return manifest
+
+
+def _quantized(bundle: Bundle, tensors: np.ndarray, fmt: str, method: str, per_channel: bool) -> bytes:
+    """recognizer.onnx statically quantized on the calibration tensors, as model bytes."""
+    from onnxruntime import quantization as q
 
     input_name = bundle.recognizer.get_inputs()[0].name
-    out = bundle.path / INT8_MODEL
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         # shape inference + graph cleanup first, as ONNX Runtime's quantization guide recommends
@@ -134,7 +149,6 @@ def quantize(
         root_log.setLevel(logging.ERROR)  # the quantizer warns on root about every int64 shape tensor
         try:
             q.quant_pre_process(str(bundle.recognizer_path), str(pre), skip_symbolic_shape=True)
-            t0 = time.time()
             q.quantize_static(
                 str(pre),
                 str(Path(tmp) / INT8_MODEL),
@@ -147,38 +161,33 @@ def quantize(
             )
         finally:
             root_log.setLevel(level)
-        data_bytes = (Path(tmp) / INT8_MODEL).read_bytes()
-    log(f"quantized ({fmt}, {method}, per_channel={per_channel}) in {time.time() - t0:.1f}s")
-    tmp_out = out.with_suffix(".onnx.tmp")
-    tmp_out.write_bytes(data_bytes)
-    tmp_out.replace(out)
+        return (Path(tmp) / INT8_MODEL).read_bytes()
 
-    manifest = bundle.manifest
-    manifest.recognizer_int8.CopyFrom(
-        manifest_pb2.QuantizedRecognizer(
-            model=manifest_pb2.ModelFile(
-                path=out.name, sha256=hashlib.sha256(data_bytes).hexdigest(), size_bytes=len(data_bytes)
-            ),
-            source_sha256=manifest.recognizer.sha256,
-            format=fmt,
-            activation_type="QUInt8",
-            weight_type="QInt8",
-            per_channel=per_channel,
-            calibrate_method=method,
-            calibration_set=str(root / "celeba" / "aligned112"),
-            calibration_faces=len(tensors),
-            calibration_note=(
-                f"faces drawn with seed {seed}; protected by the bundle's frontend.onnx with the manifest's "
-                "random inputs, one fresh draw per face"
-            ),
-            onnxruntime_version=ort.__version__,
-            create_time=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
+
+def _record(manifest, data_bytes: bytes, fmt, method, per_channel, root: Path, faces: int, seed: int):
+    """The manifest's QuantizedRecognizer entry for the written INT8 model."""
+    import onnxruntime as ort
+    from ppfr.protos import manifest_pb2
+
+    return manifest_pb2.QuantizedRecognizer(
+        model=manifest_pb2.ModelFile(
+            path=INT8_MODEL, sha256=hashlib.sha256(data_bytes).hexdigest(), size_bytes=len(data_bytes)
+        ),
+        source_sha256=manifest.recognizer.sha256,
+        format=fmt,
+        activation_type="QUInt8",
+        weight_type="QInt8",
+        per_channel=per_channel,
+        calibrate_method=method,
+        calibration_set=str(root / "celeba" / "aligned112"),
+        calibration_faces=faces,
+        calibration_note=(
+            f"faces drawn with seed {seed}; protected by the bundle's frontend.onnx with the manifest's "
+            "random inputs, one fresh draw per face"
+        ),
+        onnxruntime_version=ort.__version__,
+        create_time=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    write_manifest(manifest, bundle.path)
-    fp32_mb = bundle.recognizer_path.stat().st_size / 1e6
-    log(f"wrote {out} ({len(data_bytes) / 1e6:.1f} MB; fp32 {fp32_mb:.1f} MB)")
-    return manifest
 
 
 # --- measurement: accuracy and latency, fp32 against int8 --------------------------------------------
@@ -297,7 +306,7 @@ def parse_args(argv=None):
         "CelebA training faces protected by the bundle's own front-end)",
     )
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder, e.g. artifacts/dlib_ppfr_fd")
-    p.add_argument("--data", default=None, help="shared face data (default ../shared/data)")
+    p.add_argument("--data", default=None, help="face data (default $PPFR_DATA/data or ../shared/data)")
     p.add_argument("--faces", type=int, default=256, help="calibration faces (default 256)")
     p.add_argument("--format", default="QDQ", choices=FORMATS, help="quantized graph format (default QDQ)")
     p.add_argument("--calibrate-method", default="MinMax", choices=METHODS, help="default MinMax")

@@ -83,7 +83,7 @@ def forbidden(package: str) -> tuple[str, ...]:
         "edge": ("torch", "ppfr.train", "ppfr.export", "ppfr.cloud"),
         "cloud": ("torch", "ppfr.train", "ppfr.export", "ppfr.edge"),
         "export": ("ppfr.edge", "ppfr.cloud"),
-        "train": ("ppfr.export",),
+        "train": ("ppfr.export", "ppfr.edge", "ppfr.cloud"),
     }
     return rules.get(package, ()) + no_tools
 

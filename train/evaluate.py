@@ -165,10 +165,7 @@ def format_row(name: str, m: dict) -> str:
     )
 
 
-def main(argv=None) -> int:
-    from .data import DataError, load_bin, load_pairs
-    from .model import load_checkpoint
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ppfr-eval", description="Verification accuracy of a trained checkpoint"
     )
@@ -187,34 +184,49 @@ def main(argv=None) -> int:
         help="evaluate under another deployment key (PPFR-FD), as a bundle exported with it would run",
     )
     ap.add_argument("--out", default=None, help="JSON output (default: next to the checkpoint)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _rekeyed(config: dict, method, key_file):
+    """(config, method) under the key in key_file, as a bundle exported with it would run."""
+    from .data import DataError
+    from .keys import KeyPolicyError, is_keyed, read_key_file, rekey
+
+    if not is_keyed(method.name):
+        raise DataError(f"--key-file: method {method.name!r} has no key")
+    try:
+        return rekey(config, method, read_key_file(key_file).key)
+    except KeyPolicyError as err:
+        raise DataError(str(err)) from None
+
+
+def _eval_sets(args, config: dict) -> list:
+    """The pair sets to evaluate: --bin, --pairs with --root, or the config's eval sets."""
+    from .data import DataError, load_bin, load_eval_set, load_pairs
+
+    cache = config.get("data", {}).get("cache")
+    if args.bin:
+        return [load_bin(args.name or Path(args.bin).stem, args.bin, args.max_pairs)]
+    if args.pairs:
+        if not args.root:
+            raise DataError("--pairs needs --root (the folder its image paths are relative to)")
+        return [load_pairs(args.name or "pairs", args.pairs, args.root, cache, args.max_pairs)]
+    specs = config.get("data", {}).get("eval", [])
+    limit = {"max_pairs": args.max_pairs} if args.max_pairs else {}
+    return [load_eval_set(dict(s, **limit), cache) for s in specs]
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .model import load_checkpoint
+
+    args = _parser().parse_args(argv)
     try:
         config, method, recognizer, _ = load_checkpoint(args.checkpoint)
         if args.key_file:
-            from .keys import KeyPolicyError, is_keyed, read_key_file, rekey
-
-            if not is_keyed(method.name):
-                raise DataError(f"--key-file: method {method.name!r} has no key")
-            try:
-                config, method = rekey(config, method, read_key_file(args.key_file).key)
-            except KeyPolicyError as err:
-                raise DataError(str(err)) from None
+            config, method = _rekeyed(config, method, args.key_file)
         seed = args.seed if args.seed is not None else config.get("eval", {}).get("seed", 0)
-        cache = config.get("data", {}).get("cache")
-        if args.bin:
-            sets = [load_bin(args.name or Path(args.bin).stem, args.bin, args.max_pairs)]
-        elif args.pairs:
-            if not args.root:
-                raise DataError("--pairs needs --root (the folder its image paths are relative to)")
-            sets = [load_pairs(args.name or "pairs", args.pairs, args.root, cache, args.max_pairs)]
-        else:
-            from .data import load_eval_set
-
-            specs = config.get("data", {}).get("eval", [])
-            sets = [
-                load_eval_set(dict(s, **({"max_pairs": args.max_pairs} if args.max_pairs else {})), cache)
-                for s in specs
-            ]
+        sets = _eval_sets(args, config)
     except (DataError, FileNotFoundError) as err:
         print(f"ppfr-eval: error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Method keys handled like keys (issue 15, item 4): read and checked here, used by export and evaluation.
+"""Method keys handled like keys (issue 15, item 4); here in train because export and evaluation use them.
 
 A keyed method (PPFR-FD: the Shuffle1 permutation) needs a deployment secret at export. `ppfr-export`
 takes it from a file (`--key-file`) or the environment (`PPFR_METHOD_KEY`), or, only when asked with

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("command", choices=["fetch", "where", "parity"])
     ap.add_argument("--dir", default=None, help="target folder (default: <venv>/share/ppfr/face-api)")
     ap.add_argument("--faces", type=int, default=200, help="parity: LFW crops to compare (default 200)")
-    ap.add_argument("--data", default=None, help="parity: the shared face data (default ../shared/data)")
+    ap.add_argument("--data", default=None, help="parity: face data (default $PPFR_DATA/data)")
     args = ap.parse_args(argv)
     try:
         if args.command == "fetch":
