@@ -15,6 +15,18 @@ def _image(name: str, number: str) -> str:
     return f"{name}/{name}_{int(number):04d}.jpg"
 
 
+def _pair(path: Path, parts: list[str]) -> tuple[str, str, bool]:
+    """One pairs.txt line: "name i j" (same person) or "name1 i name2 j" (different people)."""
+    try:
+        if len(parts) == 3:
+            return _image(parts[0], parts[1]), _image(parts[0], parts[2]), True
+        if len(parts) == 4:
+            return _image(parts[0], parts[1]), _image(parts[2], parts[3]), False
+    except ValueError:
+        pass
+    raise DataError(f"{path}: bad pairs line {' '.join(parts)!r}")
+
+
 def read_pairs(path) -> tuple[list[tuple[str, str, bool]], np.ndarray]:
     """LFW View-2 pairs.txt: header 'folds n', then per fold n same-person lines ("name i j") and n
     different-person lines ("name1 i name2 j"). Returns ([(image, image, same)], fold index per pair)."""
@@ -22,15 +34,11 @@ def read_pairs(path) -> tuple[list[tuple[str, str, bool]], np.ndarray]:
     if not path.is_file():
         raise DataError(f"pairs file {path} does not exist")
     lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
-    n_folds, per = int(lines[0][0]), int(lines[0][1])
-    pairs = []
-    for parts in lines[1:]:
-        if len(parts) == 3:
-            pairs.append((_image(parts[0], parts[1]), _image(parts[0], parts[2]), True))
-        elif len(parts) == 4:
-            pairs.append((_image(parts[0], parts[1]), _image(parts[2], parts[3]), False))
-        else:
-            raise DataError(f"{path}: bad pairs line {' '.join(parts)!r}")
+    header = lines[0] if lines else []
+    if len(header) != 2 or not all(x.isdigit() and int(x) > 0 for x in header):
+        raise DataError(f"{path}: the first line must be 'folds pairs-per-fold', e.g. '10 300'")
+    n_folds, per = int(header[0]), int(header[1])
+    pairs = [_pair(path, parts) for parts in lines[1:]]
     if len(pairs) != n_folds * 2 * per:
         raise DataError(f"{path}: header promises {n_folds}x2x{per} pairs, found {len(pairs)}")
     return pairs, np.arange(len(pairs)) // (2 * per)

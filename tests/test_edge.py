@@ -1,5 +1,5 @@
 """Edge building blocks on real photos: detection, alignment to the ArcFace template, the preview, and
-the dependency rule (no torch in ppfr.edge). The randomness has its own file, test_edge_randomness.py."""
+the dependency rule (no torch in ppfr.edge). The randomness has its own file, test_bundle_randomness.py."""
 
 import json
 import subprocess
