@@ -232,3 +232,40 @@ def test_protos_compile_with_plain_protoc(tmp_path):
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ppfr.v1.FaceVerification", "ppfr.v1", "ppfr/v1;ppfrv1", "Ppfr.V1"]
+
+
+def test_http_port_uses_the_servers_mutual_tls(bundle, tmp_path):
+    """With --tls-cert/--tls-key/--tls-client-ca the HTTP port is HTTPS and asks for a client certificate."""
+    import ssl
+
+    from test_cloud_server import make_certs
+
+    make_certs(tmp_path)
+    config = ServerConfig(
+        bundle=bundle,
+        db=tmp_path / "g.sqlite",
+        port=0,
+        http_port=0,
+        tls_cert=tmp_path / "server.pem",
+        tls_key=tmp_path / "server.key",
+        tls_client_ca=tmp_path / "ca.pem",
+    )
+    with ServerThread(config) as running:
+        port, key = running.running.http.port, new_key(running.config.db)
+        trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        trusted.load_cert_chain(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=trusted, timeout=30)
+        conn.request("POST", RPC + "GetServerInfo", body=b"{}", headers={"x-api-key": key})
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["method"] == "ppfr_fd"
+        conn.close()
+
+        anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))  # no client certificate
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=anonymous, timeout=30)
+            conn.request("GET", "/healthz")
+            conn.getresponse()
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # plaintext gets no HTTP answer
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/healthz")
+            plain.getresponse()
