@@ -109,8 +109,9 @@ class Reply:
 
 
 # --- HTTP/1.1 framing ----------------------------------------------------------------------------------
-async def read_request(reader: asyncio.StreamReader, max_body: int) -> HttpRequest | None:
-    """The next request on the connection, or None when the client closed it between requests."""
+async def read_request(reader: asyncio.StreamReader, max_body: int, writer=None) -> HttpRequest | None:
+    """The next request on the connection, or None when the client closed it between requests. A client
+    that sent `Expect: 100-continue` is told to go on (through `writer`) once its headers passed."""
     try:
         line = await reader.readuntil(b"\r\n")
     except asyncio.IncompleteReadError as err:
@@ -127,7 +128,7 @@ async def read_request(reader: asyncio.StreamReader, max_body: int) -> HttpReque
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
     request = HttpRequest(method, target.split("?", 1)[0], headers, keep_alive=keep_alive)
-    request.body = await _read_body(reader, headers, max_body)
+    request.body = await _read_body(reader, headers, max_body, writer)
     return request
 
 
@@ -147,7 +148,7 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict:
     raise HttpError(431, f"more than {MAX_HEADERS} headers", close=True)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict, max_body: int) -> bytes:
+async def _read_body(reader: asyncio.StreamReader, headers: dict, max_body: int, writer=None) -> bytes:
     if "transfer-encoding" in headers:
         raise HttpError(411, "send the body with a Content-Length (chunked bodies are not accepted)", True)
     length = headers.get("content-length", "0")
@@ -157,7 +158,11 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict, max_body: int)
         raise HttpError(
             413, f"the body is {int(length)} bytes; this server accepts at most {max_body}", close=True
         )
-    return await reader.readexactly(int(length)) if int(length) else b""
+    if not int(length):
+        return b""
+    if writer is not None and headers.get("expect", "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return await reader.readexactly(int(length))
 
 
 def encode_reply(reply: Reply, keep_alive: bool) -> bytes:
@@ -348,7 +353,7 @@ class HttpGateway:
     async def _serve_connection(self, reader, writer, peer: str, task) -> None:
         while not self._closing:
             try:
-                request = await asyncio.wait_for(read_request(reader, self.max_body), READ_TIMEOUT_S)
+                request = await asyncio.wait_for(read_request(reader, self.max_body, writer), READ_TIMEOUT_S)
             except HttpError as err:
                 log.debug("http %s: %s", peer, err.message)
                 code = "RESOURCE_EXHAUSTED" if err.status == 413 else "INVALID_ARGUMENT"

@@ -177,6 +177,18 @@ def test_http_refuses_bad_bodies_with_4xx(server, frontend, people, admin_key):
     assert health(server) == (200, {"status": "SERVING"})  # still serving after all of it
 
 
+def test_http_keep_alive_and_expect_100_continue(server, admin_key):
+    with socket.create_connection(("127.0.0.1", server.running.http.port), timeout=30) as s:
+        head = f"POST {RPC}GetServerInfo HTTP/1.1\r\nx-api-key: {admin_key}\r\nContent-Length: 2\r\n"
+        s.sendall((head + "Expect: 100-continue\r\n\r\n").encode())
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"  # only then the body
+        s.sendall(b"{}")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK") and b"Connection: keep-alive" in first
+        s.sendall((head + "\r\n{}").encode())  # a second request on the same connection
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
 def raw_exchange(server, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", server.running.http.port), timeout=30) as s:
         s.sendall(data)
