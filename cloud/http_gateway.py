@@ -22,7 +22,6 @@ import json
 import logging
 import re
 import ssl
-import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ HEALTH_PATH = "/healthz"
 MAX_HEADER_LINE = 16 * 1024
 MAX_HEADERS = 100
 MAX_CONNECTIONS = 1024
-READ_TIMEOUT_S = 60.0  # for a whole request, or between requests on a kept-alive connection
+READ_TIMEOUT_S = 60.0  # for a whole request, between requests on a kept-alive connection, for an answer
 MAX_MESSAGE_CHARS = 300
 # grpc-gateway's mapping (runtime.HTTPStatusFromCode); anything else is 500.
 HTTP_STATUS = {
@@ -317,20 +316,17 @@ class HttpGateway:
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
-    async def stop(self, grace: float) -> None:
-        """Stops accepting, closes idle connections, lets calls in progress finish for up to grace s."""
+    async def stop(self) -> None:
+        """Takes no new connections and closes the idle ones. Calls in progress count in the gate's calls
+        in flight, so the server's drain waits for them as for gRPC's; each connection closes after its
+        answer (a client that stops reading is dropped after READ_TIMEOUT_S)."""
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for task, busy in list(self._connections.items()):
-            if not busy:
-                task.cancel()
-        deadline = time.monotonic() + grace
-        while any(self._connections.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for task in list(self._connections):
+        idle = [task for task, busy in self._connections.items() if not busy]
+        for task in idle:
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.gather(*idle, return_exceptions=True)
 
     async def _connection(self, reader, writer) -> None:
         task = asyncio.current_task()
@@ -369,7 +365,7 @@ class HttpGateway:
                 self._connections[task] = False
             keep_alive = request.keep_alive and not self._closing
             writer.write(encode_reply(reply, keep_alive))
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
             if not keep_alive:
                 return
 

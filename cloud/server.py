@@ -222,8 +222,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         if self.watch is not None:
             await self.watch.stop()
-        if self.http is not None:  # HTTP/JSON calls drain first, then gRPC's
-            await self.http.stop(self.grace_s if grace is None else grace)
+        if self.http is not None:  # no new HTTP/JSON connections; its calls in flight drain below
+            await self.http.stop()
         await self._drain(self.grace_s if grace is None else grace)
         await self.server.stop(1.0)
         await self.batcher.close()

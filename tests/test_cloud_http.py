@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -219,6 +220,28 @@ def test_http_stops_with_the_server_even_with_idle_connections(bundle, tmp_path)
     finally:
         idle.close()
         running.stop()
+
+
+def test_an_http_call_in_flight_at_stop_gets_its_answer(bundle, tmp_path, frontend, people):
+    """The batcher holds the Identify for up to 800 ms; the server is stopped meanwhile and drains it."""
+    import threading
+
+    config = ServerConfig(
+        bundle=bundle, db=tmp_path / "g.sqlite", port=0, http_port=0, max_batch=8, max_delay_ms=800
+    )
+    running = ServerThread(config).start()
+    key = new_key(config.db)
+    face = as_json(frontend.to_proto(frontend.protect(people[3])))
+    answers = []
+    call = threading.Thread(target=lambda: answers.append(post(running, "Identify", {"face": face}, key)))
+    call.start()
+    deadline = time.monotonic() + 20
+    while not running.running.gate.in_flight and time.monotonic() < deadline:  # the call is in the gate
+        time.sleep(0.01)
+    running.stop()
+    call.join(30)
+    (status, body, headers) = answers[0]
+    assert status == 200 and body["candidates"] == [] and headers["Connection"] == "close"
 
 
 def test_grpc_still_works_without_the_http_port(bundle, tmp_path):
