@@ -4,7 +4,7 @@ folder, function-level imports included):
 - protos imports nothing of ours; bundle and data import only protos;
 - edge and cloud never import torch, train or export (nor each other);
 - export never imports edge or cloud; train never imports export;
-- nothing in production imports the tools on top (bench, attack, demo);
+- nothing in production imports the tools on top (bench, attack, demo, evaluation);
 - no import cycle between packages (tools included).
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION = ("protos", "bundle", "data", "train", "export", "edge", "cloud")
-TOOLS = ("bench", "attack", "demo")
+TOOLS = ("bench", "attack", "demo", "evaluation")
 
 
 def package_folders() -> dict[str, Path]:
