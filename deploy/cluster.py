@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ppfr.cloud.local import LocalServer, LocalServerError, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "deploy"))  # the client beside this file, whatever the working folder
 
@@ -114,7 +116,6 @@ def start_replica(bundle: Path, db: str, key: str, workdir: Path, name: str):
     """One replica as a container runs it: `ppfr-cloud serve` with every setting in PPFR_CLOUD_* variables
     (deploy/Dockerfile.server) and the API keys in the database. cloud/local.py manages the process (SERVING
     wait, SIGTERM stop, log file)."""
-    from ppfr.cloud.local import LocalServer, free_port
 
     class Replica(LocalServer):
         def command(self) -> list[str]:
@@ -200,9 +201,11 @@ def main(argv=None) -> int:
             return run(args)
         else:
             return up(args)
-    except ClusterError as err:
+    except (ClusterError, LocalServerError) as err:
         say(f"error: {err}")
         return 1
+    except KeyboardInterrupt:  # everything started is stopped on the way out
+        return 130
     return 0
 
 
@@ -215,6 +218,7 @@ def write_key(args) -> None:
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was there before
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     say(f"API key written to {args.out}")
