@@ -168,15 +168,16 @@ class PostgresGallery(MatrixGallery):
         """fn(conn). A read is retried once on a fresh connection when the old one broke (server restart,
         idle drop); a write is not (it may have committed before the connection broke: the caller retries
         with an idempotency key)."""
+        lost = (self._psycopg.OperationalError, self._psycopg.InterfaceError)  # the connection, not the query
         try:
             return fn(self._conn())
-        except self._psycopg.OperationalError as err:
+        except lost as err:
             conn = getattr(self._local, "conn", None)
             if not retry or conn is None or not (conn.closed or conn.broken):
                 raise GalleryUnavailable(f"gallery database error: {_short(err)}") from None
             try:
                 return fn(self._conn())
-            except self._psycopg.OperationalError as again:
+            except lost as again:
                 raise GalleryUnavailable(f"gallery database error: {_short(again)}") from None
 
     def ping(self) -> None:

@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from grpc_health.v1 import health_pb2
-from ppfr.cloud.gallery import GalleryError
 
 log = logging.getLogger("ppfr.cloud")
 
@@ -28,6 +27,7 @@ class GalleryWatch:
         self.down_since: float | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppfr-gallery-ping")
         self._task: asyncio.Task | None = None
+        self._status = SERVING  # what the health service says (the server starts it SERVING)
 
     @property
     def down(self) -> bool:
@@ -57,20 +57,20 @@ class GalleryWatch:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._pool, self.gallery.ping), TIMEOUT_S)
-        except (GalleryError, TimeoutError) as err:
-            was_down = self.down
+        except Exception as err:  # noqa: BLE001 - whatever the driver raises, the database did not answer
             self.failed(err)
-            if not was_down:
-                await self._set(NOT_SERVING)
+            await self._set(NOT_SERVING)
             return False
-        if self.down:
-            self.recovered()
-            await self._set(SERVING)
+        self.recovered()
+        await self._set(SERVING)
         return True
 
     async def _set(self, status) -> None:
-        for name in self.names:
-            await self.health.set(name, status)
+        """The health status, when it changes (a failing call may have marked the incident first)."""
+        if status != self._status:
+            self._status = status
+            for name in self.names:
+                await self.health.set(name, status)
 
     async def _run(self) -> None:
         while True:

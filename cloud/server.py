@@ -39,7 +39,7 @@ MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 # Calls gRPC holds before the application picks them up. Its default (1,000) cancels the rest of a burst
 # with a bare CANCELLED; this high, every call reaches the gate and beyond --max-concurrent-calls gets a
 # clear RESOURCE_EXHAUSTED. HTTP/2 flow control still bounds the bytes they hold.
-MAX_PENDING_CALLS = 20_000
+MAX_PENDING_CALLS = 20_000  # the default of ServerConfig.max_pending_calls
 ENROLL_DRAIN_S = 60.0  # on shutdown, Enrolls still running after the grace get this much longer
 
 
@@ -88,6 +88,9 @@ class ServerConfig:
     log_format: str = "text"
     # FaceVerification calls in progress at once; beyond it calls are answered RESOURCE_EXHAUSTED.
     max_concurrent_calls: int = 256
+    # Calls gRPC holds (with their request bytes) before the gate sees them; beyond it a burst's excess is
+    # CANCELLED. It bounds the memory a flood can take: about this many requests (docs/cloud.md).
+    max_pending_calls: int = MAX_PENDING_CALLS
     # Prometheus /metrics on its own HTTP port; None = off, 0 = a free port (RunningServer.metrics_port).
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -117,6 +120,8 @@ def check_config(config: ServerConfig) -> None:
         raise ConfigError("--max-failed-verifies must be >= 0 and --failed-window-s > 0")
     if config.grace_s < 0:
         raise ConfigError(f"--grace-s must be >= 0, got {config.grace_s}")
+    if config.max_pending_calls < 1:
+        raise ConfigError(f"--max-pending-calls must be >= 1, got {config.max_pending_calls}")
     if config.max_concurrent_calls < 1:
         raise ConfigError(f"--max-concurrent-calls must be >= 1, got {config.max_concurrent_calls}")
     if config.metrics_port is not None and not (0 <= int(config.metrics_port) <= 65535):
@@ -273,8 +278,8 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
-            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests", config.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls),
         ],
     )
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(service, server)

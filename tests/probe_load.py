@@ -2,6 +2,9 @@
 backup under enrollment load, and deletion searched for in every gallery file (docs/cloud.md)."""
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -34,67 +37,83 @@ def keyed_rate(address, key, face, seconds) -> float:
     return n / seconds
 
 
-async def keyless_flood(address, face, n):
-    request = pb.VerifyRequest(subject_id="x", face=face).SerializeToString()
+async def keyless_flood(address, request: bytes, n):
     async with grpc.aio.insecure_channel(address) as channel:
         call = channel.unary_unary("/ppfr.v1.FaceVerification/Verify")
         results = await asyncio.gather(*(call(request, timeout=60) for _ in range(n)), return_exceptions=True)
-    return {type(r).__name__ if not isinstance(r, grpc.aio.AioRpcError) else r.code().name for r in results}
+    codes = [type(r).__name__ if not isinstance(r, grpc.aio.AioRpcError) else r.code().name for r in results]
+    return {c: codes.count(c) for c in set(codes)}
+
+
+def flood_process(address, request: bytes, n, queue) -> None:
+    """The attacker: its own process (and connection), as it would be."""
+    queue.put(asyncio.run(keyless_flood(address, request, n)))
 
 
 def flood(bundle, protect, n=8000):
     face = protect(lfw_faces(1, start=100)[0])
-    with LocalServer(bundle, workdir=WORK / "flood") as server:
+    extra = os.environ.get("PPFR_PROBE_SERVE_ARGS", "").split()  # e.g. "--max-pending-calls 2000"
+    with LocalServer(bundle, workdir=WORK / "flood", extra_args=extra) as server:
         s, md = stub(server.address, server.api_key)
         s.Enroll(pb.EnrollRequest(subject_id="p0", face=face), metadata=md)
         base = keyed_rate(server.address, server.api_key, face, 6)
         rss0, lines0 = rss_mb(server.process.pid), len(server.log_path.read_text().splitlines())
-        peak, result, rates = [rss0], {}, []
-        flooder = threading.Thread(
-            target=lambda: result.update(codes=asyncio.run(keyless_flood(server.address, face, n)))
-        )
+        peak, rates = [rss0], []
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        request = pb.VerifyRequest(subject_id="x", face=face).SerializeToString()
+        flooder = context.Process(target=flood_process, args=(server.address, request, n, queue))
         t0 = time.monotonic()
         flooder.start()
         while flooder.is_alive():
             rates.append(keyed_rate(server.address, server.api_key, face, 1))
             peak.append(rss_mb(server.process.pid))
         took = time.monotonic() - t0
+        result = {"codes": queue.get()}
         lines = len(server.log_path.read_text().splitlines()) - lines0
         print(
-            f"flood: {n} keyless Verify calls in {took:.1f}s ({result.get('codes')}); keyed Verify/s "
-            f"baseline "
+            f"flood (serve {' '.join(extra) or 'defaults'}): {n} keyless Verify calls in {took:.1f}s "
+            f"({result.get('codes')}); keyed Verify/s baseline "
             f"{base:.1f}, during the flood {np.mean(rates):.1f} ({np.mean(rates) / base:.0%}, worst second "
             f"{min(rates):.1f}); server RSS {rss0:.0f} -> peak {max(peak):.0f} MB (+{max(peak) - rss0:.0f}); "
             f"log lines written {lines}"
         )
 
 
+def stop_postgres(pg) -> None:
+    """Fast shutdown (SIGINT to the postmaster), waiting until it is gone."""
+    pid = pg.get_pid()
+    os.kill(pid, signal.SIGINT)
+    while Path(f"/proc/{pid}").exists():
+        time.sleep(0.01)
+
+
 def outage(bundle, protect, workers=4):
     pg, url = start_postgres("outage")
-    from pgserver._commands import pg_ctl
-
     faces = [protect(f) for f in lfw_faces(8, start=100)]
+    stop, acked, codes, events = threading.Event(), [], {}, []
     try:
         with LocalServer(bundle, db=url, workdir=WORK / "outage") as server:
-            stop, acked, codes, events = threading.Event(), [], {}, []
             threads = [
                 threading.Thread(target=enroller, args=(server, faces, w, stop, acked, codes))
                 for w in range(workers)
             ]
-            watcher = threading.Thread(target=watch_health, args=(server.address, stop, events))
-            for t in [*threads, watcher]:
+            threads.append(threading.Thread(target=watch_health, args=(server.address, stop, events)))
+            for t in threads:
                 t.start()
-            time.sleep(3)
-            t_stop = time.monotonic()
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.system_user)
-            t_stopped = time.monotonic()
-            time.sleep(5)
-            pg.ensure_postgres_running()
-            t_up = time.monotonic()
-            time.sleep(6)
-            stop.set()
-            for t in [*threads, watcher]:
-                t.join()
+            try:
+                time.sleep(3)
+                t_stop = time.monotonic()
+                stop_postgres(pg)
+                t_stopped = time.monotonic()
+                time.sleep(5)
+                pg.ensure_postgres_running()
+                t_up = time.monotonic()
+                time.sleep(6)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
             report_outage(server, acked, codes, events, t_stop, t_stopped, t_up)
     finally:
         pg.cleanup()
@@ -124,9 +143,17 @@ def watch_health(address, stop, events):
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while not stop.is_set():
-            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            except grpc.RpcError as err:
+                status = err.code().name
             if status != last:
-                events.append((time.monotonic(), health_pb2.HealthCheckResponse.ServingStatus.Name(status)))
+                name = (
+                    status
+                    if isinstance(status, str)
+                    else health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+                )
+                events.append((time.monotonic(), name))
                 last = status
             time.sleep(0.02)
 
@@ -140,11 +167,12 @@ def report_outage(server, acked, codes, events, t_stop, t_stopped, t_up):
         token = page.next_page_token
         if not token:
             break
+    print("health events (s from the stop):", [(round(t - t_stop, 2), name) for t, name in events])
     down = next((t for t, name in events if name == "NOT_SERVING" and t >= t_stop), None)
     back = next((t for t, name in events if name == "SERVING" and t >= t_up), None)
     log = server.log_path.read_text()
     print(
-        f"outage: pg_ctl stop issued, NOT_SERVING after {down - t_stop:.2f}s "
+        f"outage: PostgreSQL stopped (fast shutdown), NOT_SERVING after {down - t_stop:.2f}s "
         f"(stop took {t_stopped - t_stop:.2f}s); "
         f"restarted, SERVING {back - t_up:.2f}s after it was up; errors seen by enrollers {codes}; "
         f"acknowledged {len(acked)}, lost {len(set(acked) - present)}; 'unavailable' log lines "
@@ -225,3 +253,35 @@ def erase(bundle, protect):
 
 
 LOAD_PARTS = {"flood": flood, "outage": outage, "backup": backup, "erase": erase}
+
+
+def pg_erase(bundle, protect):
+    """Where a deleted template's bytes stay in PostgreSQL's files, step by step (no server needed)."""
+    import psycopg
+    from ppfr.cloud.gallery import open_gallery, unit
+
+    pg, url = start_postgres("erase")
+    data = Path(pg.pgdata)
+    try:
+        g = open_gallery(url, 128)
+        vecs = np.random.default_rng(1).standard_normal((6, 128)).astype(np.float32)
+        for i, v in enumerate(vecs):
+            g.enroll(f"s{i}", v)
+        g.delete("s1")
+        g.close()
+        gone = unit(vecs[1]).astype("<f4").tobytes()[:64]
+        steps = ["CHECKPOINT", "VACUUM ppfr_templates; CHECKPOINT", "VACUUM FULL ppfr_templates; CHECKPOINT"]
+        steps.append("SELECT pg_switch_wal(); CHECKPOINT; SELECT pg_switch_wal(); CHECKPOINT")
+        for step in steps:
+            with psycopg.connect(url, autocommit=True) as conn:
+                for sql in step.split("; "):
+                    conn.execute(sql)
+            hits = [
+                str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and gone in p.read_bytes()
+            ]
+            print(f"pgerase: after DELETE, then {step}: the deleted template's bytes in {hits or 'no file'}")
+    finally:
+        pg.cleanup()
+
+
+LOAD_PARTS["pgerase"] = pg_erase
