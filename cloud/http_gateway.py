@@ -435,13 +435,26 @@ def tls_context(config) -> ssl.SSLContext | None:
     return context
 
 
+def body_limit(manifest, max_message_bytes: int) -> int:
+    """The largest JSON body: the bundle's tensor as float32 in base64 (4/3 of its bytes) and 64 KiB for the
+    rest, or the gRPC message limit's base64 if that is smaller. Not gRPC's 4 MiB floor: a body is held
+    whole before the gate sees the call, so this bounds what MAX_CONNECTIONS slow senders can hold."""
+    elements = 1
+    for dim in manifest.protected_tensor.shape[1:]:
+        elements *= max(1, int(dim))
+    return min(elements * 4 + 64 * 1024, max_message_bytes) * 4 // 3 + 4096
+
+
 async def attach(running, config, max_message_bytes: int) -> None:
     """Starts the gateway for a started server (`running.http`); on failure stops the server and raises
-    ConfigError. A JSON body holds the tensor in base64 (4/3 of its bytes) plus a little syntax."""
+    ConfigError."""
     from ppfr.cloud.server import ConfigError
 
-    gateway = HttpGateway(running.gate, running.service, running.health, max_message_bytes * 4 // 3 + 4096)
+    limit = body_limit(running.service.manifest, max_message_bytes)
+    gateway = HttpGateway(running.gate, running.service, running.health, limit)
     try:
+        if not 0 <= int(config.http_port) <= 65535:
+            raise OSError(0, f"the port must be between 0 and 65535, not {config.http_port}")
         port = await gateway.start(config.host, int(config.http_port), tls_context(config))
     except OSError as err:
         await running.stop(0)
