@@ -102,12 +102,6 @@ def _serve_engine_args(s) -> None:
         f"(default {_default('max_concurrent_calls')})",
     )
     s.add_argument(
-        "--max-pending-calls",
-        type=int,
-        help="calls held before the server picks them up, request bytes included; beyond it a burst's excess "
-        f"is CANCELLED (default {_default('max_pending_calls')}; it bounds a flood's memory)",
-    )
-    s.add_argument(
         "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
     )
     s.add_argument("--metrics-host", help=f"address for /metrics (default {_default('metrics_host')})")
@@ -131,6 +125,12 @@ def _serve_access_args(s) -> None:
         "--insecure-no-auth",
         action="store_true",
         help="accept calls without an API key (local experiments only: anyone may change the gallery)",
+    )
+    s.add_argument(
+        "--max-pending-calls",
+        type=int,
+        help="calls held before the server picks them up, request bytes included; beyond it a burst's excess "
+        f"is CANCELLED (default {_default('max_pending_calls')}; it bounds a flood's memory)",
     )
     s.add_argument(
         "--max-failed-verifies",
