@@ -218,3 +218,22 @@ def test_no_password_in_ps_for_a_postgresql_server_set_up_by_toml(small_bundle, 
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_the_template_secret_rotates_in_place_on_postgresql(postgres, tmp_path, capsys):
+    url = postgres()
+    (tmp_path / "a.key").write_bytes(os.urandom(32))
+    (tmp_path / "b.key").write_bytes(os.urandom(32))
+    old, new = (load_secret(tmp_path / f"{n}.key", environ={}).transform(DIM) for n in ("a", "b"))
+    vecs = vectors(4)
+    g = open_gallery(url, DIM, template_key=f"tk={old.key_id[:12]}")
+    for i, v in enumerate(vecs):
+        g.enroll(f"s{i}", old.apply(v))
+    before = [g.verify(f"s{i}", old.apply(vecs[i] + 0.1)) for i in range(4)]
+    g.close()
+    args = ["rotate-template-key", "--db", url, "--old-key-file", str(tmp_path / "a.key")]
+    assert main([*args, "--new-key-file", str(tmp_path / "b.key")]) == 0
+    g = open_gallery(url, DIM, template_key=f"tk={new.key_id[:12]}")
+    after = [g.verify(f"s{i}", new.apply(vecs[i] + 0.1)) for i in range(4)]
+    assert np.allclose(before, after, atol=1e-5)
+    g.close()
