@@ -203,7 +203,7 @@ def _strict_base64(value, message_descriptor, path: str) -> None:
             _strict_base64(item, f.message_type, f"{path}{f.json_name}.")
 
 
-def json_parser(message_class, rpc: str):
+def json_parser(message_class):
     """The request deserializer the gate calls after its checks: JSON body -> request message."""
     full_name = message_class.DESCRIPTOR.full_name
 
@@ -300,7 +300,7 @@ class HttpGateway:
         self.gate, self.health, self.max_body = gate, health_servicer, max_body_bytes
         self.handlers = {}
         for m in SERVICE.methods:
-            parser = json_parser(GetMessageClass(m.input_type), m.name)
+            parser = json_parser(GetMessageClass(m.input_type))
             self.handlers[m.name] = grpc.unary_unary_rpc_method_handler(
                 getattr(service, m.name), request_deserializer=parser
             )
