@@ -7,7 +7,7 @@ CONFIG ?= configs/dlib_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
-.PHONY: setup test lint format train export serve demo bench attack protos clean postgres bench-gallery
+.PHONY: setup test test-fast lint format train export serve demo bench attack protos clean postgres bench-gallery
 
 # The pretrained face model (dlib's ResNet) comes from the npm registry: `npm pack`, once (needs npm).
 PRETRAINED := $(VENV)/share/ppfr/face-api/face_recognition_model.bin
@@ -28,6 +28,10 @@ $(PRETRAINED): | $(STAMP)
 
 test: $(SETUP)
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (end-to-end runs, training, system tests): under 2 minutes.
+test-fast: $(SETUP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(SETUP)
 	$(VENV)/bin/ruff check .
@@ -86,9 +90,9 @@ cluster: $(SETUP)
 	$(PY) deploy/cluster.py up
 
 # The gallery at 10k/100k/1M templates: SQLite and PostgreSQL, exact and compressed (runs/bench-gallery/gallery.{json,md,png}).
-# GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see python -m ppfr.bench.gallery_bench --help)
+# GALLERY_ARGS: e.g. --sizes 10000,100000 --backends sqlite (see ppfr-bench gallery --help)
 bench-gallery: $(STAMP)
-	nice $(PY) -m ppfr.bench.gallery_bench $(GALLERY_ARGS)
+	nice $(VENV)/bin/ppfr-bench gallery $(GALLERY_ARGS)
 
 # INT8 recognizer of artifacts/$(RUN) (ONNX Runtime static quantization, calibrated on CelebA faces protected
 # by the bundle's own front-end) -> recognizer.int8.onnx + manifest; serve it with `ppfr-cloud serve

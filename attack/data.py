@@ -62,9 +62,9 @@ def attacker_set(data: Path, max_images: int | None, seed: int) -> tuple[list[Pa
 def utkface_faces(config_path, max_images: int | None) -> tuple[np.ndarray, dict]:
     """The leak-filtered UTKFace faces of a training config (`data.unlabeled`), at most max_images
     (evenly spaced), and the filter's verdict (how many were dropped)."""
+    from ppfr.train.config import full_config, load_config
     from ppfr.train.data import load_unlabeled
     from ppfr.train.leak_filter import filter_unlabeled
-    from ppfr.train.trainer import full_config, load_config
 
     dc = full_config(load_config(config_path))["data"]
     if not dc.get("unlabeled"):

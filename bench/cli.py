@@ -46,7 +46,7 @@ class Log:
 
 def find_bundles(methods, artifacts: Path, explicit: list[str], log) -> tuple[dict, list[dict]]:
     """{bundle name: (dir, manifest)} in method order, and the methods skipped with the reason."""
-    from ppfr.protos.bundle import BundleError, read_manifest
+    from ppfr.bundle import BundleError, read_manifest
 
     found, skipped = {}, []
     if explicit:

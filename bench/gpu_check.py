@@ -231,8 +231,6 @@ def training_steps(
 
 
 def run_check(pack_dir: Path, budget_s: float, gpu: bool | None = None) -> dict:
-    import torch
-
     t_start = time.time()
     faces, bundles = load_pack(pack_dir)
     fa = Path(pack_dir) / "face-api"
@@ -253,74 +251,79 @@ def run_check(pack_dir: Path, budget_s: float, gpu: bool | None = None) -> dict:
     if not ok:
         result["notes"].append(f"GPU rows skipped: {what}; CPU fallbacks measured instead")
     # the default first: the goal is on it, and a budget overrun must not cost its rows
-    bundles = sorted(bundles, key=lambda b: b["name"] != DEFAULT_BUNDLE)
-    for info in bundles:
+    for info in sorted(bundles, key=lambda b: b["name"] != DEFAULT_BUNDLE):
         name = info["name"]
         entry = result["bundles"][name] = {"method": info["method"], "shape": info["shape"], "notes": []}
-        left = budget_s - (time.time() - t_start)
-        if left < (60 if ok else 5):
+        if budget_s - (time.time() - t_start) < (60 if ok else 5):
             entry["notes"].append(f"skipped: time budget ({budget_s:.0f}s) spent")
             log(f"  {name}: skipped (time budget spent)")
             continue
-        try:
-            method, recognizer = load_recognizer(Path(pack_dir), info)
-        except Exception as err:  # one bundle that cannot load must not sink the rest
-            entry["notes"].append(f"not measured: cannot build the recognizer ({type(err).__name__}: {err})")
-            log(f"  {name}: {entry['notes'][-1]}")
-            continue
-        inputs = protected_inputs(method, faces)
-        t0 = time.time()
-        if ok:
-            variants = gpu_bench.TORCH_VARIANTS
-            if name != DEFAULT_BUNDLE:  # compiling every bundle would not fit the 8 minutes
-                variants = [v for v in variants if v[2] != "compile"]
-            entry["variants"] = gpu_bench._torch_variants(
-                recognizer, info["shape"], GPU_BATCHES, 30, variants, "cuda", inputs
-            )
-            torch.cuda.empty_cache()
-        elif name == DEFAULT_BUNDLE:  # CPU fallback: PyTorch on the default only (a minute in all)
-            torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-            cpu_variant = [("torch-cpu-fp32", "float32", "eager")]
-            entry["variants"] = gpu_bench._torch_variants(
-                recognizer, info["shape"], CPU_BATCHES, 4, cpu_variant, "cpu", inputs, warmup=2
-            )
-        else:
-            entry["variants"] = {}
-            entry["notes"].append("torch-cpu-fp32: measured on the default bundle only (CPU fallback)")
-        artifacts = REPO / "artifacts" / name
-        entry["variants"].update(
-            gpu_bench._onnx_variants(
-                artifacts,
-                info["shape"],
-                GPU_BATCHES if ok else CPU_BATCHES,
-                30 if ok else 2,
-                entry["notes"],
-                cpu=not ok,
-            )
-        )
-        entry["seconds"] = round(time.time() - t0, 1)
-        for v, r in entry["variants"].items():
-            if "rows" in r and r["rows"]:
-                best = max(r["rows"], key=lambda x: x["items_per_s"])
-                log(
-                    f"  {name} {v}: batch1 p50 {r['rows'][0]['p50_ms']:.3f} ms, "
-                    f"best {best['items_per_s']:.0f}/s"
-                )
-            else:
-                log(f"  {name} {v}: {r.get('error')}")
-        for n in entry["notes"]:
-            log(f"  {name}: {n}")
-    try:
-        if ok:
-            result["training"] = training_steps(Path(pack_dir), faces, "cuda", 48, 10, 3)
-        else:
-            result["training"] = training_steps(Path(pack_dir), faces, "cpu", 8, 1, 1)
-            result["training"]["note"] = "CPU fallback: batch 8 (the recipe's 48 on a GPU), one timed step"
-    except Exception as err:
-        result["training"] = {"error": f"{type(err).__name__}: {err}"}
+        measure_bundle(Path(pack_dir), info, faces, ok, entry)
+        log_entry(name, entry)
+    result["training"] = measure_training(Path(pack_dir), faces, ok)
     result["seconds"] = round(time.time() - t_start, 1)
     result["goal"]["result"] = _goal(result)
     return result
+
+
+def measure_bundle(pack_dir: Path, info: dict, faces: np.ndarray, gpu: bool, entry: dict) -> None:
+    """One bundle's rows (PyTorch variants, then ONNX Runtime/TensorRT) into entry["variants"]."""
+    import torch
+
+    name = info["name"]
+    try:
+        method, recognizer = load_recognizer(pack_dir, info)
+    except Exception as err:  # one bundle that cannot load must not sink the rest
+        entry["notes"].append(f"not measured: cannot build the recognizer ({type(err).__name__}: {err})")
+        return
+    inputs = protected_inputs(method, faces)
+    t0 = time.time()
+    if gpu:
+        variants = gpu_bench.TORCH_VARIANTS
+        if name != DEFAULT_BUNDLE:  # compiling every bundle would not fit the 8 minutes
+            variants = [v for v in variants if v[2] != "compile"]
+        entry["variants"] = gpu_bench._torch_variants(
+            recognizer, info["shape"], GPU_BATCHES, 30, variants, "cuda", inputs
+        )
+        torch.cuda.empty_cache()
+    elif name == DEFAULT_BUNDLE:  # CPU fallback: PyTorch on the default only (a minute in all)
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        cpu_variant = [("torch-cpu-fp32", "float32", "eager")]
+        entry["variants"] = gpu_bench._torch_variants(
+            recognizer, info["shape"], CPU_BATCHES, 4, cpu_variant, "cpu", inputs, warmup=2
+        )
+    else:
+        entry["variants"] = {}
+        entry["notes"].append("torch-cpu-fp32: measured on the default bundle only (CPU fallback)")
+    batches, repeats = (GPU_BATCHES, 30) if gpu else (CPU_BATCHES, 2)
+    entry["variants"].update(
+        gpu_bench._onnx_variants(
+            REPO / "artifacts" / name, info["shape"], batches, repeats, entry["notes"], cpu=not gpu
+        )
+    )
+    entry["seconds"] = round(time.time() - t0, 1)
+
+
+def log_entry(name: str, entry: dict) -> None:
+    for v, r in entry.get("variants", {}).items():
+        if "rows" in r and r["rows"]:
+            best = max(r["rows"], key=lambda x: x["items_per_s"])
+            log(f"  {name} {v}: batch1 p50 {r['rows'][0]['p50_ms']:.3f} ms, best {best['items_per_s']:.0f}/s")
+        else:
+            log(f"  {name} {v}: {r.get('error')}")
+    for n in entry["notes"]:
+        log(f"  {name}: {n}")
+
+
+def measure_training(pack_dir: Path, faces: np.ndarray, gpu: bool) -> dict:
+    try:
+        if gpu:
+            return training_steps(pack_dir, faces, "cuda", 48, 10, 3)
+        out = training_steps(pack_dir, faces, "cpu", 8, 1, 1)
+        out["note"] = "CPU fallback: batch 8 (the recipe's 48 on a GPU), one timed step"
+        return out
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def _goal(result: dict) -> dict:

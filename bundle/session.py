@@ -1,6 +1,6 @@
 """One way to open an ONNX model under ONNX Runtime (edge, cloud, export, attack, bench, tests).
 
-The options were chosen by measurement (`ppfr-bench ort-settings`, docs/benchmarks.md): graph level all
+The options were chosen by measurement (a one-off study, docs/benchmarks.md): graph level all
 and sequential execution beat the alternatives; `threads` 0 lets ONNX Runtime use one per physical core.
 """
 

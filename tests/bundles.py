@@ -11,7 +11,7 @@ real but rough; tests that need a meaningful threshold should train (`train_step
 from pathlib import Path
 
 import torch
-from conftest import DATA
+from helpers import DATA
 from ppfr.data import lfw_faces
 from ppfr.export.bundle import ExportResult, export_model
 

@@ -1,35 +1,21 @@
-"""Shared test fixtures: paths to the real face data in ../shared/data and small loaders."""
+"""Shared test fixtures (real face data, small real bundles, a real PostgreSQL); shared helpers that are not
+fixtures live in helpers.py. `pytest -m "not slow"` (make test-fast) skips the tests marked slow."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-MODELS = REPO.parent / "shared" / "models"
-
-
-def read_rgb(path) -> np.ndarray:
-    """A face as uint8 RGB HWC."""
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(path)
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def lfw_faces(n: int, start: int = 0) -> np.ndarray:
-    """n aligned 112x112 LFW faces (uint8 RGB NHWC) from the pair images, deterministic order."""
-    names = (DATA / "lfw" / "pairs_images.txt").read_text().split()
-    return np.stack([read_rgb(DATA / "lfw" / "aligned112" / p) for p in names[start : start + n]])
+# Until every module imports these from helpers (they used to live here):
+from helpers import DATA, MODELS, REPO, lfw_faces, read_rgb  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.exists():
-        pytest.fail(f"the shared face data is missing: expected {DATA} (clone beside ../shared)")
+        pytest.fail(
+            f"the shared face data is missing: expected {DATA} (clone beside ../shared or set PPFR_DATA)"
+        )
     return DATA
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import lfw_faces
+from helpers import lfw_faces
 from ppfr.bundle import Bundle, BundleError, Seeded, read_manifest, session
 from ppfr.cloud.runtime import create_runtime
 

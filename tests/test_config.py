@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 from ppfr.train.cli import main as train_cli
 from ppfr.train.config import ConfigError, full_config, load_config
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DATA, MODELS, REPO
+from helpers import DATA, MODELS, REPO
 from ppfr.edge.align import ARCFACE_TEMPLATE, align, estimate_transform, transform_points
 from ppfr.edge.detect import Detector, Face, pick_face, prominence
 from ppfr.edge.errors import ImageError

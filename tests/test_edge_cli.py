@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA
 from keys import new_key
+from ppfr.bundle import numpy_dtype, read_manifest
 from ppfr.cloud.local import LocalServer
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.cli import main as edge_main
-from ppfr.protos.bundle import numpy_dtype, read_manifest
 
 LFW_RAW = DATA / "lfw" / "raw_samples_250"
 BUSH, BUSH_2 = LFW_RAW / "George_W_Bush_0001.jpg", LFW_RAW / "George_W_Bush_0002.jpg"

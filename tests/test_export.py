@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 from bundles import export_small, small_config
-from conftest import lfw_faces
 from google.protobuf import json_format
+from helpers import lfw_faces
 from ppfr.bundle import read_manifest, session
 from ppfr.data import lfw_faces as lfw_faces_of
 from ppfr.export import cli, onnx_export, parity
@@ -68,7 +68,7 @@ def test_bundle_matches_pytorch_at_batch_1_and_7(bundles, method):
     recognizer.eval()
     faces = lfw_faces(8, start=100)
     if method == "dctdp":
-        from conftest import DATA
+        from helpers import DATA
 
         m.calibrate(torch.from_numpy(lfw_faces_of(DATA, 32)))
     front32 = onnx.load(str(bundle / "frontend.onnx"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from bundles import small_config
-from conftest import lfw_faces
+from helpers import lfw_faces
 from ppfr.bundle import read_manifest, session
 from ppfr.export import cli
 from ppfr.train import keys

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import torch
-from conftest import lfw_faces
+from helpers import lfw_faces
 from ppfr.train.frequency import (
     BlockDCT,
     BlockIDCT,

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 from ppfr.bench import gpu_check
 
 

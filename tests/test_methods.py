@@ -74,7 +74,7 @@ def test_ppfr_fd_chain_router_learns_the_order_on_real_faces(data_dir):
     """Shuffle2 is not sent, but each channel's pattern and its correlation with its chain neighbours give
     it away: after a short training the router puts far more channels of held-out faces in their place
     than the energy sort keeps in a stable place (a fact about PPFR-FD's privacy, too)."""
-    from conftest import read_rgb
+    from helpers import read_rgb
 
     torch.manual_seed(0)
     paths = sorted((data_dir / "celeba" / "aligned112").glob("*/*.jpg"))[::23][:320]

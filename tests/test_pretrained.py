@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import lfw_faces
+from helpers import lfw_faces
 from ppfr.train.dlib_resnet import (
     CHIP_AFFINE,
     ChipWarp,

@@ -6,14 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
+from helpers import DATA
 from ppfr.train.augment import augment
 from ppfr.train.data import load_cfp
 from ppfr.train.leak_filter import filter_unlabeled
 from ppfr.train.model import load_checkpoint, save_release
 from ppfr.train.trainer import train
 
-LFW = {"name": "lfw", "pairs": "../shared/data/lfw/pairs.txt", "root": "../shared/data/lfw/aligned112"}
+LFW = {"name": "lfw", "pairs": str(DATA / "lfw" / "pairs.txt"), "root": str(DATA / "lfw" / "aligned112")}
 
 
 def pretrained_cfg(method: str, steps: int = 2, **data) -> dict:
@@ -56,7 +56,7 @@ def test_stem_trains_on_a_frozen_trunk_and_ships_small(tmp_path):
 
 
 def test_augment_is_deterministic_and_stays_uint8(data_dir):
-    from conftest import lfw_faces
+    from helpers import lfw_faces
 
     x = torch.from_numpy(lfw_faces(4))
     cfg = {"scale": 0.05, "rotate": 6, "shift": 3, "brightness": 0.2, "contrast": 0.2, "gray": 0.5}
@@ -110,7 +110,7 @@ def test_pixel_stem_starts_as_an_inverse_dct_and_trains_its_own_first_layers(tmp
     """bdct keeps every frequency, so the pixel stem's least-squares start is an exact inverse DCT and
     the recognizer is the pretrained net itself before any step; training then moves the stem's copy of
     the first layers while the teacher's trunk stays as shipped."""
-    from conftest import lfw_faces
+    from helpers import lfw_faces
     from ppfr.train.dlib_resnet import ChipWarp, load_dlib_resnet
     from ppfr.train.model import build_model
 
@@ -137,7 +137,7 @@ def test_pixel_stem_reads_x8_partialface_through_the_clients_layout():
     """PartialFace as published (x8 upsample: 27 x 112 x 112): the pixel stem works per pixel, and its
     least-squares start is fitted on tensors placed by the layout each client drew (the router is untrained
     then), so it explains part of the faces it was fitted on; a mis-wired fit would make things worse."""
-    from conftest import lfw_faces
+    from helpers import lfw_faces
     from ppfr.train.model import build_model
 
     cfg = pretrained_cfg("partialface")

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from conftest import lfw_faces
+from helpers import lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.bundle import Bundle, Seeded, data_type, read_manifest
 from ppfr.cloud.runtime import RuntimeUnavailable, create_runtime

@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA
 from ppfr.bench.cli import main as bench_main
 from ppfr.evaluation.raw_pairs import Pair, choose, figures
 

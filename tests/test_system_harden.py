@@ -18,8 +18,8 @@ import random
 from dataclasses import replace
 
 import pytest
-from conftest import lfw_faces
 from hardening import count, enroll_until_killed, list_all, malformed_cases, send_all
+from helpers import lfw_faces
 from ppfr.bench.config import BenchConfig
 from ppfr.bench.e2e import run_loadgen
 from ppfr.bench.loadgen import write_requests

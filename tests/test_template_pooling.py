@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA
 from ppfr.bench.cli import main as bench_main
 from ppfr.cloud.matrix import TemplateMatrix
 from ppfr.data import read_faces

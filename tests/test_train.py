@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import DATA
 from ppfr.train.cli import main as train_cli
 from ppfr.train.model import load_checkpoint
 from ppfr.train.trainer import train
 
-LFW = {"name": "lfw", "pairs": "../shared/data/lfw/pairs.txt", "root": "../shared/data/lfw/aligned112"}
+LFW = {"name": "lfw", "pairs": str(DATA / "lfw" / "pairs.txt"), "root": str(DATA / "lfw" / "aligned112")}
 
 
 def tiny(method: dict, steps: int = 2, eval_pairs: int = 0, **over) -> dict:

@@ -1,7 +1,8 @@
 """Face data: ImageFolder training sets, LFW-style pairs.txt and InsightFace .bin verification sets.
 
-Every path is a config value; relative paths resolve against the repository root in a checkout (so
-the defaults reach ../shared/data from anywhere), else against the working directory. Decoded faces are
+Every path is a config value; `../shared/...` means the shared folder (ppfr.data.shared_root(), so
+PPFR_DATA moves it), other relative paths resolve against the repository root in a checkout, else against
+the working directory. Decoded faces are
 cached once as uint8 .npy (runs/.cache): on 2 cores one memory array beats a DataLoader with workers.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ppfr.data import FACE_SIZE, DataError, read_pairs, read_rgb
+from ppfr.data import FACE_SIZE, DataError, read_pairs, read_rgb, shared_root
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -24,6 +25,8 @@ def resolve(path) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
+    if p.parts[:2] == ("..", "shared"):  # how configs spell the shared folder
+        return shared_root().joinpath(*p.parts[2:]).resolve()
     base = REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
     return (base / p).resolve()
 
