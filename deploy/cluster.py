@@ -148,12 +148,14 @@ def up(args) -> int:
     status = 1
     with Postgres() as db:
         say("PostgreSQL 16 + pgvector (pgserver) started, database ppfr")
+        key_file = workdir / "api.key"  # as the compose file's key job writes it for the client
         try:
-            key = create_key(db)
+            key = write_key(db, key_file)
             for name in ("A", "B"):  # one after the other: the first creates the schema
                 replicas.append(start_replica(bundle, db, key, workdir, name))
-            status = run_client(args, bundle, key, replicas)
+            status = run_client(args, bundle, key_file, replicas)
         finally:
+            key_file.unlink(missing_ok=True)  # the database it opens is gone too
             codes = [r.stop() for r in replicas]
             say(f"replicas stopped (exit status {', '.join(str(c) for c in codes)}); stopping PostgreSQL")
             status = status or int(any(codes))
@@ -161,13 +163,14 @@ def up(args) -> int:
     return status
 
 
-def run_client(args, bundle: Path, key: str, replicas) -> int:
+def run_client(args, bundle: Path, key_file: Path, replicas) -> int:
     """`client` as its own process, as the edge container runs it."""
     cmd = [sys.executable, __file__, "client", "--bundle", str(bundle), "--data", str(args.data)]
+    cmd += ["--key-file", str(key_file)]
     cmd += ["--targets", ",".join(r.address for r in replicas)]
     cmd += ["--http", ",".join(r.http_url for r in replicas)]
     cmd += ["--metrics", ",".join(r.metrics_url + "/metrics" for r in replicas)]
-    return subprocess.run(cmd, env={**os.environ, "PPFR_API_KEY": key}).returncode
+    return subprocess.run(cmd).returncode
 
 
 # --- commands ------------------------------------------------------------------------------------------
@@ -194,7 +197,11 @@ def main(argv=None) -> int:
         if args.command == "bundle":
             print(ensure_bundle(args.out))
         elif args.command == "key":
-            write_key(args)
+            if not args.db:
+                raise ClusterError("key needs --db or $PPFR_CLOUD_DB")
+            key = write_key(args.db, args.out)
+            if args.out is None:
+                print(key)
         elif args.command == "client":
             from client import run
 
@@ -209,19 +216,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_key(args) -> None:
-    if not args.db:
-        raise ClusterError("key needs --db or $PPFR_CLOUD_DB")
-    key = create_key(args.db)
-    if args.out is None:
-        print(key)
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when the file was there before
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    say(f"API key written to {args.out}")
+def write_key(db: str, out: Path | None) -> str:
+    """A new key (create_key), also written to `out` (mode 0600) when given; returns it."""
+    key = create_key(db)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file was there before
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        say(f"API key written to {out}")
+    return key
 
 
 if __name__ == "__main__":
