@@ -200,6 +200,16 @@ def compressed(g, names, probes, truth, random_probes, random_truth, rng, d, arg
     log(f"  {g.backend} compressed {short(res['compressed'])}")
 
 
+def exact_and_compressed(g, n, d, names, probes, truth, rprobes, rtruth, args, res) -> None:
+    """The loaded gallery's exact search (a query subset above 200k), then its compressed index; closes it."""
+    rng = np.random.default_rng(7)
+    eq = probes[: args.exact_queries] if n > 200_000 else probes
+    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
+    log(f"  {g.backend} exact {short(res['exact'])}")
+    compressed(g, names, probes, truth, rprobes, rtruth, rng, d, args, res)
+    g.close()
+
+
 def short(r: dict) -> str:
     return (
         f"identify p50 {r['identify']['p50_ms']:.2f} p99 {r['identify']['p99_ms']:.2f} ms "
@@ -220,12 +230,7 @@ def bench_sqlite(n, d, vecs, names, probes, truth, rprobes, rtruth, args, work: 
     res = {"load": g.bulk_load(names, vecs)}
     res["memory_mb"] = {"matrix": rss_mb() - rss0}
     res["db_mb"] = path.stat().st_size / 2**20
-    rng = np.random.default_rng(7)
-    eq = probes[: args.exact_queries] if n > 200_000 else probes
-    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
-    log(f"  sqlite exact {short(res['exact'])}")
-    compressed(g, names, probes, truth, rprobes, rtruth, rng, d, args, res)
-    g.close()
+    exact_and_compressed(g, n, d, names, probes, truth, rprobes, rtruth, args, res)
     for f in work.glob(f"sqlite-{n}.sqlite*"):
         f.unlink()
     return res
@@ -245,12 +250,7 @@ def bench_postgres(n, d, vecs, names, probes, truth, rprobes, rtruth, args, url)
     size = g._conn().execute("SELECT pg_total_relation_size('ppfr_templates')").fetchone()[0]
     res["db_mb"] = size / 2**20
     log(f"  postgres replica started on {n:,} templates in {res['load']['replica_start_s']:.1f} s")
-    rng = np.random.default_rng(7)
-    eq = probes[: args.exact_queries] if n > 200_000 else probes
-    res["exact"] = measure(g, names, eq, truth[: len(eq)], rng, d, args.writes, True, args.measure_nice)
-    log(f"  postgres exact {short(res['exact'])}")
-    compressed(g, names, probes, truth, rprobes, rtruth, rng, d, args, res)
-    g.close()
+    exact_and_compressed(g, n, d, names, probes, truth, rprobes, rtruth, args, res)
     return res
 
 

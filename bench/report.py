@@ -138,15 +138,8 @@ def markdown(result: dict) -> str:
             f"{det['alignment']['p50_ms']:.3f} ms, p99 {det['alignment']['p99_ms']:.3f} ms "
             f"({det['faces_found']}/{det['photos']} raw LFW photos). Same for every method.",
         ]
-    lines += [
-        "",
-        "## End to end, full sweep",
-        "",
-        "| bundle | batching | "
-        + " | ".join(f"c{c} p50 / p90 / p99 ms, req/s" for c in cfg["concurrency"])
-        + " |",
-        "|---|---|" + "---|" * len(cfg["concurrency"]),
-    ]
+    sweep = [f"c{c} p50 / p90 / p99 ms, req/s" for c in cfg["concurrency"]]
+    lines += _table("End to end, full sweep", ["bundle", "batching", *sweep])
     for name, m in result["methods"].items():
         for mode in ("batching_on", "batching_off"):
             e = m.get("e2e", {}).get(mode)
@@ -163,15 +156,12 @@ def markdown(result: dict) -> str:
                     f"{lv['throughput_rps']:.0f}"
                 )
             lines.append(f"| {name} | {mode.split('_')[1]} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Recognizer throughput (items/s) and edge costs",
-        "",
-        "| bundle | runtime | b1 p50 / p99 ms | "
-        + " | ".join(f"b{b} /s" for b in cfg["rec_batches"])
-        + " | random draw p50 ms | draw+front-end+serialize p50 ms |",
-        "|---|---|---|" + "---|" * len(cfg["rec_batches"]) + "---|---|",
-    ]
+    batches = [f"b{b} /s" for b in cfg["rec_batches"]]
+    edge = ["random draw p50 ms", "draw+front-end+serialize p50 ms"]
+    lines += _table(
+        "Recognizer throughput (items/s) and edge costs",
+        ["bundle", "runtime", "b1 p50 / p99 ms", *batches, *edge],
+    )
     for name, m in result["methods"].items():
         for rt, v in m["recognizer"]["runtimes"].items():
             thr = " | ".join(
@@ -201,3 +191,8 @@ def markdown(result: dict) -> str:
             "Skipped: " + "; ".join(f"{s['name']} ({s['reason']})" for s in result["skipped"]) + ".",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _table(title: str, head: list[str]) -> list[str]:
+    """A markdown section title and a table's header rows."""
+    return ["", f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
