@@ -28,6 +28,11 @@ def rss_mb(pid) -> float:
     return 0.0
 
 
+def cpu_s(pid) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def keyed_rate(address, key, face, seconds) -> float:
     s, md = stub(address, key)
     n, end = 0, time.monotonic() + seconds
@@ -64,19 +69,21 @@ def flood(bundle, protect, n=8000):
         request = pb.VerifyRequest(subject_id="x", face=face).SerializeToString()
         flooder = context.Process(target=flood_process, args=(server.address, request, n, queue))
         t0 = time.monotonic()
+        cpu0 = cpu_s(server.process.pid)
         flooder.start()
         while flooder.is_alive():
             rates.append(keyed_rate(server.address, server.api_key, face, 1))
             peak.append(rss_mb(server.process.pid))
         took = time.monotonic() - t0
         result = {"codes": queue.get()}
+        cpu = cpu_s(server.process.pid) - cpu0
         lines = len(server.log_path.read_text().splitlines()) - lines0
         print(
             f"flood (serve {' '.join(extra) or 'defaults'}): {n} keyless Verify calls in {took:.1f}s "
             f"({result.get('codes')}); keyed Verify/s baseline "
             f"{base:.1f}, during the flood {np.mean(rates):.1f} ({np.mean(rates) / base:.0%}, worst second "
             f"{min(rates):.1f}); server RSS {rss0:.0f} -> peak {max(peak):.0f} MB (+{max(peak) - rss0:.0f}); "
-            f"log lines written {lines}"
+            f"log lines written {lines}; server CPU during the flood {cpu:.1f}s (keyed calls included)"
         )
 
 
