@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, MODELS, Protector, first_faces_of_people, read_rgb
 
-# Until every module imports these from helpers (they used to live here):
-from helpers import DATA, MODELS, REPO, lfw_faces, read_rgb  # noqa: F401
+# Until every test module imports these from helpers (they used to live here):
+from helpers import REPO as REPO
+from helpers import lfw_faces as lfw_faces
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +48,24 @@ def small_bundle(tmp_path_factory, data_dir):
         return cache[method]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def bundle(small_bundle) -> Path:
+    """The small PPFR-FD bundle (a module may define its own `bundle`)."""
+    return small_bundle("ppfr_fd")
+
+
+@pytest.fixture(scope="session")
+def protect(bundle) -> Protector:
+    """The edge's side of a call on `bundle`: face -> ProtectedFace, fresh random inputs each time."""
+    return Protector(bundle)
+
+
+@pytest.fixture(scope="session")
+def people() -> np.ndarray:
+    """One face each of six different LFW people."""
+    return first_faces_of_people(6)
 
 
 @pytest.fixture(scope="session")
