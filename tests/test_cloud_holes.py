@@ -63,6 +63,7 @@ def test_metrics_scrapes_open_no_database_connection(bundle, postgres, tmp_path)
     with ServerThread(config) as running:
         metrics = f"http://127.0.0.1:{running.running.metrics_port}/metrics"
         urllib.request.urlopen(metrics, timeout=5).read()
+        time.sleep(1.2)  # the gallery's health ping opens its connection at its first run (0.5 s)
         before = connections(url)
         for _ in range(40):
             assert b"ppfr_gallery_templates" in urllib.request.urlopen(metrics, timeout=5).read()
