@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from .client import Client, make_channel
-from .detect import DEFAULT_DETECTOR
+from .detect import BUNDLE_DETECTOR, DEFAULT_DETECTOR
 from .errors import EdgeError, ServerError
 from .image import write_png
 from .output import Report
@@ -62,8 +62,8 @@ def _common(parser: argparse.ArgumentParser, default) -> None:
     # Deprecated: the most prominent face is the default now. Accepted (hidden) so old scripts still run.
     g.add_argument("--largest", action="store_true", default=d(False), help=argparse.SUPPRESS)
     # The default is spelled out, not %(default)s: the subcommands' default is SUPPRESS.
-    detector_help = f"YuNet ONNX model (default: {DEFAULT_DETECTOR})".replace("%", "%%")
-    g.add_argument("--detector", default=d(str(DEFAULT_DETECTOR)), help=detector_help)
+    detector_help = f"YuNet ONNX model (default: the bundle's {BUNDLE_DETECTOR}, else {DEFAULT_DETECTOR})"
+    g.add_argument("--detector", default=d(None), help=detector_help.replace("%", "%%"))
     g.add_argument("--min-score", type=float, default=d(0.6), help="face detection score threshold (0.6)")
 
 
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("protect", "write the protected tensor (.npy) and a preview PNG of what the server receives")
     p.add_argument("--out", type=Path, help="output folder (default: beside each photo)")
     command("info", "what the server serves", images=False)
+    p = command("tenant", "sealed templates: the tenant's CKKS keys (docs/cloud.md)", images=False)
+    p.add_argument("action", choices=["keygen"], help="keygen: a new secret + public tenant context")
+    p.add_argument("--out", type=Path, required=True, help="folder for tenant.secret (0600) + tenant.public")
     p = command("delete", "remove a subject and all its templates", images=False)
     p.add_argument("--id", required=True, help="subject id")
     return parser
@@ -179,6 +182,11 @@ def _request(args, client, subject_id, face, report_item) -> None:
 
 
 def _process(args, report: Report) -> None:
+    if args.command == "tenant":
+        from .sealed import keygen  # tenseal only where sealed templates are used
+
+        report.info(keygen(args.out))
+        return
     if args.command in ("info", "delete"):
         client = _connect(args, None)
         if args.command == "info":
@@ -189,7 +197,7 @@ def _process(args, report: Report) -> None:
         return
     if not args.bundle:
         raise EdgeError(
-            "--bundle DIR is required (a folder written by ppfr-export, e.g. artifacts/small_ppfr_fd)"
+            "--bundle DIR is required (a folder written by ppfr-export, e.g. artifacts/dlib_ppfr_fd)"
         )
     jobs = _jobs(args)
     if args.largest:

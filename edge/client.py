@@ -1,5 +1,15 @@
-"""gRPC client of the FaceVerification service, with optional TLS / mTLS and clear errors."""
+"""gRPC client of the FaceVerification service, with optional TLS / mTLS and clear errors.
 
+Calls answered UNAVAILABLE (server restarting, connection lost) or RESOURCE_EXHAUSTED (rate limit, server
+busy) are retried with exponential backoff and full jitter, at most `Retry.attempts` times and never past
+`Retry.budget_s`; every Enroll carries an idempotency key (a fresh UUID, the same on each retry), so a
+retried Enroll never adds a template twice (docs/cloud.md).
+"""
+
+import random
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,6 +27,41 @@ FATAL = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 MAX_MESSAGE = 64 * 1024 * 1024
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded retries: attempt n (from 1) waits uniform(0, min(cap_s, base_s * 2**(n-1))) before the next
+    one; no wait goes past `budget_s` from the first attempt."""
+
+    attempts: int = 5
+    base_s: float = 0.2
+    cap_s: float = 3.0
+    budget_s: float = 15.0
+
+    def wait_s(self, attempt: int, started: float, now: float) -> float | None:
+        """Seconds to sleep before attempt `attempt + 1`, or None when no attempt is left."""
+        if attempt >= self.attempts:
+            return None
+        wait = random.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+        return wait if now + wait - started < self.budget_s else None
+
+
+NO_RETRY = Retry(attempts=1)
+
+
+def clean_api_key(api_key: str | None) -> str | None:
+    """The key without surrounding whitespace (a trailing newline from a file or `echo`); EdgeError for a
+    key that cannot travel as gRPC metadata (control or non-ASCII characters inside it)."""
+    if api_key is None:
+        return None
+    key = api_key.strip()
+    if not key:
+        raise EdgeError("the API key is empty (pass --api-key or set PPFR_API_KEY)")
+    if not all(" " <= c <= "~" for c in key):
+        raise EdgeError("the API key holds characters an API key cannot have (control or non-ASCII)")
+    return key
 
 
 def _read(path, what: str) -> bytes:
@@ -56,20 +101,32 @@ class Client:
         timeout: float = 10.0,
         tls: bool = False,
         api_key: str | None = None,
+        retry: Retry = Retry(),
     ):
         self.server = server
         self.tls = tls
         self.timeout = timeout
+        self.retry = retry
         # The server's API key travels as call metadata on every call (see docs/cloud.md).
+        api_key = clean_api_key(api_key)
         self.metadata = (("x-api-key", api_key),) if api_key else None
+        self.retries = 0  # calls repeated after UNAVAILABLE / RESOURCE_EXHAUSTED, over the client's life
         self.stub = pb_grpc.FaceVerificationStub(channel)
         self.channel = channel
 
     def _call(self, name: str, request):
-        try:
-            return getattr(self.stub, name)(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            try:
+                return getattr(self.stub, name)(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                wait = self.retry.wait_s(attempt, started, time.monotonic()) if code in RETRYABLE else None
+                if wait is None:
+                    raise self._error(err) from None
+            self.retries += 1
+            time.sleep(wait)
 
     def _error(self, err: grpc.RpcError) -> ServerError:
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
@@ -100,8 +157,13 @@ class Client:
     def info(self) -> pb.ServerInfo:
         return self._call("GetServerInfo", pb.GetServerInfoRequest())
 
-    def enroll(self, subject_id: str, face: pb.ProtectedFace) -> pb.EnrollResponse:
-        return self._call("Enroll", pb.EnrollRequest(subject_id=subject_id, face=face))
+    def enroll(
+        self, subject_id: str, face: pb.ProtectedFace, idempotency_key: str | None = None
+    ) -> pb.EnrollResponse:
+        """Add `face` as a template of `subject_id`. The idempotency key (default: a fresh UUID) makes a
+        retry of this enrollment - by this client or by the caller - add the template at most once."""
+        key = idempotency_key or str(uuid.uuid4())
+        return self._call("Enroll", pb.EnrollRequest(subject_id=subject_id, face=face, idempotency_key=key))
 
     def verify(self, subject_id: str, face: pb.ProtectedFace) -> pb.VerifyResponse:
         return self._call("Verify", pb.VerifyRequest(subject_id=subject_id, face=face))

@@ -9,7 +9,9 @@ from ppfr.data import model_path
 
 from .errors import EdgeError, ImageError
 
-# $PPFR_DATA/models/... for an installed edge (ppfr.data); ../shared/models/... in a checkout
+# The detector travels in the bundle (ppfr-export copies it there, its sha256 in the manifest); without
+# one there: $PPFR_DATA/models/... for an installed edge (ppfr.data), ../shared/models/... in a checkout.
+BUNDLE_DETECTOR = "detector.onnx"
 DEFAULT_DETECTOR = model_path("yunet", "face_detection_yunet_2023mar.onnx")
 
 # Photos larger than this (longest side, px) are shrunk for detection only; landmarks are scaled back.
@@ -54,13 +56,24 @@ def prominence(box, score: float, width: int, height: int) -> float:
     return max(0.0, w) * max(0.0, h) * float(score) * (1.0 - d)
 
 
+def find_detector(bundle_dir, given=None) -> Path:
+    """The YuNet model to use: `given` (--detector), else the bundle's own copy, else DEFAULT_DETECTOR."""
+    if given:
+        return Path(given)
+    in_bundle = Path(bundle_dir) / BUNDLE_DETECTOR
+    return in_bundle if in_bundle.is_file() else DEFAULT_DETECTOR
+
+
 class Detector:
     """YuNet, loaded once; `detect` runs on photos of any size."""
 
     def __init__(self, model_path=DEFAULT_DETECTOR, score_threshold: float = 0.6, nms_threshold: float = 0.3):
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise EdgeError(f"face detector model not found: {model_path} (pass --detector PATH)")
+            raise EdgeError(
+                f"face detector model not found: {model_path} (export the bundle again: it carries "
+                f"{BUNDLE_DETECTOR}; or pass --detector PATH)"
+            )
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(model_path), "", (320, 320), score_threshold, nms_threshold

@@ -83,7 +83,7 @@ class Report:
                     f"{c['subject_id']} {c['score']:.3f}{' (match)' if c['match'] else ''}"
                     for c in r["candidates"]
                 )
-                or "gallery is empty"
+                or "no match above the threshold"
             )
             return f"-> {best}  threshold {r['threshold']:.3f}"
         return f"-> {r['tensor']}, {r['preview']}  {r['shape']}"

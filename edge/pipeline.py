@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 from .align import SIZE, align, check_aligned
-from .detect import DEFAULT_DETECTOR, Detector, Face, pick_face
+from .detect import Detector, Face, find_detector, pick_face
 from .frontend import FrontEnd
-from .image import read_bgr
+from .image import MAX_PIXELS, read_bgr
 
 
 @dataclass
@@ -25,21 +25,29 @@ class Protected:
 
 
 class Pipeline:
-    """Holds the loaded models (detector, front-end session) for every photo of a run."""
+    """Holds the loaded models (detector, front-end session) for every photo of a run (docs/edge.md).
+
+    pipeline = Pipeline("artifacts/dlib_ppfr_fd")
+    done = pipeline.run("photo.jpg")       # Protected: .tensor [1, C, H, W], .face, .timings_ms
+    """
 
     def __init__(
         self,
         bundle_dir,
         aligned: bool = False,
         strict: bool = False,
-        detector=DEFAULT_DETECTOR,
+        detector=None,
         score_threshold: float = 0.6,
+        max_pixels: int = MAX_PIXELS,
     ):
-        """`strict`: a photo with several faces is an ImageError instead of using the most prominent."""
+        """`strict`: a photo with several faces is an ImageError instead of using the most prominent.
+        `detector`: a YuNet ONNX file (default: the bundle's detector.onnx, see detect.find_detector).
+        `max_pixels`: larger photos are refused from their header, before decoding."""
         self.frontend = FrontEnd(bundle_dir)
         self.aligned = aligned
         self.strict = strict
-        self.detector = None if aligned else Detector(detector, score_threshold)
+        self.max_pixels = max_pixels
+        self.detector = None if aligned else Detector(find_detector(bundle_dir, detector), score_threshold)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -63,7 +71,7 @@ class Pipeline:
         path = Path(path)
         clock = time.perf_counter
         t0 = clock()
-        bgr = read_bgr(path)
+        bgr = read_bgr(path, self.max_pixels)
         t1 = clock()
         if self.aligned:
             crop = check_aligned(bgr, str(path))

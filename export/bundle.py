@@ -23,7 +23,14 @@ from .onnx_export import EMBEDDING, IMAGE, PROTECTED, ExportError
 
 FRONTEND = "frontend.onnx"
 RECOGNIZER = "recognizer.onnx"
+DETECTOR = "detector.onnx"  # YuNet, copied in so the edge needs nothing but the bundle (edge/detect.py)
+YUNET = ("yunet", "face_detection_yunet_2023mar.onnx")
 WIRE_DTYPES = ("float16", "float32")
+MIN_TAR = 0.5  # export refuses a bundle below this TAR@FAR 1e-3 unless told to accept it
+
+
+class DegradedError(ExportError):
+    """The exported graphs verify too poorly (e.g. a key the recognizer was not trained under)."""
 
 
 @dataclass
@@ -31,6 +38,9 @@ class ExportResult:
     bundle: Path
     manifest: manifest_pb2.BundleManifest
     parity: parity.Parity
+    pairs: dict | None = None  # single-pair figures (accuracy, TAR, threshold) behind the manifest's
+    by_templates: list | None = None  # FAR 1e-3 thresholds for subjects with 1, 2, 3+ templates
+    detector: str | None = None  # sha256 of the bundle's detector.onnx (None: none found to copy)
 
 
 def sha256(data: bytes) -> str:
@@ -104,6 +114,8 @@ def export_model(
     parity_faces: int = 16,
     seed: int = 0,
     method_key: keys.MethodKey | None = None,
+    min_tar: float | None = None,
+    template_thresholds: bool = True,
 ) -> ExportResult:
     """Export an in-memory (method, recognizer) to `out_dir`; raises ExportError/ParityError on failure.
 
@@ -114,7 +126,12 @@ def export_model(
 
     method_key: the deployment key of a keyed method (train/keys.py); it replaces the key the method
     was trained with (trained parameters are kept). None keeps the method's own key. Either way the
-    manifest records only the key id and whether it is the public demo key, never the key.
+    manifest records only the key id and whether it is the public demo key, never the key. A `threshold`
+    passed in must come from the same key (export_checkpoint checks).
+
+    template_thresholds: also calibrate FAR 1e-3 thresholds for subjects with 1, 2 and 3+ templates
+    (pooled, through the exported graphs; `eval_pairs` also caps their subjects). min_tar: raise
+    DegradedError, before anything is written, when the single-pair TAR at FAR 1e-3 is below it.
     """
     if dtype not in WIRE_DTYPES:
         raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
@@ -127,21 +144,64 @@ def export_model(
     random = method.sample_random(len(faces), torch.Generator().manual_seed(seed))
     front32, front, recog = _graphs(method, recognizer, faces, random, dtype)
     result = parity.check(front32, front, recog, method, recognizer, faces, random, dtype)
-    if threshold is None or enrolled_photos > 1:  # ONNX Runtime sessions only when a threshold is computed
-        embed = _graph_embedder(front, recog, method, seed)
-        if threshold is None:
-            threshold = evaluation.recompute(root, embed, eval_pairs)
-        if enrolled_photos > 1:
-            threshold = evaluation.pooled(root, embed, enrolled_photos, base=threshold)
+    figures = (threshold, eval_pairs, enrolled_photos, template_thresholds)
+    pairs, by_templates, threshold = _thresholds(root, front, recog, method, seed, *figures)
+    if min_tar is not None and pairs["tar"] < min_tar:
+        raise DegradedError(_degraded(method, pairs, min_tar))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {FRONTEND: front.SerializeToString(), RECOGNIZER: recog.SerializeToString()}
+    files = _files(front, recog)
     manifest = _manifest(config, method, recognizer, out, files, dtype, threshold)
     manifest.training.CopyFrom(_training_info(config, ckpt or {}, checkpoint))
     manifest.opset = onnx_export.opset_of(front)
     _write(out, files, manifest)
-    return ExportResult(out, manifest, result)
+    sha = sha256(files[DETECTOR]) if DETECTOR in files else None
+    return ExportResult(out, manifest, result, pairs, by_templates, sha)
+
+
+def _files(front, recog) -> dict:
+    """The bundle's model files by name: both graphs and, when found (ppfr.data), the YuNet detector."""
+    files = {FRONTEND: front.SerializeToString(), RECOGNIZER: recog.SerializeToString()}
+    detector = shared_data.model_path(*YUNET)
+    if detector.is_file():
+        files[DETECTOR] = detector.read_bytes()
+    return files
+
+
+def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolled, per_count):
+    """(single-pair entry, [1, 2, 3+ template entries] or None, the manifest's main threshold entry).
+
+    ONNX Runtime sessions are opened only when something is computed here. The main threshold is the
+    single-pair one for enrolled == 1, else the pooled point for `enrolled` photos (the server's default
+    before it picks by template count)."""
+    if threshold is not None and enrolled == 1 and not per_count:
+        return threshold, None, threshold
+    embed = evaluation.Memo(_graph_embedder(front, recog, method, seed))
+    by_templates = None
+    if per_count:  # before the pairs: the 3-template entry then draws exactly as a lone pooled(3) did
+        by_templates = evaluation.by_template_count(root, embed, max_people=eval_pairs)
+    pairs = threshold or evaluation.recompute(root, embed, eval_pairs)
+    counts = {e["templates"]: e for e in by_templates or []}
+    if enrolled == 1:
+        main = pairs
+    elif enrolled in counts:
+        main = {k: v for k, v in counts[enrolled].items() if k != "templates"}
+    else:
+        main = evaluation.pooled(root, embed, enrolled, base=pairs, max_people=eval_pairs)
+    for e in [main, *(by_templates or [])]:
+        e["accuracy"] = pairs["accuracy"]  # pooling defines no accuracy: the single pairs' figure
+    return pairs, by_templates, main
+
+
+def _degraded(method, pairs: dict, min_tar: float) -> str:
+    key = keys.method_key_bytes(method)
+    under = f" under key id {keys.key_id(key)}" if key is not None else ""
+    return (
+        f"the exported graphs{under} verify LFW pairs at accuracy {pairs['accuracy']:.2%}, TAR "
+        f"{pairs['tar']:.2%} at FAR 1e-3 (below {min_tar:.0%}): the recognizer was not trained for this "
+        "key (adapt it to the key first, docs/export.md); --accept-degraded writes the bundle anyway"
+    )
 
 
 def _graphs(method, recognizer, faces: np.ndarray, random: dict, dtype: str):
@@ -235,12 +295,30 @@ def _graph_embedder(front, recog, method, seed):
     return embed
 
 
+def trained_key_id(config: dict, method) -> str | None:
+    """Key id of the key a checkpoint was trained under (None when its config does not say)."""
+    section = config.get("method") or {}
+    if section.get("key_id"):
+        return str(section["key_id"])
+    if "key" not in section:  # built with the method's default key
+        key = keys.method_key_bytes(method)
+        return keys.key_id(key) if key is not None else None
+    key = section["key"]
+    if key is None or key == keys.REDACTED:
+        return None
+    return keys.key_id(key.encode() if isinstance(key, str) else bytes(key))
+
+
 def export_checkpoint(checkpoint, out_dir, **kw) -> ExportResult:
-    """Load `runs/<name>/checkpoint.pt` (threshold from its metrics.json when present) and export it."""
+    """Load `runs/<name>/checkpoint.pt` and export it. The single-pair figures come from its
+    metrics.json only when the export key is the key it was trained under; else they are recomputed."""
     from ppfr.train.model import load_checkpoint
 
     checkpoint = Path(checkpoint)
     config, method, recognizer, ckpt = load_checkpoint(checkpoint)
-    if kw.get("threshold") is None:
+    new_key = kw.get("method_key")
+    trained = trained_key_id(config, method)
+    same_key = new_key is None or keys.method_key_bytes(method) is None or trained == new_key.key_id
+    if kw.get("threshold") is None and same_key:
         kw["threshold"] = evaluation.from_metrics(checkpoint.parent / "metrics.json")
     return export_model(config, method, recognizer, out_dir, ckpt=ckpt, checkpoint=checkpoint, **kw)

@@ -1,12 +1,14 @@
-"""Real faces for the parity check and the verification threshold of a bundle.
+"""The verification figures and thresholds of a bundle.
 
-The threshold comes from the run's metrics.json when training wrote one (LFW, FAR 1e-3). Otherwise it
-is recomputed here on LFW View-2 pairs through the exported graphs themselves (ONNX Runtime, one fresh
-random draw per face, no flip): that is exactly what the deployed edge + cloud compute. With `pooled`
-(ppfr-export --enrolled-photos K > 1) it is instead the FAR 1e-3 point of verification attempts against
-subjects enrolled from K photos, scored as the server scores them (cloud/matrix.py, pooled_score).
+The single-pair figures (LFW accuracy, TAR and threshold at FAR 1e-3) come from the run's metrics.json
+only when the bundle is exported under the key the run was trained with (export/bundle.py compares key
+ids); otherwise they are recomputed here on LFW View-2 pairs through the exported graphs themselves (ONNX
+Runtime, one fresh random draw per face, no flip): exactly what the deployed edge + cloud compute.
+`pooled` gives the FAR 1e-3 point of attempts against subjects enrolled from K photos, scored as the
+server scores them (cloud/matrix.py, pooled_score); `by_template_count` does so for 1, 2 and 3+ photos.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +16,24 @@ import numpy as np
 from ppfr.data import DataError, lfw_pairs, lfw_people, read_faces
 
 FAR = 1e-3
+TEMPLATE_COUNTS = (1, 2, 3)  # thresholds for subjects with 1, 2 and 3+ templates
+
+
+class Memo:
+    """`embed(faces)` that embeds each distinct face once (keyed by its pixels): the calibrations for 1,
+    2 and 3 templates and the LFW pairs share most faces. Each face keeps its one protected draw."""
+
+    def __init__(self, embed):
+        self.embed, self.cache = embed, {}
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        keys = [hashlib.blake2b(face.tobytes(), digest_size=16).digest() for face in images]
+        missing = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self.cache}
+        if missing:
+            order = sorted(missing.values())
+            for i, e in zip(order, self.embed(images[order])):
+                self.cache[keys[i]] = e
+        return np.stack([self.cache[k] for k in keys])
 
 
 def from_metrics(path: Path, set_name: str = "lfw") -> dict | None:
@@ -65,6 +85,13 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
         "num_pairs": len(pairs),
         "set": set_name + ", exported graphs",
     }
+
+
+def by_template_count(root: Path, embed, base: dict | None = None, max_people: int | None = None) -> list:
+    """`pooled` entries for subjects with 1, 2 and 3+ templates (TEMPLATE_COUNTS order), each with its
+    `templates` count. 3 first: its embeddings then draw exactly as a lone `pooled(root, embed, 3)`."""
+    entries = {k: pooled(root, embed, k, base, max_people) for k in sorted(TEMPLATE_COUNTS, reverse=True)}
+    return [{**entries[k], "templates": k} for k in TEMPLATE_COUNTS]
 
 
 def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_people: int | None = None) -> dict:

@@ -128,6 +128,7 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
         "20",
         "--enrolled-photos",
         "1",
+        "--accept-degraded",  # untrained
     ]
     assert cli.main(args) == 0
     printed = capsys.readouterr()
@@ -168,6 +169,7 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
         "20",
         "--enrolled-photos",
         "1",
+        "--accept-degraded",  # untrained
     ]
     assert cli.main(args) == 0
     assert "PUBLIC demo key" in capsys.readouterr().out
