@@ -22,20 +22,11 @@ from test_edge_cli import BUSH, BUSH_2, SERENA
 
 pytestmark = pytest.mark.slow
 
-# What a source install needs: pyproject's package folders, pyproject.toml and the README it names.
-SOURCES = (
-    "protos",
-    "train",
-    "export",
-    "edge",
-    "cloud",
-    "bench",
-    "attack",
-    "bundle",
-    "data",
-    "evaluation",
-    "demo",
-)
+
+def sources() -> list[str]:
+    """What a source install needs: pyproject's package folders (and pyproject.toml, the README)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return sorted(set(project["tool"]["setuptools"]["package-dir"].values()))
 
 
 @pytest.fixture(scope="module")
