@@ -1,0 +1,56 @@
+"""Export tells the truth (issue 26, item 2): under a key the recognizer was not trained for, every figure is
+measured again through the exported graphs (nothing copied from the run's metrics.json), the collapse is
+printed, and the bundle is refused (exit 2, one line) unless --accept-degraded."""
+
+import base64
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+from ppfr.bundle import read_manifest
+from ppfr.export.bundle import MIN_TAR, trained_key_id
+from ppfr.train import keys
+
+SHIPPED = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
+
+
+def test_trained_key_id_reads_the_config_and_never_guesses():
+    assert trained_key_id({"method": {"key": "ppfr-demo-key"}}, None) == keys.key_id(keys.DEMO_KEY)
+    assert trained_key_id({"method": {"key_id": "00ff"}}, None) == "00ff"
+    assert trained_key_id({"method": {"key": keys.REDACTED}}, None) is None  # unknown: measure again
+    assert trained_key_id({"method": {"name": "rgb"}}, object()) is None
+
+
+@pytest.mark.slow
+def test_shipped_default_under_a_fresh_key_prints_the_collapse_and_is_refused(tmp_path):
+    key_file = tmp_path / "method.key"
+    key_file.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    key_file.chmod(0o600)
+    out = tmp_path / "rekeyed"
+    cmd = [sys.executable, "-m", "ppfr.export.cli", "--checkpoint", str(SHIPPED), "--out", str(out)]
+    cmd += ["--key-file", str(key_file), "--eval-pairs", "200", "--parity-faces", "2"]
+    env = {k: v for k, v in os.environ.items() if k != keys.ENV_VAR}
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("ppfr-export: error:")]
+    assert len(errors) == 1 and "TAR" in errors[0] and "--accept-degraded" in errors[0]
+    assert "Traceback" not in refused.stderr and not (out / "manifest.json").exists()
+
+    written = subprocess.run(
+        [*cmd, "--accept-degraded"], capture_output=True, text=True, env=env, timeout=1200
+    )
+    assert written.returncode == 0, written.stderr
+    manifest = read_manifest(out)
+    threshold = manifest.threshold
+    assert threshold.accuracy != pytest.approx(0.977)  # not the training run's figure (demo key)
+    assert (
+        "exported graphs" in threshold.evaluation_set
+        and "training evaluation" not in threshold.evaluation_set
+    )
+    assert "DEGRADED" in written.stdout and f"accuracy {threshold.accuracy:.2%}" in written.stdout
+    assert "subjects with 1 template(s)" in written.stdout
+    assert dict(manifest.method_params)["key_id"] != keys.key_id(keys.DEMO_KEY)
+    pair_tar = float(written.stdout.split("LFW pairs:")[1].split("TAR ")[1].split("%")[0]) / 100
+    assert pair_tar < MIN_TAR
