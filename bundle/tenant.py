@@ -317,6 +317,32 @@ class PackedBlock:
         return total
 
 
+def encrypt_block(tenant: Tenant, templates) -> PackedBlock:
+    """A packed block encrypted directly from up to SLOTS plaintext templates (slot i = row i): 128
+    encryptions instead of 15 rotations + 128 products per template. For whoever holds the plaintexts
+    at once (the tenant's bulk enrolment; the sealed-gallery server during an Enroll). Same levels and
+    scale as `PackedBlock.put`, so both kinds of contribution add."""
+    t = tenant
+    x = np.asarray(templates, np.float64)
+    if x.ndim != 2 or x.shape[1] != DIM or len(x) > SLOTS:
+        raise SealedError(f"a block is at most {SLOTS} templates of {DIM} numbers")
+    full = np.zeros((SLOTS, DIM))
+    full[: len(x)] = x
+    last_prime = t.seal.get_context_data(t.levels[0]).parms().coeff_modulus()[-1].value()
+    scale = SCALE * SCALE / last_prime  # what put()'s mask product and rescale leave
+    rows = np.arange(SLOTS)
+    block = PackedBlock(t)
+    for k in range(DIM):
+        g = k // BABY
+        diag = full[rows, (rows + k) % DIM]  # diag[k][s] = T_s[(s + k) mod D]
+        pt = t._sa.Plaintext()
+        t.encoder.encode(list(np.roll(diag, BABY * g)), t.levels[1], scale, pt)  # stored rotated by -16g
+        ct = t._sa.Ciphertext()
+        t.encryptor.encrypt(pt, ct)
+        block.diags[k] = ct
+    return block
+
+
 def query_babies(tenant: Tenant, query, plain: bool = False) -> list:
     """The 16 baby-step rotations of a query: of its level-1 ciphertext (sealed edge, 15 rotations), or
     plaintexts of the known embedding (sealed gallery, no rotation)."""
