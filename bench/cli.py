@@ -6,7 +6,9 @@ The other measurements are subcommands (`ppfr-bench SUBCOMMAND --help`):
   raw-pairs   verification on raw LFW photos through the edge and the real server, next to the same pairs
               pre-aligned (ppfr.evaluation.raw_pairs; docs/edge.md)
   pooling     what enrolling several photos per person buys, and the server's pooled score
-              (ppfr.evaluation.pooling; docs/cloud.md)"""
+              (ppfr.evaluation.pooling; docs/cloud.md)
+  sealed      sealed templates (CKKS): sizes, edge and server costs, Identify at 1k/10k/100k, LFW decisions
+              sealed vs plain, a database thief's linkage (bench/sealed.py; docs/cloud.md)"""
 
 import argparse
 import importlib
@@ -29,6 +31,7 @@ SUBCOMMANDS = {
     "gallery": "ppfr.bench.gallery_bench",
     "raw-pairs": "ppfr.evaluation.raw_pairs",
     "pooling": "ppfr.evaluation.pooling",
+    "sealed": "ppfr.bench.sealed",
 }
 
 

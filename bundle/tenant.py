@@ -165,8 +165,16 @@ class Tenant:
     # --- encryption (edge, and the server in sealed-gallery mode) ----------------------------------
     def encrypt(self, vec, level: int = 0):
         """The replicated embedding at `level` (0: templates to enroll; 1: queries, smaller)."""
+        return self.encrypt_slots(replicate(vec), level)
+
+    def encrypt_slots(self, values, level: int = 0):
+        """SLOTS values as they are (e.g. 32 different embeddings side by side: `dot` then scores 32 pairs,
+        pair j in slot 128 j; the benchmark's LFW pairs)."""
+        values = np.asarray(values, np.float64).reshape(-1)
+        if values.shape != (SLOTS,) or not np.all(np.isfinite(values)):
+            raise SealedError(f"expected {SLOTS} finite values")
         pt = self._sa.Plaintext()
-        self.encoder.encode(list(replicate(vec)), self.levels[0], SCALE, pt)
+        self.encoder.encode(list(values), self.levels[0], SCALE, pt)
         ct = self._sa.Ciphertext()
         self.encryptor.encrypt(pt, ct)
         if level:
@@ -220,9 +228,12 @@ class Tenant:
         return self.window_sum(out)
 
     def dot_plain(self, ct, vec):
-        """Encrypted ct.vec for a plaintext query vec (sealed gallery: the server knows the query)."""
+        """Encrypted ct.vec for a plaintext query vec (sealed gallery: the server knows the query); vec is
+        one embedding (replicated) or SLOTS values laid out like ct."""
+        v = np.asarray(vec, np.float64).reshape(-1)
+        ct = self._at(ct, 1)  # the product needs one level: dropping the other first makes it cheaper
         pt = self._sa.Plaintext()
-        self.encoder.encode(list(replicate(vec)), ct.parms_id(), SCALE, pt)
+        self.encoder.encode(list(v if v.size == SLOTS else replicate(v)), ct.parms_id(), SCALE, pt)
         out = self._sa.Ciphertext()
         self.evaluator.multiply_plain(ct, pt, out)
         self.evaluator.rescale_to_next_inplace(out)
