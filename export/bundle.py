@@ -221,7 +221,7 @@ def _manifest(config, method, recognizer, out: Path, files: dict, dtype: str, th
     with torch.no_grad():
         emb_size = int(recognizer(torch.zeros(1, c, h, w)).shape[1])
     return manifest_pb2.BundleManifest(
-        name=str(config.get("name", out.name)),
+        name=bundle_name(str(config.get("name", out.name)), method),
         method=method.name,
         method_params=_struct(_method_params(method)),
         frontend_id=frontend_id(files[FRONTEND], method.key_material()),
@@ -257,6 +257,13 @@ def _manifest(config, method, recognizer, out: Path, files: dict, dtype: str, th
         ppfr_version=_version(),
         create_time=_now(),
     )
+
+
+def bundle_name(run: str, method) -> str:
+    """The run's name, and for a keyed method under a key other than the public demo key its key id too:
+    two exports of one run under two keys are two bundles (their front-ends differ) with two names."""
+    key = keys.method_key_bytes(method)
+    return run if key is None or key == keys.DEMO_KEY else f"{run}-key{keys.key_id(key)[:8]}"
 
 
 def _write(out: Path, files: dict, manifest) -> None:

@@ -253,6 +253,9 @@ def export_main(argv) -> int:
         method_key = _method_key(jobs, args)
     except keys.KeyPolicyError as err:
         return _fail(str(err))
+    if not args.all and args.out is None and method_key is not None and not method_key.demo:
+        # the bundle's own name (export/bundle.py bundle_name): one folder per key
+        jobs = [(args.checkpoint, jobs[0][1].with_name(f"{jobs[0][1].name}-key{method_key.key_id[:8]}"))]
     rows, failed, degraded = [], 0, 0
     for checkpoint, out in jobs:
         print(f"exporting {checkpoint} -> {out}", flush=True)
