@@ -40,6 +40,10 @@ HEALTH_PATH = "/healthz"
 MAX_HEADER_LINE = 16 * 1024
 MAX_HEADERS = 100
 MAX_CONNECTIONS = 1024
+# 401 answers per second over all connections; more wait their turn. The gate's work for a call without
+# a valid key runs on the event loop that serves every call, so a keyless flood is paced here (a waiting
+# connection costs memory only, MAX_CONNECTIONS at most) instead of taking the loop from keyed calls.
+UNAUTHENTICATED_PER_S = 200.0
 READ_TIMEOUT_S = 60.0  # for a whole request, between requests on a kept-alive connection, for an answer
 MAX_MESSAGE_CHARS = 300
 # grpc-gateway's mapping (runtime.HTTPStatusFromCode); anything else is 500.
@@ -96,6 +100,7 @@ class HttpRequest:
     method: str
     path: str
     headers: dict
+    length: int = 0  # Content-Length, checked against the limit; the body is read by read_body
     body: bytes = b""
     keep_alive: bool = True
 
@@ -108,9 +113,9 @@ class Reply:
 
 
 # --- HTTP/1.1 framing ----------------------------------------------------------------------------------
-async def read_request(reader: asyncio.StreamReader, max_body: int, writer=None) -> HttpRequest | None:
-    """The next request on the connection, or None when the client closed it between requests. A client
-    that sent `Expect: 100-continue` is told to go on (through `writer`) once its headers passed."""
+async def read_head(reader: asyncio.StreamReader, max_body: int) -> HttpRequest | None:
+    """The next request's line and headers (not its body), or None when the client closed the connection
+    between requests."""
     try:
         line = await reader.readuntil(b"\r\n")
     except asyncio.IncompleteReadError as err:
@@ -126,9 +131,8 @@ async def read_request(reader: asyncio.StreamReader, max_body: int, writer=None)
     headers = await _read_headers(reader)
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-    request = HttpRequest(method, target.split("?", 1)[0], headers, keep_alive=keep_alive)
-    request.body = await _read_body(reader, headers, max_body, writer)
-    return request
+    length = _content_length(headers, max_body)
+    return HttpRequest(method, target.split("?", 1)[0], headers, length, keep_alive=keep_alive)
 
 
 async def _read_headers(reader: asyncio.StreamReader) -> dict:
@@ -147,7 +151,7 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict:
     raise HttpError(431, f"more than {MAX_HEADERS} headers", close=True)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict, max_body: int, writer=None) -> bytes:
+def _content_length(headers: dict, max_body: int) -> int:
     if "transfer-encoding" in headers:
         raise HttpError(411, "send the body with a Content-Length (chunked bodies are not accepted)", True)
     length = headers.get("content-length", "0")
@@ -157,11 +161,16 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict, max_body: int,
         raise HttpError(
             413, f"the body is {int(length)} bytes; this server accepts at most {max_body}", close=True
         )
-    if not int(length):
+    return int(length)
+
+
+async def read_body(reader: asyncio.StreamReader, request: HttpRequest, writer) -> bytes:
+    """The body; a client that sent `Expect: 100-continue` is told to go on first."""
+    if not request.length:
         return b""
-    if writer is not None and headers.get("expect", "").lower() == "100-continue":
+    if request.headers.get("expect", "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    return await reader.readexactly(int(length))
+    return await reader.readexactly(request.length)
 
 
 def encode_reply(reply: Reply, keep_alive: bool) -> bytes:
@@ -295,6 +304,20 @@ class HttpCallContext:
         return {}
 
 
+class Pacer:
+    """Evenly spaced turns: wait() returns at once when idle, else at the next free slot."""
+
+    def __init__(self, per_second: float):
+        self.interval, self._next = 1.0 / per_second, 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class HttpGateway:
     def __init__(self, gate, service, health_servicer, max_body_bytes: int):
         self.gate, self.health, self.max_body = gate, health_servicer, max_body_bytes
@@ -308,6 +331,7 @@ class HttpGateway:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a call
         self._closing = False
+        self._unauthenticated = Pacer(UNAUTHENTICATED_PER_S)
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         self._server = await asyncio.start_server(
@@ -349,7 +373,7 @@ class HttpGateway:
     async def _serve_connection(self, reader, writer, peer: str, task) -> None:
         while not self._closing:
             try:
-                request = await asyncio.wait_for(read_request(reader, self.max_body, writer), READ_TIMEOUT_S)
+                request = await asyncio.wait_for(self._read(reader, writer), READ_TIMEOUT_S)
             except HttpError as err:
                 log.debug("http %s: %s", peer, err.message)
                 code = "RESOURCE_EXHAUSTED" if err.status == 413 else "INVALID_ARGUMENT"
@@ -363,11 +387,27 @@ class HttpGateway:
                 reply = await self.respond(request, peer)
             finally:
                 self._connections[task] = False
+            if reply.status == 401:
+                await self._unauthenticated.wait()
             keep_alive = request.keep_alive and not self._closing
             writer.write(encode_reply(reply, keep_alive))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
             if not keep_alive:
                 return
+
+    async def _read(self, reader, writer) -> HttpRequest | None:
+        """The next request. A call without an API key on a server that needs one is refused by the gate
+        without its body: the body is left unread and the connection closes after the answer, so a
+        keyless flood costs a request line and its headers per call."""
+        request = await read_head(reader, self.max_body)
+        if request is None:
+            return None
+        keyless = self.gate.keys is not None and "x-api-key" not in request.headers
+        if keyless and request.path.startswith(RPC_PREFIX):
+            request.keep_alive = False
+        else:
+            request.body = await read_body(reader, request, writer)
+        return request
 
     async def respond(self, request: HttpRequest, peer: str) -> Reply:
         if request.path == HEALTH_PATH:

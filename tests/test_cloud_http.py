@@ -190,6 +190,25 @@ def test_http_keep_alive_and_expect_100_continue(server, admin_key):
         assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
 
 
+def test_keyless_calls_are_refused_before_their_body_and_paced(server):
+    from ppfr.cloud.http_gateway import Pacer
+
+    head = f"POST {RPC}Verify HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".encode()  # the body never comes
+    with socket.create_connection(("127.0.0.1", server.running.http.port), timeout=30) as s:
+        s.sendall(head)
+        reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 401 ") and b"Connection: close" in reply
+        assert s.recv(1) == b""  # closed: the unread body is never parsed
+    gateway = server.running.http
+    saved, gateway._unauthenticated = gateway._unauthenticated, Pacer(50)
+    try:
+        start = time.monotonic()
+        statuses = [post(server, "Verify", {})[0] for _ in range(26)]
+        assert statuses == [401] * 26 and time.monotonic() - start >= 25 / 50  # one answer per 20 ms
+    finally:
+        gateway._unauthenticated = saved
+
+
 def raw_exchange(server, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", server.running.http.port), timeout=30) as s:
         s.sendall(data)
