@@ -227,6 +227,26 @@ def _row(run: str, res) -> dict:
     }
 
 
+def _jobs(args) -> list | str:
+    """[(checkpoint, bundle folder)] to export, or the one-line usage error."""
+    if args.all:
+        jobs = [
+            (c, (args.out or Path("artifacts")) / c.parent.name)
+            for c in sorted(args.runs.glob("*/checkpoint.pt"))
+        ]
+        if not jobs and not args.configs:
+            return f"no {args.runs}/*/checkpoint.pt found: train first (make train)"
+        return jobs
+    if args.checkpoint is None:
+        return "give --checkpoint runs/<name>/checkpoint.pt (or --all)"
+    if not args.checkpoint.is_file():
+        return (
+            f"no checkpoint {args.checkpoint}: train first (make train), or export the shipped default "
+            "pretrained/dlib_ppfr_fd/checkpoint.pt"
+        )
+    return [(args.checkpoint, args.out or Path("artifacts") / args.checkpoint.parent.name)]
+
+
 def export_main(argv) -> int:
     parser = _export_parser()
     args = parser.parse_args(argv)
@@ -238,17 +258,9 @@ def export_main(argv) -> int:
     from .onnx_export import ExportError
     from .parity import ParityError
 
-    if args.all:
-        jobs = [
-            (c, (args.out or Path("artifacts")) / c.parent.name)
-            for c in sorted(args.runs.glob("*/checkpoint.pt"))
-        ]
-        if not jobs and not args.configs:
-            return _fail(f"no {args.runs}/*/checkpoint.pt found: train first (make train)")
-    elif args.checkpoint is None:
-        return _fail("give --checkpoint runs/<name>/checkpoint.pt (or --all)")
-    else:
-        jobs = [(args.checkpoint, args.out or Path("artifacts") / args.checkpoint.parent.name)]
+    jobs = _jobs(args)
+    if isinstance(jobs, str):
+        return _fail(jobs)
     try:
         method_key = _method_key(jobs, args)
     except keys.KeyPolicyError as err:

@@ -164,7 +164,7 @@ def test_parity_failure_is_loud(bundles):
 
 def test_cli_user_mistakes_are_clear(tmp_path, capsys):
     assert (
-        cli.main(["--checkpoint", str(tmp_path / "runs/x/checkpoint.pt"), "--out", str(tmp_path / "a")]) == 1
+        cli.main(["--checkpoint", str(tmp_path / "runs/x/checkpoint.pt"), "--out", str(tmp_path / "a")]) == 2
     )
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "Traceback" not in err
