@@ -181,21 +181,34 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--key-file",
         default=None,
-        help="evaluate under another deployment key (PPFR-FD), as a bundle exported with it would run",
+        help="evaluate under this deployment key (PPFR-FD; or $PPFR_METHOD_KEY), as a bundle made with it "
+        "would run; a checkpoint from `ppfr-train rekey` needs its key",
     )
     ap.add_argument("--out", default=None, help="JSON output (default: next to the checkpoint)")
     return ap
 
 
 def _rekeyed(config: dict, method, key_file):
-    """(config, method) under the key in key_file, as a bundle exported with it would run."""
+    """(config, method) under the key in key_file or $PPFR_METHOD_KEY, as a bundle exported with it
+    would run; a checkpoint sealed to a deployment key (keys.seal) needs that key."""
+    from .cli import deployment_key
     from .data import DataError
-    from .keys import KeyPolicyError, is_keyed, read_key_file, rekey
+    from .keys import ENV_VAR, KeyPolicyError, is_keyed, sealed_key_id, unseal
 
-    if not is_keyed(method.name):
-        raise DataError(f"--key-file: method {method.name!r} has no key")
+    sealed = sealed_key_id(config.get("method", {}))
     try:
-        return rekey(config, method, read_key_file(key_file).key)
+        if not is_keyed(method.name):
+            if key_file:
+                raise KeyPolicyError(f"--key-file: method {method.name!r} has no key")
+            return config, method
+        key = deployment_key(key_file)
+        if key is not None:
+            return unseal(config, method, key.key)
+        if sealed is not None:
+            raise KeyPolicyError(
+                f"this checkpoint is adapted to method key id {sealed}: pass --key-file or set {ENV_VAR}"
+            )
+        return config, method
     except KeyPolicyError as err:
         raise DataError(str(err)) from None
 
@@ -223,8 +236,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         config, method, recognizer, _ = load_checkpoint(args.checkpoint)
-        if args.key_file:
-            config, method = _rekeyed(config, method, args.key_file)
+        config, method = _rekeyed(config, method, args.key_file)
         seed = args.seed if args.seed is not None else config.get("eval", {}).get("seed", 0)
         sets = _eval_sets(args, config)
     except (DataError, FileNotFoundError) as err:

@@ -158,6 +158,50 @@ def rekey(config: dict, method, key: bytes):
     return config, fresh
 
 
+SEALED_PREFIX = "<sealed: method key id "
+
+
+def seal(config: dict, method) -> tuple[dict, dict]:
+    """(config, method state) for a checkpoint of a method trained or adapted under a deployment key:
+    the key is replaced by a marker that names its id, and the keyed buffers (PPFR-FD: the Shuffle1
+    order, which is as good as the key) are those the marker itself would give. Loading such a
+    checkpoint needs the key again (`unseal`). The demo key is public: a demo-key run is written as is."""
+    key = method_key_bytes(method)
+    if key is None or key == DEMO_KEY:
+        return config, method.state_dict()
+    marker = f"{SEALED_PREFIX}{key_id(key)}>"
+    sealed, placeholder = rekey(config, method, marker.encode())
+    return {**sealed, "method": {**sealed["method"], "key": marker}}, placeholder.state_dict()
+
+
+def sealed_key_id(method_cfg: dict) -> str | None:
+    """The key id a sealed checkpoint's method section names (None: not sealed)."""
+    key = method_cfg.get("key")
+    if isinstance(key, str) and key.startswith(SEALED_PREFIX) and key.endswith(">"):
+        return key[len(SEALED_PREFIX) : -1]
+    return None
+
+
+def trained_key_id(method_cfg: dict) -> str:
+    """The id of the key a checkpoint's recognizer was trained or adapted under."""
+    sealed = sealed_key_id(method_cfg)
+    if sealed is not None:
+        return sealed
+    key = method_cfg.get("key", DEMO_KEY)
+    return key_id(key.encode() if isinstance(key, str) else bytes(key))
+
+
+def unseal(config: dict, method, key: bytes):
+    """(config, method) of a loaded checkpoint under `key`; KeyPolicyError when the checkpoint is sealed
+    to another key id. The returned config holds the key: never write it (`seal`, `redacted_config`)."""
+    want = sealed_key_id(config["method"])
+    if want is not None and key_id(key) != want:
+        raise KeyPolicyError(
+            f"this checkpoint was adapted to method key id {want}; the key given has id {key_id(key)}"
+        )
+    return rekey(config, method, key)
+
+
 def redacted_config(config: dict) -> dict:
     """The config with the method key replaced by a marker (the manifest records the config)."""
     method = config.get("method")

@@ -71,11 +71,15 @@ def build_model(config: dict, pretrained: bool = True) -> tuple[ProtectionMethod
 
 
 def save_checkpoint(path, config, method, recognizer, head=None, optimizer=None, state=None) -> None:
+    """A method under a deployment key is written sealed (keys.seal): its key id, never the key."""
+    from .keys import seal
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    config, method_state = seal(config, method)
     ckpt = {
         "config": config,
-        "method": method.state_dict(),
+        "method": method_state,
         "recognizer": recognizer.state_dict(),
         "head": head.state_dict() if head is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,

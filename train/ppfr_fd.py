@@ -206,16 +206,27 @@ class ChainRouter(nn.Module):
         self.classify = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
         self.logits = None  # the last forward's, for aux_loss
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    @staticmethod
+    def correlation(x: torch.Tensor) -> torch.Tensor:
+        """[B, C, C]: the correlation of every two channels' maps."""
         flat = x.float().flatten(2)
         flat = flat - flat.mean(2, keepdim=True)
         flat = flat / (flat.norm(dim=2, keepdim=True) + 1e-6)
-        corr = flat @ flat.transpose(1, 2)  # [B, C, C]
-        tokens = self.read(x.float().reshape(b * c, 1, h, w)).reshape(b, c, -1)
+        return flat @ flat.transpose(1, 2)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, dim]: each channel's map read on its own (so a channel permutation permutes them)."""
+        b, c, h, w = x.shape
+        return self.read(x.float().reshape(b * c, 1, h, w)).reshape(b, c, -1)
+
+    def chain_logits(self, tokens: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+        """[B, received, chain position] from the channels' tokens and correlations."""
         for layer in self.compare:
             tokens = layer(tokens, corr)
-        self.logits = self.classify(tokens)  # [B, received, chain position]
+        return self.classify(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.logits = self.chain_logits(self.tokens(x), self.correlation(x))
         log_p = self.logits
         for _ in range(self.sinkhorn):  # rows and columns of a permutation each sum to one
             log_p = log_p - log_p.logsumexp(2, keepdim=True)

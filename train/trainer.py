@@ -383,9 +383,14 @@ def save_run(path: Path, cfg: dict, state: TrainState) -> None:
 
 
 def _resume(path, state: TrainState, device) -> None:
+    from .keys import method_key_bytes, unseal
+
     ck = torch.load(resolve(path), map_location=device, weights_only=False)
     m = state.module
+    key = method_key_bytes(m.method)
     m.method.load_state_dict(ck["method"])
+    if key is not None:  # a sealed checkpoint holds the marker's Shuffle1 order: back to the run's key's
+        m.method.load_state_dict(unseal(ck["config"], m.method, key)[1].state_dict())
     m.recognizer.load_state_dict(ck["recognizer"])
     if m.head is not None and ck.get("head"):
         m.head.load_state_dict(ck["head"])
@@ -559,6 +564,8 @@ def _compare_with_init(trained: dict, scores: dict, progress: dict, sets, ec: di
 def write_results(cfg: dict, out: Path, state: TrainState, sets, data: FaceFolder, world: int) -> dict:
     """metrics.json (the trained numbers beside the untrained ones), roc.png and, for an analysis run,
     the channel scores."""
+    from .keys import seal
+
     ec, progress, method = cfg["eval"], state.progress, state.module.method
     t0 = time.time()
     trained, scores = evaluate_sets(method, state.module.recognizer, sets, ec)
@@ -584,7 +591,7 @@ def write_results(cfg: dict, out: Path, state: TrainState, sets, data: FaceFolde
         "eval_seconds": round(time.time() - t0, 1),
         "results": results,
         "history": progress["history"],
-        "config": cfg,
+        "config": seal(cfg, method)[0],  # a deployment key: its id only
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

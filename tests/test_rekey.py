@@ -1,0 +1,184 @@
+"""Re-keying (issue 26, item 1): `ppfr-train rekey` adapts the shipped PPFR-FD recognizer to a deployment's
+own key, and `ppfr-train --key-file` trains under one; the key is in no argv, log, checkpoint config,
+metrics.json or manifest (only its id), and a checkpoint adapted to a key is refused without it."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import DATA, REPO, lfw_faces
+from ppfr.train import keys
+from ppfr.train.methods import build_method
+from ppfr.train.model import load_checkpoint
+from ppfr.train.rekey import chain_order, fit_translation, fold_translation
+from ppfr.train.student import PixelStem
+from ppfr.train.trainer import train
+
+PRETRAINED = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
+LFW = {"name": "lfw", "pairs": str(DATA / "lfw" / "pairs.txt"), "root": str(DATA / "lfw" / "aligned112")}
+
+
+@pytest.fixture(autouse=True)
+def no_env_key(monkeypatch):
+    monkeypatch.delenv(keys.ENV_VAR, raising=False)
+
+
+def _secret(tmp_path) -> tuple[bytes, object]:
+    key = base64.b64encode(os.urandom(32))
+    path = tmp_path / "method.key"
+    path.write_bytes(key + b"\n")
+    path.chmod(0o600)
+    return key, path
+
+
+def _nowhere(key: bytes, *blobs: bytes) -> None:
+    """Neither the key nor the Shuffle1 order it gives appears in any of the blobs."""
+    order = str(build_method("ppfr_fd", key=key).keep.tolist()).encode()
+    for blob in blobs:
+        assert key not in blob and key.decode().encode("utf-16-le") not in blob
+        assert order not in blob
+
+
+@torch.no_grad()
+def test_folded_translation_is_the_translation():
+    torch.manual_seed(0)
+    stem = PixelStem(34, 14, 16, 1)
+    for bn in (stem.norm, stem.context[1]):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    torch.nn.init.normal_(stem.context[-1].weight, std=0.1)
+    stem.eval()
+    a, c = torch.eye(34) + 0.2 * torch.randn(34, 34), 0.1 * torch.randn(34)
+    x = torch.randn(2, 34, 14, 14)
+    want = stem(torch.einsum("ij,bjhw->bihw", a, x) + c[None, :, None, None])
+    fold_translation(stem, a, c)
+    torch.testing.assert_close(stem(x), want, rtol=1e-4, atol=1e-3)
+
+
+@torch.no_grad()
+def test_translation_recovers_the_training_keys_channels():
+    """A new key's chain of mixes carries the same 35 frequencies: a linear map gets the old chain back."""
+    faces = torch.from_numpy(lfw_faces(24))
+    old, new = build_method("ppfr_fd", key="ppfr-demo-key"), build_method("ppfr_fd", key=os.urandom(32))
+    a, c = fit_translation(old, new, faces[:16])
+    x_new, x_old = chain_order(new, faces[16:]), chain_order(old, faces[16:])
+    pred = torch.einsum("ij,bjhw->bihw", a, x_new) + c[None, :, None, None]
+    var = (x_old - x_old.mean((0, 2, 3), keepdim=True)).pow(2).sum()
+    r2, r2_as_is = (1 - (y - x_old).pow(2).sum() / var for y in (pred, x_new))
+    assert r2 > 0.9 > 0.5 > r2_as_is  # held-out faces
+
+
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ppfr.train.cli", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
+    key, path = _secret(tmp_path)
+    out = tmp_path / "rekeyed"
+    argv = ["rekey", "--key-file", path, "--out", out, "--steps", "2", "--fit-images", "32", "--threads", "2"]
+    run = _cli(*argv)
+    assert run.returncode == 0, run.stderr.decode()
+    assert keys.key_id(key) in run.stdout.decode()
+    ckpt = out / "checkpoint.pt"
+    config, method, _, raw = load_checkpoint(ckpt)
+    assert keys.sealed_key_id(config["method"]) == keys.key_id(key) == keys.trained_key_id(config["method"])
+    assert method.keep.tolist() != build_method("ppfr_fd", key=key).keep.tolist()  # the marker's order
+    _nowhere(key, " ".join(map(str, argv)).encode(), run.stdout, run.stderr, ckpt.read_bytes())
+    _nowhere(key, (out / "rekey.json").read_bytes(), json.dumps(raw["config"], default=str).encode())
+
+    # evaluation needs the key; with it, the method is the key's again
+    pairs = ["--checkpoint", ckpt, "--max-pairs", "20", "--out", tmp_path / "eval.json"]
+    refused = _cli_eval(*pairs)
+    assert refused.returncode == 2 and keys.key_id(key) in refused.stderr.decode()
+    assert b"Traceback" not in refused.stderr
+    other, other_path = _secret(tmp_path / "..")
+    wrong = _cli_eval(*pairs, "--key-file", other_path)
+    assert wrong.returncode == 2 and b"adapted to method key id" in wrong.stderr
+    ok = _cli_eval(*pairs, env={keys.ENV_VAR: key.decode()})
+    assert ok.returncode == 0, ok.stderr.decode()
+    _nowhere(key, ok.stdout, ok.stderr, (tmp_path / "eval.json").read_bytes())
+
+    # the bundle exported from it: the key id, never the key
+    bundle = tmp_path / "bundle"
+    export = [sys.executable, "-m", "ppfr.export.cli", "--checkpoint", ckpt, "--out", bundle]
+    export += ["--key-file", path, "--eval-pairs", "20", "--enrolled-photos", "1"]
+    if "--accept-degraded" in _help("ppfr.export.cli"):
+        export.append("--accept-degraded")  # 2 router steps: not adapted yet
+    done = subprocess.run(list(map(str, export)), cwd=REPO, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    manifest = (bundle / "manifest.json").read_bytes()
+    assert keys.key_id(key).encode() in manifest
+    _nowhere(key, manifest, done.stdout, done.stderr, (bundle / "recognizer.onnx").read_bytes())
+
+
+def _cli_eval(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ppfr.train.evaluate", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def _help(module: str) -> str:
+    return subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True).stdout
+
+
+def test_key_is_never_an_argument():
+    run = _cli("--config", "configs/small_ppfr_fd.yaml", "--set", "method.key=something-secret-123")
+    assert run.returncode == 2 and b"never given in argv" in run.stderr
+    rekey = _cli("rekey", "--steps", "1")
+    assert (
+        rekey.returncode == 2 and keys.ENV_VAR.encode() in rekey.stderr and b"Traceback" not in rekey.stderr
+    )
+
+
+def test_training_under_a_key_writes_its_id_only_and_resumes(tmp_path, monkeypatch, capsys):
+    from ppfr.train.cli import deployment_key
+
+    key = base64.b64encode(os.urandom(32))
+    monkeypatch.setenv(keys.ENV_VAR, key.decode())
+    method = {"name": "ppfr_fd", "key": deployment_key(None).key}
+    cfg = {
+        "name": "t",
+        "method": method,
+        "model": {"backbone": "mobilefacenet", "embedding_size": 32, "width": 0.25, "blocks": [1, 1, 1, 1]},
+        "head": {"type": "arcface", "weight": 1.0},
+        "data": {"max_images": 48, "eval": [dict(LFW, max_pairs=20)]},
+        "train": {"batch_size": 8, "max_steps": 2, "threads": 1, "lr": 0.05},
+        "eval": {"init": False, "batch_size": 64},
+    }
+    ckpt = train(cfg, out_dir=tmp_path / "a", progress=False)
+    printed = capsys.readouterr()
+    config, _, _, raw = load_checkpoint(ckpt)
+    assert keys.sealed_key_id(config["method"]) == keys.key_id(key)
+    metrics = (tmp_path / "a" / "metrics.json").read_bytes()
+    _nowhere(key, ckpt.read_bytes(), metrics, printed.out.encode(), printed.err.encode())
+    assert keys.key_id(key).encode() in metrics
+
+    # resuming under the key continues with the key's Shuffle1, not the marker's
+    from ppfr.train import trainer
+
+    seen = []
+    step = trainer.train_step
+    monkeypatch.setattr(
+        trainer, "train_step", lambda s, b: seen.append(s.module.method.keep.tolist()) or step(s, b)
+    )
+    again = train({**cfg, "train": {**cfg["train"], "max_steps": 3}}, out_dir=tmp_path / "b", resume=ckpt)
+    assert seen == [build_method("ppfr_fd", key=key).keep.tolist()]
+    assert keys.sealed_key_id(load_checkpoint(again)[0]["method"]) == keys.key_id(key)
+    with pytest.raises(keys.KeyPolicyError, match="adapted to method key id"):
+        keys.unseal(config, load_checkpoint(again)[1], b"another key of enough bytes")

@@ -1,0 +1,188 @@
+"""Re-keying: a trained PPFR-FD recognizer adapted to a deployment's own method key.
+
+A new key changes Shuffle1, so the 34 mixed channels M_j = (E_a + E_b) / 2 the client sends pair other
+DCT frequencies, in another chain order. Two parts of the server read that:
+- the chain router learned to tell the training key's mixes apart: it is trained again against the
+  known draw (`ChainRouter.aux_loss`, cross-entropy; no teacher, no identity labels);
+- the pixel stem reads the training key's mixes: a 34 x 34 linear translation, new-key chain order ->
+  training-key chain order, fitted by least squares on the same training faces protected under both
+  keys, is folded into the stem's first layers (`fold_translation`), so the architecture, the config
+  and the export stay as they were.
+Everything after the stem's first layers (its body, the dlib front, the trunk) is kept.
+
+    ppfr-train rekey --key-file method.key            # pretrained/dlib_ppfr_fd -> runs/dlib_ppfr_fd_rekeyed
+
+The checkpoint written holds the key id, never the key (keys.seal); export and evaluation take the key
+again from --key-file or $PPFR_METHOD_KEY. Measured: docs/results.md, "Re-keying".
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .augment import augment
+from .model import Recognizer
+from .student import PixelStem
+
+CHAIN = "shuffle2"
+
+
+def chain_order(method, images: torch.Tensor) -> torch.Tensor:
+    """The protected tensor of uint8 NHWC faces with its channels in chain order (Shuffle2 = identity)."""
+    n = method.mixed_channels
+    return method(images, shuffle2=torch.arange(n).expand(len(images), n))
+
+
+@torch.no_grad()
+def fit_translation(old, new, images: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, c) minimising |A x_new + c - x_old|^2 over every block position of `images`: x_new, x_old the
+    faces protected under the new and the training key, both in chain order."""
+    gram = rhs = 0.0
+    for i in range(0, len(images), chunk):
+        part = images[i : i + chunk]
+        xs = [chain_order(m, part).double().permute(0, 2, 3, 1).flatten(0, 2) for m in (new, old)]
+        a = torch.cat([xs[0], torch.ones_like(xs[0][:, :1])], 1)
+        gram, rhs = gram + a.T @ a, rhs + a.T @ xs[1]
+    w = torch.linalg.solve(gram + 1e-6 * torch.eye(gram.shape[0], dtype=gram.dtype), rhs)
+    return w[:-1].T.float(), w[-1].float()
+
+
+@torch.no_grad()
+def fold_translation(stem: PixelStem, a: torch.Tensor, c: torch.Tensor) -> None:
+    """Makes `stem` read x through x_old = A x + c: its input BatchNorm (an affine map in eval mode)
+    and A, c go into the two 1x1 convolutions that read the normalised input; the BatchNorm becomes
+    the identity. The stem must then stay in eval mode (its statistics are frozen)."""
+    bn = stem.norm
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    t = bn.bias - bn.running_mean * s
+    g, h = s[:, None] * a, s * c + t  # BN(A x + c) = G x + h
+    lin = stem.linear
+    w1 = lin.weight[:, :, 0, 0]
+    lin.bias.add_(w1 @ h)
+    lin.weight.copy_((w1 @ g)[:, :, None, None])
+    conv, after = stem.context[0], stem.context[1]  # 1x1 conv without bias, then BatchNorm
+    w0 = conv.weight[:, :, 0, 0]
+    after.running_mean.sub_(w0 @ h)
+    conv.weight.copy_((w0 @ g)[:, :, None, None])
+    bn.weight.fill_(1.0)
+    bn.bias.zero_()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
+
+
+def pixel_stem(recognizer: Recognizer) -> PixelStem:
+    stem = getattr(recognizer.backbone, "stem", None)
+    if not (isinstance(stem, nn.Sequential) and isinstance(stem[0], PixelStem)):
+        raise ValueError("re-keying needs a pixel-stem recognizer (model.pixel_stem: true)")
+    return stem[0]
+
+
+@torch.no_grad()
+def router_inputs(router, method, images: np.ndarray, views: int, opts: dict) -> tuple:
+    """(tokens [N*views, C, dim], correlations [N*views, C, C]) of the faces in chain order, read once.
+
+    The router is permutation-equivariant (each map read on its own, attention without positions,
+    correlations permuted with the channels) and a Shuffle2 draw only permutes channels (the second
+    self-normalisation is across channels): so training on the chain order with targets 0..C-1 is
+    training on every draw, and the per-map reading, kept frozen, is computed once per face view.
+    View 0 is the face as it is; the others are flipped and augmented (train.augment)."""
+    tokens, corr, chunk = [], [], 64
+    for v in range(views):
+        gen = torch.Generator().manual_seed(opts["seed"] * 7919 + v)
+        for i in range(0, len(images), chunk):
+            faces = torch.as_tensor(np.ascontiguousarray(images[i : i + chunk]))
+            if v:
+                faces = augment(faces.flip(2) if v % 2 else faces, gen, opts["augment"])
+            x = chain_order(method, faces)
+            tokens.append(router.tokens(x))
+            corr.append(router.correlation(x))
+    return torch.cat(tokens), torch.cat(corr)
+
+
+def placed(router, tokens: torch.Tensor, corr: torch.Tensor, chunk: int = 256) -> float:
+    """The fraction of channels whose most likely chain position is their own."""
+    with torch.no_grad():
+        hits = [
+            (
+                router.chain_logits(tokens[i : i + chunk], corr[i : i + chunk]).argmax(2)
+                == torch.arange(tokens.shape[1])
+            )
+            .float()
+            .mean()
+            * len(tokens[i : i + chunk])
+            for i in range(0, len(tokens), chunk)
+        ]
+    return float(sum(hits) / len(tokens))
+
+
+def train_router(router, tokens: torch.Tensor, corr: torch.Tensor, opts: dict, log=print) -> dict:
+    """The router's comparison layers and classifier (opts['router']: 'compare', or 'classify' alone)
+    on precomputed per-map tokens (router_inputs), cross-entropy against the chain positions, steps
+    opts['steps']. Returns the last running loss and placement."""
+    steps, batch, n = opts["steps"], opts["batch_size"], tokens.shape[1]
+    parts = [router.classify] + ([router.compare] if opts["router"] == "compare" else [])
+    router.requires_grad_(False)
+    params = [p for m in parts for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    router.train()
+    opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=opts["lr"], total_steps=max(steps, 1), pct_start=0.1
+    )
+    target = torch.arange(n).repeat(batch)
+    avg, t0, gen = {}, time.time(), torch.Generator().manual_seed(opts["seed"])
+    for step in range(steps):
+        idx = torch.randint(0, len(tokens), (batch,), generator=gen)
+        logits = router.chain_logits(tokens[idx], corr[idx])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        hit = (logits.argmax(2) == target.reshape(batch, n)).float().mean().item()
+        for k, v in (("route", loss.item()), ("placed", hit)):
+            avg[k] = 0.9 * avg.get(k, v) + 0.1 * v
+        if (step + 1) % opts["log_every"] == 0 or step + 1 == steps:
+            log(
+                f"router step {step + 1}/{steps} route {avg['route']:.3f} placed {100 * avg['placed']:.1f}% "
+                f"({(time.time() - t0) / (step + 1):.2f} s/step)",
+                flush=True,
+            )
+    router.eval()
+    return avg
+
+
+def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, opts: dict, log=print) -> dict:
+    """Adapts `recognizer` (trained under method_old's key) to method_new's key in place: the stem's
+    input translation (least squares on opts['fit_images'] faces), then opts['steps'] router steps."""
+    t0 = time.time()
+    recognizer.eval()
+    pick = np.random.default_rng(opts["seed"]).choice(
+        len(images), min(len(images), opts["fit_images"]), False
+    )
+    faces = torch.as_tensor(np.ascontiguousarray(images[np.sort(pick)]))
+    a, c = fit_translation(method_old, method_new, faces)
+    with torch.no_grad():
+        x_new, x_old = (chain_order(m, faces[:64]) for m in (method_new, method_old))
+        pred = torch.einsum("ij,bjhw->bihw", a, x_new) + c[None, :, None, None]
+        r2 = 1 - (pred - x_old).pow(2).sum() / (x_old - x_old.mean((0, 2, 3), keepdim=True)).pow(2).sum()
+    fold_translation(pixel_stem(recognizer), a, c)
+    log(
+        f"stem input translation: least squares on {len(faces)} faces, R^2 {r2:.4f} ({time.time() - t0:.0f}s)"
+    )
+    recognizer.requires_grad_(False)
+    t1 = time.time()
+    router = recognizer.adapter
+    tokens, corr = router_inputs(router, method_new, images, opts["views"], opts)
+    log(f"router inputs: {len(tokens)} face views read ({time.time() - t1:.0f}s)", flush=True)
+    last = train_router(router, tokens, corr, opts, log)
+    recognizer.eval()
+    return {"translation_r2": float(r2), "router": last, "seconds": round(time.time() - t0, 1)}
+
+
+def default_out(src: Path) -> Path:
+    return Path("runs") / f"{Path(src).parent.name}_rekeyed"

@@ -1,0 +1,108 @@
+"""ppfr-train rekey: a trained PPFR-FD recognizer (default: the shipped one) adapted to your own key.
+
+    head -c 32 /dev/urandom | base64 > method.key && chmod 600 method.key
+    ppfr-train rekey --key-file method.key            # -> runs/dlib_ppfr_fd_rekeyed/checkpoint.pt
+    ppfr-eval --checkpoint runs/dlib_ppfr_fd_rekeyed/checkpoint.pt --key-file method.key
+    ppfr-export --checkpoint runs/dlib_ppfr_fd_rekeyed/checkpoint.pt --key-file method.key
+
+What it changes and why: train/rekey.py. The key comes from --key-file or $PPFR_METHOD_KEY; the
+checkpoint and rekey.json hold only its id.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import keys
+from .cli import _key_arg, deployment_key
+from .config import ConfigError
+from .data import DataError, load_face_folder, resolve
+
+DEFAULT_FROM = "pretrained/dlib_ppfr_fd/checkpoint.pt"
+STEPS = 400
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ppfr-train rekey", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _key_arg(ap)
+    ap.add_argument("--from", dest="src", default=DEFAULT_FROM, help=f"checkpoint to adapt ({DEFAULT_FROM})")
+    ap.add_argument("--out", default=None, help="output folder (default runs/<source folder>_rekeyed)")
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"router training steps ({STEPS})")
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--fit-images", type=int, default=1024, help="faces for the stem's translation (1024)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _source(path: str, key: keys.MethodKey):
+    """(config, training-key method, recognizer, new-key config, new-key method) of the source."""
+    from .model import load_checkpoint
+
+    config, method, recognizer, _ = load_checkpoint(resolve(path))
+    if not (keys.is_keyed(method.name) and getattr(method, "route", False)):
+        raise ConfigError(f"{path}: re-keying adapts a PPFR-FD chain-router recognizer (method.route: true)")
+    if keys.sealed_key_id(config["method"]) is not None:
+        raise ConfigError(f"{path} is itself adapted to a deployment key: start from the one it came from")
+    new_config, new_method = keys.rekey(config, method, key.key)
+    return config, method, recognizer, new_config, new_method
+
+
+def run(args, key: keys.MethodKey) -> Path:
+    from .model import save_checkpoint
+    from .rekey import adapt, default_out
+
+    t0 = time.time()
+    config, method, recognizer, new_config, new_method = _source(args.src, key)
+    dc = config["data"]
+    faces = load_face_folder(dc["train"], dc.get("labels_csv"), dc.get("overlap_json"), dc.get("cache"))
+    opts = {
+        "seed": args.seed,
+        "fit_images": args.fit_images,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": 5e-4,
+        "augment": config.get("train", {}).get("augment", {}),
+        "log_every": 25,
+    }
+    print(
+        f"ppfr-train rekey: {args.src}, {len(faces.labels)} training faces, {args.steps} router steps",
+        flush=True,
+    )
+    report = adapt(method, new_method, recognizer, faces.images, opts)
+    out = Path(args.out) if args.out else default_out(args.src)
+    state = {"step": args.steps, "rekeyed_from": str(args.src), "train_seconds": report["seconds"]}
+    save_checkpoint(out / "checkpoint.pt", new_config, new_method, recognizer, state=state)
+    report |= {
+        "from": str(args.src),
+        "key_id": key.key_id,
+        "options": opts,
+        "total_seconds": round(time.time() - t0, 1),
+    }
+    (out / "rekey.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'checkpoint.pt'} (method key id {key.key_id}) in {report['total_seconds']:.0f} s")
+    return out / "checkpoint.pt"
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        key = deployment_key(args.key_file)
+        if key is None:
+            raise keys.KeyPolicyError(f"rekey needs the new key: --key-file FILE or ${keys.ENV_VAR}")
+        print(f"ppfr-train rekey: method {key.describe()}", flush=True)
+        run(args, key)
+    except (ConfigError, DataError, FileNotFoundError, keys.KeyPolicyError, ValueError) as err:
+        print(f"ppfr-train rekey: error: {err}", file=sys.stderr)
+        return 2
+    return 0
