@@ -5,15 +5,19 @@ over the pixel limit refused from their header, and the CLI's identify / info / 
 
 import json
 import os
+import re
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
 
 import pytest
-from helpers import DATA
+from helpers import DATA, REPO
+from keys import new_key
 from ppfr.cloud.local import LocalServer, free_port
+from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.client import NO_RETRY, Client, Retry, make_channel
 from ppfr.edge.errors import EdgeError, ServerError
 from ppfr.edge.image import MAX_PIXELS, header_size
@@ -177,3 +181,46 @@ def test_identify_without_a_match_and_json_of_info_and_delete(server, bundle):
     done = _edge(server, bundle, "--json", "delete", "--id", "bush-json")
     deleted = json.loads(done.stdout)
     assert deleted["info"]["deleted_template_count"] == 1 and deleted["exit_status"] == 0
+
+
+def docs_block(marker: str, lang: str) -> str:
+    """The fenced block after `<!-- marker ... -->` in docs/edge.md, as a reader would copy it."""
+    text = (REPO / "docs" / "edge.md").read_text()
+    return re.search(rf"<!-- {marker}[^>]*-->\n```{lang}\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_documented_library_example_runs(server, bundle, tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(docs_block("library-example", "python"))
+    env = {
+        **os.environ,
+        "PPFR_SERVER": server.address,
+        "PPFR_BUNDLE": str(bundle),
+        "PPFR_API_KEY": server.api_key,
+    }
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "templates: 1" in done.stdout and "match:" in done.stdout and "error:" not in done.stdout
+
+
+def test_the_documented_openssl_recipe_gives_working_mutual_tls(bundle, tmp_path):
+    made = subprocess.run(
+        ["bash", "-e", "-c", docs_block("tls-recipe", "bash")], cwd=tmp_path, capture_output=True
+    )
+    assert made.returncode == 0, made.stderr
+    db = tmp_path / "gallery.sqlite"
+    tls = {
+        "tls_cert": tmp_path / "server.pem",
+        "tls_key": tmp_path / "server.key",
+        "tls_client_ca": tmp_path / "ca.pem",
+    }
+    key = new_key(db)
+    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0, **tls)) as running:
+        env = {**os.environ, "PPFR_API_KEY": key}
+        edge = [*edge_command(), "--server", f"127.0.0.1:{running.port}", "--ca", str(tmp_path / "ca.pem")]
+        mutual = ["--cert", str(tmp_path / "client.pem"), "--key", str(tmp_path / "client.key")]
+        done = subprocess.run([*edge, *mutual, "info", "--json"], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["info"]["bundle_name"]
+        done = subprocess.run([*edge, "info"], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 1 and "Traceback" not in done.stderr  # no client certificate: refused
