@@ -1,0 +1,206 @@
+"""The sealed gallery (issue 27; docs/cloud.md, "Sealed templates"): templates at rest are CKKS ciphertexts
+under the tenant's key; the server holds only the tenant's public evaluation context (`ppfr-cloud serve
+--tenant-context FILE`) and answers with encrypted scores that only the tenant's edge can decrypt.
+
+Modes (recorded in the gallery with the tenant context's fingerprint; another mode or tenant is refused
+with one line, as a template secret is):
+  sealed-gallery  the server embeds the protected tensor as today, encrypts the embedding at once and keeps
+                  only the ciphertext; a Verify/Identify query is the plaintext embedding (never stored);
+  sealed-edge     the edge sends an encrypted embedding (ppfr.edge.sealed); the server never sees one.
+
+SQLite file (WAL, synchronous=FULL, secure_delete), one writer (a lock). A subject's pooled score travels as
+encrypted q.S and |S|^2 (S = the sum of its templates; ppfr.bundle.tenant.pooled): |S|^2 is computed when
+its templates change and stored as a ciphertext. 1:N runs over packed blocks (4096 templates each) rebuilt
+in memory at open from the stored ciphertexts (15 rotations + 128 products per template), so the
+in-process plaintext index (cloud/matrix.py, cloud/ann.py) is never used.
+"""
+
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from ppfr.bundle import tenant
+
+MODES = ("sealed-gallery", "sealed-edge")
+
+
+class GalleryModeError(ValueError):
+    """The gallery was made in another mode or under another tenant's context."""
+
+
+@dataclass
+class SealedIdentify:
+    blocks: list  # ciphertext bytes: scores of slots 0..4095 of each block
+    owners: list  # owners[b][s]: the subject of slot s of block b, "" when free
+    norms: dict  # subject -> ciphertext bytes of |S|^2, for the subjects with several templates
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sealed_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed_templates (
+    template_id INTEGER PRIMARY KEY, subject_id TEXT NOT NULL, ciphertext BLOB NOT NULL,
+    slot INTEGER NOT NULL UNIQUE);
+CREATE INDEX IF NOT EXISTS sealed_by_subject ON sealed_templates (subject_id);
+CREATE TABLE IF NOT EXISTS sealed_norms (subject_id TEXT PRIMARY KEY, ciphertext BLOB NOT NULL);
+"""
+
+
+class SealedGallery:
+    def __init__(self, path, public_context: bytes, mode: str):
+        if mode not in MODES:
+            raise GalleryModeError(f"unknown sealed mode {mode!r} (one of {', '.join(MODES)})")
+        self.tenant = tenant.Tenant(public_context)
+        self.mode = mode
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.executescript(_SCHEMA)
+        self._claim(path)
+        self.lock = threading.Lock()
+        self.blocks: list[tenant.PackedBlock] = []
+        self.owner_of_slot: dict[int, str] = {}
+        for slot, subject, data in self.db.execute(
+            "SELECT slot, subject_id, ciphertext FROM sealed_templates"
+        ):
+            self._block(slot).put(slot % tenant.SLOTS, self.tenant.load(data, level=0))
+            self.owner_of_slot[slot] = subject
+
+    def _claim(self, path) -> None:
+        """Records mode + tenant fingerprint in a new gallery; refuses a gallery made otherwise."""
+        want = {"mode": self.mode, "tenant": self.tenant.fingerprint}
+        have = dict(self.db.execute("SELECT key, value FROM sealed_meta"))
+        if not have:
+            self.db.executemany("INSERT INTO sealed_meta VALUES (?, ?)", want.items())
+            return
+        if have != want:
+            raise GalleryModeError(
+                f"gallery {path} is {have.get('mode')} under tenant context {have.get('tenant', '?')[:12]}, "
+                f"but the server was started {self.mode} with tenant context {self.tenant.fingerprint[:12]}"
+            )
+
+    def _block(self, slot: int) -> tenant.PackedBlock:
+        while len(self.blocks) <= slot // tenant.SLOTS:
+            self.blocks.append(tenant.PackedBlock(self.tenant))
+        return self.blocks[slot // tenant.SLOTS]
+
+    # --- what a request carries -> ciphertexts ------------------------------------------------------
+    def template(self, sealed: bytes | None = None, embedding=None):
+        """The template to store: the edge's ciphertext (sealed edge) or the embedding encrypted now
+        (sealed gallery; the plaintext is dropped by the caller). SealedError on bad bytes."""
+        if self.mode == "sealed-edge":
+            if sealed is None:
+                raise tenant.SealedError("this gallery is sealed-edge: send the encrypted embedding")
+            return self.tenant.load(sealed, level=0)
+        if embedding is None:
+            raise tenant.SealedError("this gallery is sealed-gallery: send the protected face")
+        return self.tenant.encrypt(embedding)
+
+    def query(self, sealed: bytes | None = None, embedding=None):
+        """A query: the edge's level-1 ciphertext (sealed edge) or the plain embedding (sealed gallery)."""
+        if self.mode == "sealed-edge":
+            if sealed is None:
+                raise tenant.SealedError("this gallery is sealed-edge: send the encrypted embedding")
+            return self.tenant.load(sealed, level=1)
+        if embedding is None:
+            raise tenant.SealedError("this gallery is sealed-gallery: send the protected face")
+        return np.asarray(embedding, np.float64)
+
+    # --- gallery calls ------------------------------------------------------------------------------
+    def enroll(self, subject_id: str, ct) -> tuple[int, int]:
+        """Stores one template ciphertext; (template id, the subject's template count)."""
+        with self.lock:
+            used = {s for (s,) in self.db.execute("SELECT slot FROM sealed_templates")}
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+            template_id = secrets.randbits(63)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute(
+                    "INSERT INTO sealed_templates VALUES (?, ?, ?, ?)",
+                    (template_id, subject_id, self.tenant.dump(ct), slot),
+                )
+                self._renorm(subject_id)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self._block(slot).put(slot % tenant.SLOTS, ct)
+            self.owner_of_slot[slot] = subject_id
+            return template_id, self.templates_of(subject_id)
+
+    def _rows(self, subject_id: str) -> list:
+        q = "SELECT ciphertext FROM sealed_templates WHERE subject_id = ?"
+        return [self.tenant.load(d, level=0) for (d,) in self.db.execute(q, (subject_id,))]
+
+    def _renorm(self, subject_id: str) -> None:
+        """Stores the encrypted |S|^2 of a subject with several templates (none with one: it is 1)."""
+        rows = self._rows(subject_id)
+        self.db.execute("DELETE FROM sealed_norms WHERE subject_id = ?", (subject_id,))
+        if len(rows) > 1:
+            total = self.tenant.add(rows)
+            norm = self.tenant.dump(self.tenant.dot(total, total))
+            self.db.execute("INSERT INTO sealed_norms VALUES (?, ?)", (subject_id, norm))
+
+    def _norm(self, subject_id: str) -> bytes | None:
+        row = self.db.execute("SELECT ciphertext FROM sealed_norms WHERE subject_id = ?", (subject_id,))
+        found = row.fetchone()
+        return found[0] if found else None
+
+    def verify(self, subject_id: str, query) -> tuple[bytes, bytes | None] | None:
+        """(encrypted q.S, encrypted |S|^2 or None for one template), None for an unknown subject."""
+        rows = self._rows(subject_id)
+        if not rows:
+            return None
+        total = self.tenant.add(rows)
+        if isinstance(query, np.ndarray):
+            score = self.tenant.dot_plain(total, query)
+        else:
+            score = self.tenant.dot(query, total)
+        return self.tenant.dump(score), self._norm(subject_id)
+
+    def identify(self, query) -> SealedIdentify:
+        plain = isinstance(query, np.ndarray)
+        babies = tenant.query_babies(self.tenant, query, plain=plain)
+        blocks, owners = [], []
+        for b, block in enumerate(self.blocks):
+            names = [self.owner_of_slot.get(b * tenant.SLOTS + s, "") for s in range(tenant.SLOTS)]
+            if any(names):
+                blocks.append(self.tenant.dump(block.scores(babies, plain)))
+                owners.append(names)
+        norms = dict(self.db.execute("SELECT subject_id, ciphertext FROM sealed_norms"))
+        return SealedIdentify(blocks, owners, norms)
+
+    def delete_subject(self, subject_id: str) -> int:
+        q = "SELECT template_id FROM sealed_templates WHERE subject_id = ?"
+        ids = [t for (t,) in self.db.execute(q, (subject_id,))]
+        for t in ids:
+            self.delete_template(t)
+        return len(ids)
+
+    def delete_template(self, template_id: int) -> str | None:
+        with self.lock:
+            q = "SELECT subject_id, ciphertext, slot FROM sealed_templates WHERE template_id = ?"
+            row = self.db.execute(q, (int(template_id),)).fetchone()
+            if row is None:
+                return None
+            subject_id, data, slot = row
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (int(template_id),))
+            self._renorm(subject_id)
+            self.db.execute("COMMIT")
+            self._block(slot).put(slot % tenant.SLOTS, self.tenant.load(data, level=0), remove=True)
+            self.owner_of_slot.pop(slot, None)
+            return subject_id
+
+    def templates_of(self, subject_id: str) -> int:
+        q = "SELECT COUNT(*) FROM sealed_templates WHERE subject_id = ?"
+        return self.db.execute(q, (subject_id,)).fetchone()[0]
+
+    def list_subjects(self) -> list[tuple[str, int]]:
+        q = "SELECT subject_id, COUNT(*) FROM sealed_templates GROUP BY subject_id ORDER BY subject_id"
+        return list(self.db.execute(q))
+
+    def close(self) -> None:
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
