@@ -11,6 +11,7 @@ def bundle(small_bundle):
     return small_bundle("ppfr_fd")
 
 
+@pytest.mark.slow
 def test_attack_end_to_end(bundle, tmp_path):
     out = tmp_path / "attack"
     argv = [
@@ -86,6 +87,7 @@ def test_white_box_frontend_from_checkpoint(tmp_path, faces):
     assert (np.diff(energy, axis=1) <= 1e-4).all()  # sorted by energy, descending
 
 
+@pytest.mark.slow
 def test_inversion_recovers_what_bdct_does_not_hide(faces):
     """Calibration in miniature: the block DCT is invertible, so the inversion network (its learned
     inverse-DCT stem) must bring faces it never saw back at PSNR > 25 dB after a short training."""

@@ -45,6 +45,7 @@ def test_bad_backbones_fail_clearly():
         build_backbone(3, 112, backbone="ir77")
 
 
+@pytest.mark.slow
 def test_dynamo_onnx_export_dynamic_batch(tmp_path):
     from ppfr.bundle import session
 

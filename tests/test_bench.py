@@ -36,6 +36,7 @@ def artifacts(tmp_path_factory, small_bundle):
     return root
 
 
+@pytest.mark.slow
 def test_tiny_suite_writes_json_md_png(artifacts, tmp_path, capsys):
     out = tmp_path / "bench"
     rc = main(["--tiny", "--methods", "rgb,ppfr_fd,dctdp", "--artifacts", str(artifacts), "--out", str(out)])

@@ -69,6 +69,7 @@ def test_alignment_puts_landmarks_on_the_template(detector, raw_photos):
     assert errors.max() < 12.0  # nothing mirrored, swapped or scaled wrong
 
 
+@pytest.mark.slow
 def test_alignment_on_every_lfw_detection():
     """The same check on YuNet's landmarks for all 13,233 LFW originals (recorded in the data set)."""
     recorded = json.loads((DATA / "lfw" / "yunet_detections_on_deepfunneled250.json").read_text())

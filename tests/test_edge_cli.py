@@ -76,6 +76,7 @@ def edge(bundle, server, api_key):
     return run
 
 
+@pytest.mark.slow
 def test_enroll_verify_identify_through_detection_and_alignment(edge, bundle):
     threshold = read_manifest(bundle).threshold.cosine
     status, out, _ = edge("enroll", "--id", "bush", BUSH)
@@ -109,6 +110,7 @@ def test_enroll_verify_identify_through_detection_and_alignment(edge, bundle):
     assert status == 0 and "bush: MATCH" in text and "round trip" in text and "threshold" in text
 
 
+@pytest.mark.slow
 def test_aligned_crops(edge):
     status, out, _ = edge("--aligned", "enroll", "--id", "aaron", ALIGNED)
     assert status == 0
@@ -123,6 +125,7 @@ def test_aligned_crops(edge):
     assert status == 2 and "112x112" in err
 
 
+@pytest.mark.slow
 def test_photo_without_a_face_exits_2(edge, tmp_path):
     gradient = np.broadcast_to(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], (300, 400, 3))
     blank = tmp_path / "gradient.png"
@@ -134,6 +137,7 @@ def test_photo_without_a_face_exits_2(edge, tmp_path):
     assert status == 2 and out["failed"] == 1 and out["results"][1]["match"]
 
 
+@pytest.mark.slow
 def test_several_faces_use_the_prominent_one_with_a_warning_or_strict_refuses(edge, bundle, tmp_path):
     status, out, err = edge("protect", "--out", tmp_path, MULTI_FACE, BUSH)
     assert status == 0 and out["failed"] == 0
@@ -189,11 +193,13 @@ def test_every_help_prints(command, capsys, monkeypatch):
     assert "--detector DETECTOR   YuNet ONNX model (default: " in text and "--largest" not in text
 
 
+@pytest.mark.slow
 def test_help_of_the_installed_command():
     done = subprocess.run(edge_command() + ["verify", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "usage: ppfr-edge verify" in done.stdout and not done.stderr
 
 
+@pytest.mark.slow
 def test_fresh_random_inputs_per_query(edge, tmp_path):
     status, out, _ = edge("protect", "--out", tmp_path, BUSH, BUSH)
     assert status == 0
@@ -203,6 +209,7 @@ def test_fresh_random_inputs_per_query(edge, tmp_path):
     np.testing.assert_allclose(energy(first), energy(second), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_server_errors_are_clear(edge, server, tmp_path):
     status, out, _ = edge("verify", "--id", "nobody-enrolled-this", BUSH)
     assert status == 0 and out["results"][0]["match"] is False  # unknown subject: a plain non-match
@@ -221,6 +228,7 @@ def test_server_errors_are_clear(edge, server, tmp_path):
     assert status == 2 and "not a readable image" in err and "no such file" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make test certificates")
 def test_mutual_tls(bundle, tmp_path):
     ca, server_pem, server_key, client_pem, client_key = make_certificates(tmp_path)

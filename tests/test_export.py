@@ -57,6 +57,7 @@ def bundles(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_bundle_matches_pytorch_at_batch_1_and_7(bundles, method):
     bundle = bundles[method]
@@ -96,6 +97,7 @@ def test_bundle_matches_pytorch_at_batch_1_and_7(bundles, method):
         assert parity.min_cosine(emb, emb_ref) >= parity.MIN_COSINE
 
 
+@pytest.mark.slow
 def test_manifest_round_trips_and_is_complete(bundles):
     for bundle in bundles.values():
         manifest = read_manifest(bundle)
@@ -130,6 +132,7 @@ def test_manifest_round_trips_and_is_complete(bundles):
     assert read_manifest(bundles["dctdp"]).random_inputs[0].distribution == "laplace"
 
 
+@pytest.mark.slow
 def test_changed_key_changes_frontend_id():
     faces = lfw_faces(2)
     ids = []
@@ -147,6 +150,7 @@ def test_changed_key_changes_frontend_id():
     )
 
 
+@pytest.mark.slow
 def test_parity_failure_is_loud(bundles):
     """A graph that disagrees with the PyTorch model is refused with a clear ParityError."""
     torch.manual_seed(0)

@@ -44,6 +44,7 @@ def _secret(tmp_path, name="method.key") -> tuple:
     return key, path
 
 
+@pytest.mark.slow
 def test_keyed_export_without_a_key_is_refused(run, tmp_path, capsys):
     out = tmp_path / "bundle"
     assert cli.main(["--checkpoint", str(run), "--out", str(out)]) == 2
@@ -114,6 +115,7 @@ def test_unkeyed_methods_need_no_key(tmp_path):
     assert cli._method_key([(path, tmp_path / "out")], Args) is None
 
 
+@pytest.mark.slow
 def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
     key, path = _secret(tmp_path)
     out = tmp_path / "bundle"

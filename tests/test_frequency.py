@@ -48,6 +48,7 @@ def test_upsample_matches_reference_align_corners(faces):
     assert fe(torch.from_numpy(faces[:1])).shape == (1, 192, 112, 112)
 
 
+@pytest.mark.slow
 def test_x8_front_end_is_the_reference_path_without_the_x8_image(faces):
     """UpsampledBlockDCT = BlockDCT(upsample(x, 8)) (the reference's order of operations), and in float32
     it keeps the small high-frequency coefficients that PartialFace sends to ~1e-6 of their scale."""

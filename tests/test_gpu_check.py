@@ -6,8 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 from ppfr.bench import gpu_check
+
+pytestmark = pytest.mark.slow  # the whole check on CPU: a minute or more
 
 
 def test_cpu_fallback_from_a_pack(tmp_path, data_dir):

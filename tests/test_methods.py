@@ -70,6 +70,7 @@ def test_ppfr_fd_chain_router_places_channels_by_the_draw(batch):
     assert router(sent).shape == sent.shape
 
 
+@pytest.mark.slow
 def test_ppfr_fd_chain_router_learns_the_order_on_real_faces(data_dir):
     """Shuffle2 is not sent, but each channel's pattern and its correlation with its chain neighbours give
     it away: after a short training the router puts far more channels of held-out faces in their place
@@ -227,6 +228,7 @@ def test_partialface_router_puts_each_frequency_in_its_own_channel(batch):
         assert placed[:, [i for i in range(162) if i not in rows]].abs().max() == 0
 
 
+@pytest.mark.slow
 def test_partialface_router_reads_the_layout_off_real_faces(faces):
     """The layout is not sent, but the channel energies give it away: the router's classifier learns it in
     a few seconds on real faces and gets held-out faces right (a fact about PartialFace's privacy, too)."""

@@ -13,6 +13,8 @@ from ppfr.train.leak_filter import filter_unlabeled
 from ppfr.train.model import load_checkpoint, save_release
 from ppfr.train.trainer import train
 
+pytestmark = pytest.mark.slow  # real training on the pretrained trunk
+
 LFW = {"name": "lfw", "pairs": str(DATA / "lfw" / "pairs.txt"), "root": str(DATA / "lfw" / "aligned112")}
 
 

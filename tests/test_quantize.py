@@ -26,6 +26,7 @@ def bundles(small_bundle, tmp_path_factory):
     return plain, int8
 
 
+@pytest.mark.slow
 def test_manifest_records_the_int8_model(bundles):
     plain, int8 = bundles
     m = read_manifest(int8)
@@ -40,6 +41,7 @@ def test_manifest_records_the_int8_model(bundles):
     assert not read_manifest(plain).HasField("recognizer_int8")
 
 
+@pytest.mark.slow
 def test_int8_embeddings_stay_close_to_fp32_on_real_faces(bundles):
     _, int8 = bundles
     x = Bundle(int8).protect(lfw_faces(24, start=100), Seeded(1))
@@ -54,6 +56,7 @@ def test_int8_embeddings_stay_close_to_fp32_on_real_faces(bundles):
     assert cos.mean() > 0.99 and cos.min() > 0.97, cos
 
 
+@pytest.mark.slow
 def test_server_serves_int8(bundles, tmp_path):
     _, int8 = bundles
     m = read_manifest(int8)
@@ -80,6 +83,7 @@ def test_server_serves_int8(bundles, tmp_path):
             assert reply.score > 0.9
 
 
+@pytest.mark.slow
 def test_clear_errors_without_an_int8_model(bundles, tmp_path, capsys):
     from ppfr.cloud.cli import main
 

@@ -39,6 +39,7 @@ def data(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_raw_pairs_through_the_real_server(small_bundle, data, tmp_path, capsys):
     out = tmp_path / "raw_pairs.json"
     argv = ["--bundle", str(small_bundle("ppfr_fd")), "--data", str(data), "--out", str(out), "--no-progress"]

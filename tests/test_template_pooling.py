@@ -55,6 +55,7 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys, small_bundle):
     assert "--enroll takes positive counts" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_calibrates_the_threshold_for_pooled_subjects():
     """ppfr-export --enrolled-photos K: the threshold is the FAR 1e-3 point of attempts against subjects
     enrolled from K real LFW photos, scored by the server's rule (checked here with the bench's `pooled`)."""

@@ -14,6 +14,8 @@ from ppfr.train.cli import main as train_cli
 from ppfr.train.model import load_checkpoint
 from ppfr.train.trainer import train
 
+pytestmark = pytest.mark.slow  # real training runs (every method, resume, DDP)
+
 LFW = {"name": "lfw", "pairs": str(DATA / "lfw" / "pairs.txt"), "root": str(DATA / "lfw" / "aligned112")}
 
 

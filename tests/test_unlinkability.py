@@ -48,7 +48,7 @@ def test_dsys_of_uniform_densities_by_hand(mated, nonmated, omega, expected):
     assert got == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("estimator", ["kde", "hist"])
+@pytest.mark.parametrize("estimator", [pytest.param("kde", marks=pytest.mark.slow), "hist"])
 def test_dsys_from_samples(estimator):
     rng = np.random.default_rng(0)
     n = 100_000 if estimator == "hist" else 20_000
