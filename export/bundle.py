@@ -136,7 +136,8 @@ def export_model(
     if dtype not in WIRE_DTYPES:
         raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
     if method_key is not None and keys.method_key_bytes(method) is not None:
-        config, method = keys.rekey(config, method, method_key.key)
+        # the deployment key's front-end; refuses a checkpoint sealed (adapted) to another key
+        config, method = keys.unseal(config, method, method_key.key)
     method.eval()
     recognizer.eval()
     root = shared_data.data_root(data)
@@ -302,20 +303,6 @@ def _graph_embedder(front, recog, method, seed):
     return embed
 
 
-def trained_key_id(config: dict, method) -> str | None:
-    """Key id of the key a checkpoint was trained under (None when its config does not say)."""
-    section = config.get("method") or {}
-    if section.get("key_id"):
-        return str(section["key_id"])
-    if "key" not in section:  # built with the method's default key
-        key = keys.method_key_bytes(method)
-        return keys.key_id(key) if key is not None else None
-    key = section["key"]
-    if key is None or key == keys.REDACTED:
-        return None
-    return keys.key_id(key.encode() if isinstance(key, str) else bytes(key))
-
-
 def export_checkpoint(checkpoint, out_dir, **kw) -> ExportResult:
     """Load `runs/<name>/checkpoint.pt` and export it. The single-pair figures come from its
     metrics.json only when the export key is the key it was trained under; else they are recomputed."""
@@ -324,7 +311,7 @@ def export_checkpoint(checkpoint, out_dir, **kw) -> ExportResult:
     checkpoint = Path(checkpoint)
     config, method, recognizer, ckpt = load_checkpoint(checkpoint)
     new_key = kw.get("method_key")
-    trained = trained_key_id(config, method)
+    trained = keys.trained_key_id(config["method"])  # a sealed checkpoint names its key's id
     same_key = new_key is None or keys.method_key_bytes(method) is None or trained == new_key.key_id
     if kw.get("threshold") is None and same_key:
         kw["threshold"] = evaluation.from_metrics(checkpoint.parent / "metrics.json")

@@ -162,8 +162,7 @@ def _method_key(jobs, args):
         )
     for c in keyed:
         print(f"{c}: method {key.describe()}", flush=True)
-        trained = methods[c].get("key", keys.DEMO_KEY.decode())
-        if (trained.encode() if isinstance(trained, str) else bytes(trained)) != key.key:
+        if keys.trained_key_id(methods[c]) != key.key_id:
             print(  # the recognizer learned the training key's channel mix (docs/privacy.md)
                 f"ppfr-export: warning: {c} was trained under another key; its accuracy and thresholds "
                 "are measured again under this one (export refuses it below 50% TAR at FAR 1e-3)",
@@ -268,15 +267,15 @@ def export_main(argv) -> int:
     if not args.all and args.out is None and method_key is not None and not method_key.demo:
         # the bundle's own name (export/bundle.py bundle_name): one folder per key
         jobs = [(args.checkpoint, jobs[0][1].with_name(f"{jobs[0][1].name}-key{method_key.key_id[:8]}"))]
-    rows, failed, degraded = [], 0, 0
+    rows, failed, refused = [], 0, 0
     for checkpoint, out in jobs:
         print(f"exporting {checkpoint} -> {out}", flush=True)
         try:
             rows.append(_export_one(checkpoint, out, args, method_key))
             print(f"  wrote {out}/frontend.onnx, recognizer.onnx, detector.onnx, manifest.json", flush=True)
-        except DegradedError as err:
-            degraded += 1
-            rows.append({"run": checkpoint.parent.name, "status": "REFUSED: degraded"})
+        except (DegradedError, keys.KeyPolicyError) as err:  # exit 2: the caller's choice of key
+            refused += 1
+            rows.append({"run": checkpoint.parent.name, "status": f"REFUSED: {type(err).__name__}"})
             print(f"ppfr-export: error: {checkpoint}: {err}", file=sys.stderr, flush=True)
         except (ExportError, ParityError, DataError, BundleError, FileNotFoundError, ValueError) as err:
             failed += 1
@@ -296,7 +295,7 @@ def export_main(argv) -> int:
                 rows.append({"run": path.stem, "status": f"FAILED: {err}"})
                 print(f"ppfr-export: error: {path}: {err}", file=sys.stderr, flush=True)
     print(_table(rows))
-    return 1 if failed else (2 if degraded else 0)
+    return 1 if failed else (2 if refused else 0)
 
 
 def engine_main(argv) -> int:

@@ -10,17 +10,10 @@ import sys
 import pytest
 from helpers import REPO
 from ppfr.bundle import read_manifest
-from ppfr.export.bundle import MIN_TAR, trained_key_id
+from ppfr.export.bundle import MIN_TAR
 from ppfr.train import keys
 
 SHIPPED = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
-
-
-def test_trained_key_id_reads_the_config_and_never_guesses():
-    assert trained_key_id({"method": {"key": "ppfr-demo-key"}}, None) == keys.key_id(keys.DEMO_KEY)
-    assert trained_key_id({"method": {"key_id": "00ff"}}, None) == "00ff"
-    assert trained_key_id({"method": {"key": keys.REDACTED}}, None) is None  # unknown: measure again
-    assert trained_key_id({"method": {"name": "rgb"}}, object()) is None
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def _photo(bundle, pipeline, name: str, seed: int) -> dict:
             "sha256": _sha(protected),
             "first": protected.reshape(-1)[:FIRST].astype(float).tolist(),
         },
-        "embedding": {"size": int(embedding.size), "first": np.round(embedding[:FIRST], 6).tolist()},
+        "embedding": {"size": int(embedding.size), "first": [round(float(x), 6) for x in embedding[:FIRST]]},
     }
 
 
