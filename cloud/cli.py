@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ppfr.bundle import BundleError
 from ppfr.cloud import config
 from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStoreError, open_key_store, parse_scopes
 from ppfr.cloud.data_commands import DATA_COMMANDS, add_data_commands
@@ -17,7 +18,6 @@ from ppfr.cloud.logs import setup_logging
 from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
 from ppfr.cloud.template_key import TemplateKeyError, file_is_shared, load_secret
-from ppfr.protos.bundle import BundleError
 
 
 def _port(text: str) -> int:

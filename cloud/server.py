@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from ppfr.bundle import BundleError, numpy_dtype, read_manifest
 from ppfr.cloud import http_gateway
 from ppfr.cloud.auth import FailedAttempts, open_key_store, shared_file_warning
 from ppfr.cloud.batcher import DynamicBatcher
@@ -30,7 +31,6 @@ from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.service import FaceVerificationService
 from ppfr.cloud.template_key import SecretSource
 from ppfr.protos import verification_pb2, verification_pb2_grpc
-from ppfr.protos.bundle import BundleError, numpy_dtype, read_manifest
 
 log = logging.getLogger("ppfr.cloud")
 

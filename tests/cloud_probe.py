@@ -22,12 +22,14 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import lfw_faces  # noqa: E402
+from helpers import (
+    Protector,  # noqa: E402
+    lfw_faces,  # noqa: E402
+)
 from ppfr.cloud.auth import open_key_store, parse_scopes  # noqa: E402
 from ppfr.cloud.server import ServerConfig, ServerThread  # noqa: E402
 from ppfr.protos import verification_pb2 as pb  # noqa: E402
 from ppfr.protos import verification_pb2_grpc as pb_grpc  # noqa: E402
-from test_cloud_server import Protector  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="ppfr-probe-"))
 

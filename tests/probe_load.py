@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from cloud_probe import WORK, key_for, start_postgres, stub
-from conftest import lfw_faces
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import lfw_faces
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.local import LocalServer
 from ppfr.cloud.server import ServerConfig, ServerThread

@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import lfw_faces
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import Protector, SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-from test_cloud_server import Protector, SlowRuntime, code_of
 
 
 @pytest.fixture(scope="module")

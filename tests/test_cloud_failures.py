@@ -12,14 +12,13 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from conftest import lfw_faces
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import Protector, code_of, lfw_faces
 from ppfr.cloud.auth import open_key_store, parse_scopes
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-from test_cloud_server import Protector, code_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import lfw_faces
+from helpers import Protector, SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.auth import default_key_path
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-from test_cloud_server import Protector, SlowRuntime, code_of
 
 
 @pytest.fixture(scope="module")

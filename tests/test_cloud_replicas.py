@@ -3,29 +3,19 @@ real gRPC on loopback: the single-server tests pass against a replica, writes on
 other on its next call, and kill -9 of a replica under enrollment load loses no acknowledged enrollment
 (on PostgreSQL and, for comparison, on SQLite). Replicas are ppfr.cloud.local.LocalServer processes; the
 kill -9 helpers are tests/hardening.py's."""
-# ruff: noqa: F811 - test_cloud_server's fixtures are imported by name so pytest finds them here
 
 import asyncio
 import signal
 
 import grpc
 import pytest
+import scenarios
 from hardening import enroll_until_killed, list_all
+from helpers import code_of
 from ppfr.cloud.auth import KeyStore, parse_scopes
 from ppfr.cloud.local import LocalServer
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-
-# The single-server tests, collected here again with `stub` bound to a replica on PostgreSQL.
-from test_cloud_server import (  # noqa: F401
-    Protector,
-    bundle,
-    code_of,
-    people,
-    protect,
-    test_enroll_verify_identify_delete,
-    test_every_malformed_tensor_is_invalid_argument_and_the_server_keeps_serving,
-)
 
 
 def make_key(path) -> str:
@@ -153,3 +143,11 @@ def test_kill_9_of_a_replica_under_enrollment_load_loses_no_acknowledged_enrollm
         assert all(n == 1 for n in present.values())  # idempotency keys: no duplicates
     finally:
         group.close()
+
+
+def test_enroll_verify_identify_delete_on_a_replica(stub, protect, people):
+    scenarios.enroll_verify_identify_delete(stub, protect, people)
+
+
+def test_malformed_tensors_on_a_replica(stub, protect, people):
+    scenarios.malformed_tensors_are_refused(stub, protect, people)

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import Protector
 from keys import keyed_channel, new_key
 from ppfr.cloud import cli as cloud_cli
 from ppfr.cloud.gallery import GalleryError
@@ -19,7 +20,6 @@ from ppfr.cloud.template_key import (
     template_key_id,
 )
 from ppfr.protos import verification_pb2, verification_pb2_grpc
-from test_cloud_server import Protector
 
 SECRET_A, SECRET_B = b"a" * 16 + b"-template-secret", b"b" * 16 + b"-template-secret"
 
@@ -83,7 +83,7 @@ def _config(bundle, db, secret):
 
 
 def test_server_stores_transformed_templates_and_refuses_another_secret(bundle, tmp_path, caplog):
-    from conftest import lfw_faces
+    from helpers import lfw_faces
 
     protect = Protector(bundle)
     face = lfw_faces(1, start=10)[0]
@@ -141,7 +141,7 @@ def test_serve_command_refuses_the_wrong_secret_with_one_line(bundle, tmp_path, 
 def test_template_linkage_runs_end_to_end_at_a_tiny_setting(bundle, tmp_path):
     """python -m ppfr.attack.template_linkage on two small bundles under two PPFR-FD keys, 40 LFW pairs."""
     from bundles import export_small
-    from conftest import DATA
+    from helpers import DATA
     from ppfr.attack import template_linkage
 
     other = export_small(tmp_path / "other", "ppfr_fd", eval_pairs=20, key="another-key-for-the-test").bundle
