@@ -10,9 +10,10 @@ with one line, as a template secret is):
 
 SQLite file (WAL, synchronous=FULL, secure_delete), one writer (a lock). A subject's pooled score travels as
 encrypted q.S and |S|^2 (S = the sum of its templates; ppfr.bundle.tenant.pooled): |S|^2 is computed when
-its templates change and stored as a ciphertext. 1:N runs over packed blocks (4096 templates each) rebuilt
-in memory at open from the stored ciphertexts (15 rotations + 128 products per template), so the
-in-process plaintext index (cloud/matrix.py, cloud/ann.py) is never used.
+its templates change and stored as a ciphertext. 1:N runs over packed blocks (4096 templates each), saved
+beside the templates every FLUSH_EVERY enrolls, at every delete and at close; templates enrolled after the
+last save are put in again at open (15 rotations + 128 products each). The in-process plaintext index
+(cloud/matrix.py, cloud/ann.py) is never used.
 """
 
 import secrets
@@ -41,10 +42,13 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sealed_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sealed_templates (
     template_id INTEGER PRIMARY KEY, subject_id TEXT NOT NULL, ciphertext BLOB NOT NULL,
-    slot INTEGER NOT NULL UNIQUE);
+    slot INTEGER NOT NULL UNIQUE, packed INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS sealed_by_subject ON sealed_templates (subject_id);
 CREATE TABLE IF NOT EXISTS sealed_norms (subject_id TEXT PRIMARY KEY, ciphertext BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sealed_blocks (
+    block INTEGER NOT NULL, k INTEGER NOT NULL, ciphertext BLOB NOT NULL, PRIMARY KEY (block, k));
 """
+FLUSH_EVERY = 64  # enrolls between two saves of the packed blocks (a save writes 128 x 262 KB per block)
 
 
 class SealedGallery:
@@ -61,11 +65,39 @@ class SealedGallery:
         self.lock = threading.Lock()
         self.blocks: list[tenant.PackedBlock] = []
         self.owner_of_slot: dict[int, str] = {}
-        for slot, subject, data in self.db.execute(
-            "SELECT slot, subject_id, ciphertext FROM sealed_templates"
-        ):
-            self._block(slot).put(slot % tenant.SLOTS, self.tenant.load(data, level=0))
+        self.unsaved: set[int] = set()  # blocks holding templates not yet in sealed_blocks
+        self.enrolled_since_save = 0
+        self._load_blocks()
+
+    def _load_blocks(self) -> None:
+        """The saved packed blocks, then the templates enrolled after the last save put in again
+        (15 rotations + 128 products each; a save makes the next open fast)."""
+        for block, k, data in self.db.execute("SELECT block, k, ciphertext FROM sealed_blocks"):
+            self._block(block * tenant.SLOTS).diags[k] = self.tenant.load(data, level=1)
+        rows = self.db.execute("SELECT slot, subject_id, ciphertext, packed FROM sealed_templates")
+        for slot, subject, data, packed in rows.fetchall():
             self.owner_of_slot[slot] = subject
+            if not packed:
+                self._block(slot).put(slot % tenant.SLOTS, self.tenant.load(data, level=0))
+                self.unsaved.add(slot // tenant.SLOTS)
+
+    def save(self, blocks=None) -> None:
+        """Writes the packed blocks (all unsaved ones by default) and marks their templates packed, in one
+        transaction: a crash leaves either the old blocks + unpacked rows or the new ones."""
+        blocks = sorted(self.unsaved if blocks is None else blocks)
+        self.db.execute("BEGIN IMMEDIATE")
+        for b in blocks:
+            self._write_block(b)
+        self.db.execute("COMMIT")
+        self.unsaved -= set(blocks)
+
+    def _write_block(self, b: int) -> None:
+        for k, d in enumerate(self.blocks[b].diags):
+            if d is not None:
+                data = self.tenant.dump(d)
+                self.db.execute("INSERT OR REPLACE INTO sealed_blocks VALUES (?, ?, ?)", (b, k, data))
+        lo, hi = b * tenant.SLOTS, (b + 1) * tenant.SLOTS
+        self.db.execute("UPDATE sealed_templates SET packed = 1 WHERE slot >= ? AND slot < ?", (lo, hi))
 
     def _claim(self, path) -> None:
         """Records mode + tenant fingerprint in a new gallery; refuses a gallery made otherwise."""
@@ -117,7 +149,7 @@ class SealedGallery:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.execute(
-                    "INSERT INTO sealed_templates VALUES (?, ?, ?, ?)",
+                    "INSERT INTO sealed_templates VALUES (?, ?, ?, ?, 0)",
                     (template_id, subject_id, self.tenant.dump(ct), slot),
                 )
                 self._renorm(subject_id)
@@ -127,6 +159,11 @@ class SealedGallery:
                 raise
             self._block(slot).put(slot % tenant.SLOTS, ct)
             self.owner_of_slot[slot] = subject_id
+            self.unsaved.add(slot // tenant.SLOTS)
+            self.enrolled_since_save += 1
+            if self.enrolled_since_save >= FLUSH_EVERY:
+                self.save()
+                self.enrolled_since_save = 0
             return template_id, self.templates_of(subject_id)
 
     def _rows(self, subject_id: str) -> list:
@@ -185,12 +222,22 @@ class SealedGallery:
             if row is None:
                 return None
             subject_id, data, slot = row
+            # out of the block first, then the row and the block's saved copy go together: no saved
+            # block ever holds a template whose row is gone
+            ct = self.tenant.load(data, level=0)
+            self._block(slot).put(slot % tenant.SLOTS, ct, remove=True)
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (int(template_id),))
-            self._renorm(subject_id)
-            self.db.execute("COMMIT")
-            self._block(slot).put(slot % tenant.SLOTS, self.tenant.load(data, level=0), remove=True)
+            try:
+                self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (int(template_id),))
+                self._renorm(subject_id)
+                self._write_block(slot // tenant.SLOTS)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                self._block(slot).put(slot % tenant.SLOTS, ct)  # back as it was
+                raise
             self.owner_of_slot.pop(slot, None)
+            self.unsaved.discard(slot // tenant.SLOTS)
             return subject_id
 
     def templates_of(self, subject_id: str) -> int:
@@ -202,5 +249,6 @@ class SealedGallery:
         return list(self.db.execute(q))
 
     def close(self) -> None:
+        self.save()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()

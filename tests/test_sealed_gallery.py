@@ -71,9 +71,15 @@ def test_reopen_delete_and_refusals(keys, emb, tmp_path):
     g = SealedGallery(path, public, "sealed-edge")
     ids = [g.enroll("ann", g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(x))))[0] for x in emb[:2]]
     g.enroll("bob", g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[3]))))
-    g.close()
-    g = SealedGallery(path, public, "sealed-edge")  # blocks rebuilt from the stored ciphertexts
+    g.db.close()  # a crash: the packed blocks were never saved
+    g = SealedGallery(path, public, "sealed-edge")  # templates put in again from their ciphertexts
+    assert g.unsaved == {0}
+    g.close()  # saves the blocks
+    g = SealedGallery(path, public, "sealed-edge")  # blocks read back, nothing put in again
+    assert not g.unsaved
     query = g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[1], level=1)))
+    scores = edge_tenant.decrypt_bytes(g.identify(query).blocks[0])
+    assert np.abs(scores[:3] - emb[[0, 1, 3]] @ emb[1]).max() <= 1e-4
     assert g.delete_template(ids[0]) == "ann"
     score, _ = _edge(edge_tenant).verify_result(*g.verify("ann", query))
     assert abs(score - 1.0) <= 1e-4  # ann is now the probe's own photo alone
