@@ -135,8 +135,7 @@ def export_model(
     """
     if dtype not in WIRE_DTYPES:
         raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
-    if method_key is not None and keys.method_key_bytes(method) is not None:
-        # the deployment key's front-end; refuses a checkpoint sealed (adapted) to another key
+    if method_key is not None and keys.method_key_bytes(method) is not None:  # refuses another key's seal
         config, method = keys.unseal(config, method, method_key.key)
     method.eval()
     recognizer.eval()

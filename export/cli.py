@@ -3,6 +3,7 @@
 ppfr-export --checkpoint runs/<name>/checkpoint.pt --out artifacts/<name> --key-file method.key
 ppfr-export --all [--runs runs] [--out artifacts] --demo-key   every runs/*/checkpoint.pt, one table
 ppfr-export engine artifacts/<name> [--profile 1,8,64]   on the serving GPU
+ppfr-export calibrate artifacts/<name> --photos DIR [--far 1e-4]   thresholds from the site's photos
 
 A keyed method (PPFR-FD) is exported only with a key from --key-file or $PPFR_METHOD_KEY, or with the
 public demo key when --demo-key says so (train/keys.py); otherwise exit 2 before anything is built.
@@ -324,6 +325,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["engine"]:
         return engine_main(argv[1:])
+    if argv[:1] == ["calibrate"]:
+        from .calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     return export_main(argv)
 
 

@@ -99,15 +99,33 @@ def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_peopl
     to the mean of their templates, as the server does (cloud/matrix.py, pooled_score): pooling raises
     every score, impostors' too, so a threshold from single pairs lets more impostors in.
 
-    LFW people with more than `enrolled` aligned crops: the first `enrolled` are the subject's templates,
-    the next (up to two) its genuine probes, and every probe is an impostor attempt against every other
-    subject. `embed(faces uint8 NHWC) -> L2-normalised [N, D]`. `base` (the single-pair entry) lends its
-    accuracy figure, which pooling does not define."""
+    LFW people with more than `enrolled` aligned crops (see `pooled_people`). `embed(faces uint8 NHWC) ->
+    L2-normalised [N, D]`. `base` (the single-pair entry) lends its accuracy figure, which pooling does
+    not define."""
     lfw = root / "lfw" / "aligned112"
-    people = [crops[: enrolled + 2] for crops in lfw_people(lfw, enrolled + 1).values()][:max_people]
+    people = [[lfw / c for c in crops] for crops in lfw_people(lfw, enrolled + 1).values()][:max_people]
+    entry = pooled_people(people, embed, enrolled, FAR, str(lfw))
+    return {
+        **entry,
+        "accuracy": float((base or {}).get("accuracy", 0.0)),
+        "set": (
+            f"lfw aligned112: {entry['subjects']} subjects enrolled from {enrolled} photos each, scored "
+            f"pooled as the server does; {entry['genuine']} genuine and {entry['impostor']} impostor "
+            "attempts, exported graphs"
+        ),
+    }
+
+
+def pooled_people(people: list, embed, enrolled: int, far: float, where: str) -> dict:
+    """The FAR `far` point of attempts against subjects enrolled from `enrolled` photos, pooled.
+
+    `people`: per person, its aligned 112x112 crops (paths); those with more than `enrolled` count. The
+    first `enrolled` are the subject's templates, the next (up to two) its genuine probes, and every
+    probe is an impostor attempt against every other subject."""
+    people = [crops[: enrolled + 2] for crops in people if len(crops) > enrolled]
     if len(people) < 2:
-        raise DataError(f"{lfw}: fewer than 2 people with more than {enrolled} crops")
-    paths = [lfw / c for crops in people for c in crops]
+        raise DataError(f"{where}: fewer than 2 people with more than {enrolled} crops")
+    paths = [c for crops in people for c in crops]
     emb = np.concatenate([embed(read_faces(paths[i : i + 64])) for i in range(0, len(paths), 64)])
     emb = emb.astype(np.float64)
     means, probes, owner, start = [], [], [], 0
@@ -120,15 +138,13 @@ def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_peopl
     scores = np.concatenate(probes) @ np.stack(means).T  # [probe, subject]
     mine = np.arange(len(people))[None, :] == np.array(owner)[:, None]
     genuine, impostor = scores[mine], scores[~mine]
-    thr = float(np.nextafter(np.quantile(impostor, 1 - FAR), np.inf))
+    thr = float(np.nextafter(np.quantile(impostor, 1 - far), np.inf))
     return {
         "cosine": thr,
-        "far": FAR,
+        "far": far,
         "tar": float(np.mean(genuine >= thr)),
-        "accuracy": float((base or {}).get("accuracy", 0.0)),
         "num_pairs": int(genuine.size + impostor.size),
-        "set": (
-            f"lfw aligned112: {len(people)} subjects enrolled from {enrolled} photos each, scored pooled as "
-            f"the server does; {genuine.size} genuine and {impostor.size} impostor attempts, exported graphs"
-        ),
+        "subjects": len(people),
+        "genuine": int(genuine.size),
+        "impostor": int(impostor.size),
     }

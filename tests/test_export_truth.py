@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import DATA, REPO
 from ppfr.bundle import read_manifest
 from ppfr.export.bundle import MIN_TAR
 from ppfr.train import keys
@@ -47,3 +47,36 @@ def test_shipped_default_under_a_fresh_key_prints_the_collapse_and_is_refused(tm
     assert dict(manifest.method_params)["key_id"] != keys.key_id(keys.DEMO_KEY)
     pair_tar = float(written.stdout.split("LFW pairs:")[1].split("TAR ")[1].split("%")[0]) / 100
     assert pair_tar < MIN_TAR
+
+
+def _site_photos(folder, people: int = 40):
+    """A site's enrollment folder: one sub-folder of aligned crops per person (LFW people, linked)."""
+    from ppfr.data import lfw_people
+
+    lfw = DATA / "lfw" / "aligned112"
+    for name in list(lfw_people(lfw, 4))[:people]:
+        (folder / name).symlink_to(lfw / name, target_is_directory=True)
+    return folder
+
+
+def test_calibrate_sets_the_threshold_from_the_sites_photos(small_bundle, tmp_path, capsys):
+    import shutil
+
+    from ppfr.export import cli
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle("ppfr_fd"), bundle)
+    before = read_manifest(bundle).threshold
+    photos = tmp_path / "site"
+    photos.mkdir()
+    _site_photos(photos)
+    assert cli.main(["calibrate", str(bundle), "--photos", str(photos), "--far", "0.01"]) == 0
+    out = capsys.readouterr()
+    after = read_manifest(bundle).threshold
+    assert after.false_accept_rate == 0.01 and after.evaluation_set.startswith(f"site photos {photos}")
+    assert f"subjects with 3+ template(s): threshold {after.cosine:.4f} at FAR 0.01" in out.out
+    assert "subjects with 1 template(s)" in out.out and after.accuracy == before.accuracy
+    assert cli.main(["calibrate", str(bundle), "--photos", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a folder" in err
+    assert cli.main(["calibrate", str(bundle), "--photos", str(photos), "--far", "2"]) == 2
