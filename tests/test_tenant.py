@@ -107,6 +107,9 @@ def test_untrusted_ciphertext_bytes_fail_cleanly(keys, faces):
     rng = np.random.default_rng(0)
     bad = [b"", b"\x00", rng.bytes(4096), good[:100], good[: len(good) // 2], good[:-1], public[:200_000]]
     bad.append(b"x" * (tenant.MAX_CIPHERTEXT_BYTES + 1))
+    # SEAL's header: a declared size beyond the bytes given (up to 2^62), and every compression mode byte
+    bad += [good[:8] + size.to_bytes(8, "little") + good[16:] for size in (2**62, 2**31, len(good) + 1, 17)]
+    bad += [good[:4] + bytes([mode]) + good[5:] for mode in (0, 2, 3, 255)]
     for i in range(40):  # flipped bytes anywhere (header included)
         b = bytearray(good)
         for pos in rng.integers(0, len(b), 1 + i % 4):
@@ -119,6 +122,6 @@ def test_untrusted_ciphertext_bytes_fail_cleanly(keys, faces):
         except tenant.SealedError as err:
             assert "\n" not in str(err)
             refused += 1
-    assert refused >= 8  # the constructed ones; a flip deep in the compressed payload may still load
+    assert refused >= 15  # the constructed ones; a flip deep in the compressed payload may still load
     with pytest.raises(tenant.SealedError):
         server.load("not bytes")
