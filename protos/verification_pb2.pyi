@@ -22,15 +22,23 @@ class ProtectedFace(_message.Message):
     frontend_id: str
     def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., data_type: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., frontend_id: _Optional[str] = ...) -> None: ...
 
+class SealedEmbedding(_message.Message):
+    __slots__ = ("ciphertext",)
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    ciphertext: bytes
+    def __init__(self, ciphertext: _Optional[bytes] = ...) -> None: ...
+
 class EnrollRequest(_message.Message):
-    __slots__ = ("subject_id", "face", "idempotency_key")
+    __slots__ = ("subject_id", "face", "idempotency_key", "sealed")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     face: ProtectedFace
     idempotency_key: str
-    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    sealed: SealedEmbedding
+    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., sealed: _Optional[_Union[SealedEmbedding, _Mapping]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("subject_id", "template_id", "template_count", "create_time")
@@ -45,32 +53,48 @@ class EnrollResponse(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., template_id: _Optional[int] = ..., template_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("subject_id", "face")
+    __slots__ = ("subject_id", "face", "sealed")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     face: ProtectedFace
-    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ...) -> None: ...
+    sealed: SealedEmbedding
+    def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., sealed: _Optional[_Union[SealedEmbedding, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("subject_id", "score", "match", "threshold")
+    __slots__ = ("subject_id", "score", "match", "threshold", "sealed_score", "sealed_norm")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SEALED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_NORM_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     score: float
     match: bool
     threshold: float
-    def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ..., match: _Optional[bool] = ..., threshold: _Optional[float] = ...) -> None: ...
+    sealed_score: bytes
+    sealed_norm: bytes
+    def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ..., match: _Optional[bool] = ..., threshold: _Optional[float] = ..., sealed_score: _Optional[bytes] = ..., sealed_norm: _Optional[bytes] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("face", "top_k")
+    __slots__ = ("face", "top_k", "sealed")
     FACE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
     face: ProtectedFace
     top_k: int
-    def __init__(self, face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    sealed: SealedEmbedding
+    def __init__(self, face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., top_k: _Optional[int] = ..., sealed: _Optional[_Union[SealedEmbedding, _Mapping]] = ...) -> None: ...
+
+class SealedScores(_message.Message):
+    __slots__ = ("ciphertext", "slot_subjects")
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SLOT_SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    ciphertext: bytes
+    slot_subjects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ciphertext: _Optional[bytes] = ..., slot_subjects: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("subject_id", "score", "match")
@@ -83,12 +107,23 @@ class Candidate(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ..., match: _Optional[bool] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("candidates", "threshold")
+    __slots__ = ("candidates", "threshold", "sealed_blocks", "sealed_norms")
+    class SealedNormsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SEALED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_NORMS_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     threshold: float
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    sealed_blocks: _containers.RepeatedCompositeFieldContainer[SealedScores]
+    sealed_norms: _containers.ScalarMap[str, bytes]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., threshold: _Optional[float] = ..., sealed_blocks: _Optional[_Iterable[_Union[SealedScores, _Mapping]]] = ..., sealed_norms: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class DeleteSubjectRequest(_message.Message):
     __slots__ = ("subject_id",)
@@ -147,7 +182,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("bundle_name", "method", "frontend_id", "runtime", "protected_tensor", "embedding_size", "threshold", "subject_count", "template_count", "max_batch_size", "ppfr_version")
+    __slots__ = ("bundle_name", "method", "frontend_id", "runtime", "protected_tensor", "embedding_size", "threshold", "subject_count", "template_count", "max_batch_size", "ppfr_version", "gallery_mode", "tenant_context_sha256")
     BUNDLE_NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FRONTEND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +194,8 @@ class ServerInfo(_message.Message):
     TEMPLATE_COUNT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     PPFR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_MODE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_CONTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     bundle_name: str
     method: str
     frontend_id: str
@@ -170,4 +207,6 @@ class ServerInfo(_message.Message):
     template_count: int
     max_batch_size: int
     ppfr_version: str
-    def __init__(self, bundle_name: _Optional[str] = ..., method: _Optional[str] = ..., frontend_id: _Optional[str] = ..., runtime: _Optional[str] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[float] = ..., subject_count: _Optional[int] = ..., template_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., ppfr_version: _Optional[str] = ...) -> None: ...
+    gallery_mode: str
+    tenant_context_sha256: str
+    def __init__(self, bundle_name: _Optional[str] = ..., method: _Optional[str] = ..., frontend_id: _Optional[str] = ..., runtime: _Optional[str] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[float] = ..., subject_count: _Optional[int] = ..., template_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., gallery_mode: _Optional[str] = ..., tenant_context_sha256: _Optional[str] = ...) -> None: ...
