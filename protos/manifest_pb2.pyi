@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BundleManifest(_message.Message):
-    __slots__ = ("name", "method", "method_params", "frontend_id", "frontend", "recognizer", "frontend_image_input", "random_inputs", "protected_tensor", "embedding", "embedding_size", "threshold", "payload", "training", "engines", "opset", "ppfr_version", "create_time", "recognizer_int8")
+    __slots__ = ("name", "method", "method_params", "frontend_id", "frontend", "recognizer", "frontend_image_input", "random_inputs", "protected_tensor", "embedding", "embedding_size", "threshold", "payload", "training", "engines", "opset", "ppfr_version", "create_time", "recognizer_int8", "thresholds_by_templates", "detector")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     METHOD_PARAMS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class BundleManifest(_message.Message):
     PPFR_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RECOGNIZER_INT8_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_BY_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: str
     method_params: _struct_pb2.Struct
@@ -48,7 +50,17 @@ class BundleManifest(_message.Message):
     ppfr_version: str
     create_time: str
     recognizer_int8: QuantizedRecognizer
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., method_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., frontend_id: _Optional[str] = ..., frontend: _Optional[_Union[ModelFile, _Mapping]] = ..., recognizer: _Optional[_Union[ModelFile, _Mapping]] = ..., frontend_image_input: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., random_inputs: _Optional[_Iterable[_Union[RandomInputSpec, _Mapping]]] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[_Union[VerificationThreshold, _Mapping]] = ..., payload: _Optional[_Union[PayloadSize, _Mapping]] = ..., training: _Optional[_Union[TrainingInfo, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[TensorRTEngine, _Mapping]]] = ..., opset: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., create_time: _Optional[str] = ..., recognizer_int8: _Optional[_Union[QuantizedRecognizer, _Mapping]] = ...) -> None: ...
+    thresholds_by_templates: _containers.RepeatedCompositeFieldContainer[TemplateThreshold]
+    detector: ModelFile
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[str] = ..., method_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., frontend_id: _Optional[str] = ..., frontend: _Optional[_Union[ModelFile, _Mapping]] = ..., recognizer: _Optional[_Union[ModelFile, _Mapping]] = ..., frontend_image_input: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., random_inputs: _Optional[_Iterable[_Union[RandomInputSpec, _Mapping]]] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[_Union[VerificationThreshold, _Mapping]] = ..., payload: _Optional[_Union[PayloadSize, _Mapping]] = ..., training: _Optional[_Union[TrainingInfo, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[TensorRTEngine, _Mapping]]] = ..., opset: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., create_time: _Optional[str] = ..., recognizer_int8: _Optional[_Union[QuantizedRecognizer, _Mapping]] = ..., thresholds_by_templates: _Optional[_Iterable[_Union[TemplateThreshold, _Mapping]]] = ..., detector: _Optional[_Union[ModelFile, _Mapping]] = ...) -> None: ...
+
+class TemplateThreshold(_message.Message):
+    __slots__ = ("templates", "threshold")
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    templates: int
+    threshold: VerificationThreshold
+    def __init__(self, templates: _Optional[int] = ..., threshold: _Optional[_Union[VerificationThreshold, _Mapping]] = ...) -> None: ...
 
 class ModelFile(_message.Message):
     __slots__ = ("path", "sha256", "size_bytes")

@@ -182,7 +182,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("bundle_name", "method", "frontend_id", "runtime", "protected_tensor", "embedding_size", "threshold", "subject_count", "template_count", "max_batch_size", "ppfr_version", "gallery_mode", "tenant_context_sha256")
+    __slots__ = ("bundle_name", "method", "frontend_id", "runtime", "protected_tensor", "embedding_size", "threshold", "subject_count", "template_count", "max_batch_size", "ppfr_version", "gallery_mode", "tenant_context_sha256", "thresholds_by_templates", "false_accept_rate")
     BUNDLE_NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FRONTEND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,8 @@ class ServerInfo(_message.Message):
     PPFR_VERSION_FIELD_NUMBER: _ClassVar[int]
     GALLERY_MODE_FIELD_NUMBER: _ClassVar[int]
     TENANT_CONTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_BY_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    FALSE_ACCEPT_RATE_FIELD_NUMBER: _ClassVar[int]
     bundle_name: str
     method: str
     frontend_id: str
@@ -209,4 +211,6 @@ class ServerInfo(_message.Message):
     ppfr_version: str
     gallery_mode: str
     tenant_context_sha256: str
-    def __init__(self, bundle_name: _Optional[str] = ..., method: _Optional[str] = ..., frontend_id: _Optional[str] = ..., runtime: _Optional[str] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[float] = ..., subject_count: _Optional[int] = ..., template_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., gallery_mode: _Optional[str] = ..., tenant_context_sha256: _Optional[str] = ...) -> None: ...
+    thresholds_by_templates: _containers.RepeatedScalarFieldContainer[float]
+    false_accept_rate: float
+    def __init__(self, bundle_name: _Optional[str] = ..., method: _Optional[str] = ..., frontend_id: _Optional[str] = ..., runtime: _Optional[str] = ..., protected_tensor: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., embedding_size: _Optional[int] = ..., threshold: _Optional[float] = ..., subject_count: _Optional[int] = ..., template_count: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., ppfr_version: _Optional[str] = ..., gallery_mode: _Optional[str] = ..., tenant_context_sha256: _Optional[str] = ..., thresholds_by_templates: _Optional[_Iterable[float]] = ..., false_accept_rate: _Optional[float] = ...) -> None: ...
