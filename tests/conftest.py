@@ -11,6 +11,24 @@ from helpers import DATA, MODELS, Protector, first_faces_of_people, read_rgb
 from helpers import REPO as REPO
 from helpers import lfw_faces as lfw_faces
 
+# Slow tests in modules whose owners have not marked them yet (node ids without parameters); marking the
+# test itself with @pytest.mark.slow is the better place, and then its line here goes.
+SLOW = {
+    "tests/test_template_key.py::test_template_linkage_runs_end_to_end_at_a_tiny_setting",
+    "tests/test_cloud_replicas.py::test_kill_9_of_a_replica_under_enrollment_load_loses_no_acknowledged_enrollment",
+    "tests/test_cloud_holes.py::test_shutdown_drains_admitted_calls",
+    "tests/test_cloud_failures.py::test_a_database_outage_is_not_serving_unavailable_and_recovers",
+    "tests/test_sealed_edge.py::test_sealed_edge_matches_the_plain_server_on_real_faces",
+    "tests/test_rekey.py::test_key_is_never_an_argument",
+    "tests/test_rekey.py::test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -88,6 +106,11 @@ def postgres():
     folder = Path(tempfile.mkdtemp(prefix="ppfr-pg-"))
     server = pgserver.get_server(folder / "data", cleanup_mode="stop")
     admin = server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # a throwaway cluster: no fsync (each CREATE DATABASE writes the template through the WAL, and the
+        # shutdown checkpoint otherwise syncs all of it); commits, visibility and locking are unchanged
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("SELECT pg_reload_conf()")
 
     def new_database() -> str:
         name = f"g_{uuid.uuid4().hex[:12]}"
