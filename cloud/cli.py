@@ -151,6 +151,17 @@ def _serve_access_args(s) -> None:
         "PPFR_TEMPLATE_KEY); stored and matched templates are Q e for the secret's orthogonal Q. "
         "Keep it outside the gallery database; the gallery records only its id",
     )
+    s.add_argument(
+        "--sealed",
+        choices=("plain", "sealed-gallery", "sealed-edge"),
+        help="sealed templates: the gallery stores CKKS ciphertexts under the tenant's key and answers with "
+        "encrypted scores (docs/cloud.md, 'Sealed templates'; default plain)",
+    )
+    s.add_argument(
+        "--tenant-context",
+        type=Path,
+        help="with --sealed: the tenant's public context (tenant.public of `ppfr-edge tenant keygen`)",
+    )
 
 
 def _keys_parser(commands) -> None:

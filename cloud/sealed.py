@@ -20,14 +20,16 @@ import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ppfr.bundle import tenant
+from ppfr.cloud.gallery import GalleryError, SubjectTaken
 
 MODES = ("sealed-gallery", "sealed-edge")
 
 
-class GalleryModeError(ValueError):
+class GalleryModeError(GalleryError):
     """The gallery was made in another mode or under another tenant's context."""
 
 
@@ -42,7 +44,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sealed_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sealed_templates (
     template_id INTEGER PRIMARY KEY, subject_id TEXT NOT NULL, ciphertext BLOB NOT NULL,
-    slot INTEGER NOT NULL UNIQUE, packed INTEGER NOT NULL DEFAULT 0);
+    slot INTEGER NOT NULL UNIQUE, packed INTEGER NOT NULL DEFAULT 0, owner TEXT, idem TEXT);
 CREATE INDEX IF NOT EXISTS sealed_by_subject ON sealed_templates (subject_id);
 CREATE TABLE IF NOT EXISTS sealed_norms (subject_id TEXT PRIMARY KEY, ciphertext BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sealed_blocks (
@@ -140,17 +142,28 @@ class SealedGallery:
         return np.asarray(embedding, np.float64)
 
     # --- gallery calls ------------------------------------------------------------------------------
-    def enroll(self, subject_id: str, ct) -> tuple[int, int]:
-        """Stores one template ciphertext; (template id, the subject's template count)."""
+    def enroll(self, subject_id: str, ct, idem=None, owner=None, exclusive=False) -> tuple[int, int]:
+        """Stores one template ciphertext; (template id, the subject's template count). A repeated
+        idempotency key for the subject returns the first enrollment; `exclusive` (non-admin keys): a
+        subject holding another owner's templates is SubjectTaken (the plain gallery's rules)."""
         with self.lock:
+            if idem:
+                q = "SELECT template_id FROM sealed_templates WHERE subject_id = ? AND idem = ?"
+                found = self.db.execute(q, (subject_id, idem)).fetchone()
+                if found:
+                    return found[0], self.templates_of(subject_id)
+            if exclusive:
+                q = "SELECT 1 FROM sealed_templates WHERE subject_id = ? AND owner IS NOT ? LIMIT 1"
+                if self.db.execute(q, (subject_id, owner)).fetchone():
+                    raise SubjectTaken(subject_id)
             used = {s for (s,) in self.db.execute("SELECT slot FROM sealed_templates")}
             slot = next(i for i in range(len(used) + 1) if i not in used)
             template_id = secrets.randbits(63)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.execute(
-                    "INSERT INTO sealed_templates VALUES (?, ?, ?, ?, 0)",
-                    (template_id, subject_id, self.tenant.dump(ct), slot),
+                    "INSERT INTO sealed_templates VALUES (?, ?, ?, ?, 0, ?, ?)",
+                    (template_id, subject_id, self.tenant.dump(ct), slot, owner, idem or None),
                 )
                 self._renorm(subject_id)
                 self.db.execute("COMMIT")
@@ -215,13 +228,14 @@ class SealedGallery:
             self.delete_template(t)
         return len(ids)
 
-    def delete_template(self, template_id: int) -> str | None:
+    def delete_template(self, template_id: int, owner=None) -> str | None:
+        """Removes one template (with `owner`: only one that owner enrolled); its subject, or None."""
         with self.lock:
-            q = "SELECT subject_id, ciphertext, slot FROM sealed_templates WHERE template_id = ?"
+            q = "SELECT subject_id, ciphertext, slot, owner FROM sealed_templates WHERE template_id = ?"
             row = self.db.execute(q, (int(template_id),)).fetchone()
-            if row is None:
+            if row is None or (owner is not None and row[3] != owner):
                 return None
-            subject_id, data, slot = row
+            subject_id, data, slot, _ = row
             # out of the block first, then the row and the block's saved copy go together: no saved
             # block ever holds a template whose row is gone
             ct = self.tenant.load(data, level=0)
@@ -252,3 +266,42 @@ class SealedGallery:
         self.save()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+
+
+def check_plain_gallery(db) -> None:
+    """A plain server refuses a SQLite gallery that holds sealed templates (one line)."""
+    import contextlib
+
+    if not isinstance(db, str | bytes) and not hasattr(db, "__fspath__"):
+        return
+    if str(db).startswith("postgresql:"):
+        return
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        try:
+            have = dict(con.execute("SELECT key, value FROM sealed_meta"))
+        except sqlite3.Error:  # no such file or table: not a sealed gallery
+            return
+    if have:
+        raise GalleryModeError(
+            f"gallery {db} is {have.get('mode')} (sealed templates): start the server with "
+            f"--sealed {have.get('mode')} --tenant-context FILE"
+        )
+
+
+def open_sealed(config) -> SealedGallery:
+    """The sealed store of `ppfr-cloud serve --sealed MODE --tenant-context FILE`: a SQLite gallery only."""
+    if str(config.db).startswith("postgresql:"):
+        raise GalleryModeError("sealed galleries are SQLite files for now: give --db FILE")
+    if not config.tenant_context:
+        raise GalleryModeError(
+            f"--sealed {config.sealed} needs --tenant-context FILE (ppfr-edge tenant keygen)"
+        )
+    try:
+        public = Path(config.tenant_context).read_bytes()
+        return SealedGallery(config.db, public, config.sealed)
+    except OSError as err:
+        raise GalleryModeError(
+            f"cannot read --tenant-context {config.tenant_context}: {err.strerror}"
+        ) from None
+    except tenant.SealedError as err:
+        raise GalleryModeError(f"--tenant-context {config.tenant_context}: {err}") from None

@@ -100,6 +100,10 @@ class ServerConfig:
     # Renewable templates: the deployment secret (cloud/template_key.py) read by the CLI from a file or
     # $PPFR_TEMPLATE_KEY; None stores embeddings as they are. Its repr shows the secret's id only.
     template_secret: SecretSource | None = None
+    # Sealed templates (cloud/sealed.py, docs/cloud.md): "plain", or "sealed-gallery" / "sealed-edge" with
+    # the tenant's public evaluation context (a file from `ppfr-edge tenant keygen`); SQLite galleries.
+    sealed: str = "plain"
+    tenant_context: Path | None = None
 
 
 def check_config(config: ServerConfig) -> None:
@@ -259,7 +263,8 @@ class RunningServer:
 def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=None):
     """The grpc.aio server with every service added and its port bound (not yet started)."""
     batcher = DynamicBatcher(runtime, config.max_batch, config.max_delay_ms, config.engines)
-    service = FaceVerificationService(
+    kind, extra = _service_kind(config)
+    service = kind(
         manifest,
         manifest.name or Path(config.bundle).name,
         batcher,
@@ -268,6 +273,7 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
         metrics=gate.metrics,
         failed_attempts=FailedAttempts(config.max_failed_verifies, config.failed_window_s),
         verify_scores=config.verify_scores,
+        **extra,
     )
     gate.metrics.watch(batcher, gallery)
 
@@ -300,6 +306,18 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
     if port == 0:
         raise ConfigError(f"cannot listen on {address} (port in use or address not available)")
     return server, service, batcher, health_servicer, port, credentials
+
+
+def _service_kind(config: ServerConfig):
+    """The plain service, or the sealed one over its store; a plain server refuses a sealed gallery."""
+    from ppfr.cloud import sealed
+
+    if config.sealed == "plain":
+        sealed.check_plain_gallery(config.db)
+        return FaceVerificationService, {}
+    from ppfr.cloud.sealed_service import SealedVerificationService
+
+    return SealedVerificationService, {"sealed": sealed.open_sealed(config)}
 
 
 async def start(config: ServerConfig) -> RunningServer:

@@ -1,0 +1,115 @@
+"""Sealed templates over the real gRPC server (issue 27): `ppfr-cloud serve --sealed sealed-edge
+--tenant-context FILE` on loopback with API keys; the edge's rgb recognizer + encryption (ppfr.edge.sealed)
+on real LFW faces; Enroll / Verify / Identify / DeleteTemplate / DeleteSubject / ListSubjects /
+GetServerInfo; decisions equal the plain rule's; bad ciphertexts and faces are INVALID_ARGUMENT; a
+verify key cannot Identify; a plain server refuses the sealed gallery and a sealed one another tenant."""
+
+import grpc
+import numpy as np
+import pytest
+from helpers import lfw_faces
+from keys import keyed_channel, new_key
+
+pytest.importorskip("tenseal")
+from ppfr.bundle import tenant  # noqa: E402
+from ppfr.cloud.sealed import GalleryModeError  # noqa: E402
+from ppfr.cloud.server import ServerConfig, ServerThread  # noqa: E402
+from ppfr.edge.cli import main as edge_main  # noqa: E402
+from ppfr.edge.sealed import SealedEdge  # noqa: E402
+from ppfr.protos import verification_pb2 as pb  # noqa: E402
+from ppfr.protos import verification_pb2_grpc  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, small_bundle):
+    root = tmp_path_factory.mktemp("sealed")
+    assert edge_main(["tenant", "keygen", "--out", str(root / "keys"), "--json"]) == 0
+    bundle = small_bundle("rgb")
+    edge = SealedEdge(bundle, root / "keys" / "tenant.secret", threads=1)
+    emb = np.stack([edge.embed(f) for f in lfw_faces(6)])
+    return root, bundle, edge, emb
+
+
+def _config(root, bundle, **kw):
+    return ServerConfig(
+        bundle=bundle,
+        db=root / "g.sqlite",
+        port=0,
+        max_batch=1,
+        threads=1,
+        sealed="sealed-edge",
+        tenant_context=root / "keys" / "tenant.public",
+        **kw,
+    )
+
+
+def test_sealed_edge_over_grpc(setup):
+    root, bundle, edge, emb = setup
+    admin = new_key(root / "g.sqlite")
+    verifier = new_key(root / "g.sqlite", scopes="verify")
+    with ServerThread(_config(root, bundle)) as server:
+        with keyed_channel(server.address, admin) as channel:
+            stub = verification_pb2_grpc.FaceVerificationStub(channel)
+            info = stub.GetServerInfo(pb.GetServerInfoRequest())
+            assert (
+                info.gallery_mode == "sealed-edge" and info.tenant_context_sha256 == edge.tenant.fingerprint
+            )
+
+            def sealed(i, query):
+                return pb.SealedEmbedding(ciphertext=edge.seal(emb[i], query=query))
+
+            ids = [
+                stub.Enroll(pb.EnrollRequest(subject_id="ann", sealed=sealed(i, False))).template_id
+                for i in (0, 1)
+            ]
+            stub.Enroll(pb.EnrollRequest(subject_id="bob", sealed=sealed(2, False)))
+            again = stub.Enroll(
+                pb.EnrollRequest(subject_id="bob", sealed=sealed(2, False), idempotency_key="k1")
+            )
+            assert (
+                stub.Enroll(
+                    pb.EnrollRequest(subject_id="bob", sealed=sealed(2, False), idempotency_key="k1")
+                ).template_id
+                == again.template_id
+            )
+            r = stub.Verify(pb.VerifyRequest(subject_id="ann", sealed=sealed(3, True)))
+            score, match = edge.verify_result(r.sealed_score, r.sealed_norm or None)
+            mean = emb[:2].mean(0)
+            assert abs(score - mean @ emb[3] / np.linalg.norm(mean)) <= 1e-4 and not r.match and r.score == 0
+            r = stub.Verify(pb.VerifyRequest(subject_id="nobody", sealed=sealed(3, True)))
+            assert edge.verify_result(r.sealed_score, None) == (pytest.approx(0, abs=1e-4), False)
+            found = stub.Identify(pb.IdentifyRequest(sealed=sealed(2, True), top_k=2))
+            norms = {s: edge.tenant.decrypt_bytes(n)[0] for s, n in found.sealed_norms.items()}
+            blocks = [b.ciphertext for b in found.sealed_blocks]
+            got = edge.identify_result(blocks, [list(b.slot_subjects) for b in found.sealed_blocks], norms, 2)
+            assert got[0][0] == "bob" and abs(got[0][1] - 1.0) <= 1e-4
+            for bad in (b"", b"x" * 100, edge.seal(emb[0], query=False)):  # the last: wrong level
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Verify(pb.VerifyRequest(subject_id="ann", sealed=pb.SealedEmbedding(ciphertext=bad)))
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Verify(pb.VerifyRequest(subject_id="ann", face=pb.ProtectedFace(data=b"\0")))
+            assert (
+                err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sealed-edge" in err.value.details()
+            )
+            assert stub.DeleteTemplate(pb.DeleteTemplateRequest(template_id=ids[0])).subject_id == "ann"
+            listed = stub.ListSubjects(pb.ListSubjectsRequest(page_size=1))
+            assert [s.subject_id for s in listed.subjects] == ["ann"] and listed.next_page_token
+            assert stub.DeleteSubject(pb.DeleteSubjectRequest(subject_id="bob")).deleted_template_count == 2
+        with keyed_channel(server.address, verifier) as channel:
+            stub = verification_pb2_grpc.FaceVerificationStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Identify(pb.IdentifyRequest(sealed=sealed(2, True)))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_mode_and_tenant_refusals(setup):
+    root, bundle, edge, emb = setup
+    with pytest.raises(GalleryModeError, match="--sealed sealed-edge"):
+        ServerThread(ServerConfig(bundle=bundle, db=root / "g.sqlite", port=0, max_batch=1)).start()
+    other = root / "other.public"
+    other.write_bytes(tenant.keygen()[1])
+    config = _config(root, bundle)
+    config.tenant_context = other
+    with pytest.raises(GalleryModeError, match="under tenant context"):
+        ServerThread(config).start()
