@@ -249,6 +249,11 @@ class MatrixGallery:
         self._refresh()
         return self._matrix.verify(subject_id, unit(embedding))
 
+    def templates_of(self, subject_id: str) -> int:
+        """How many templates the subject has (0: none); picks its threshold (cloud/thresholds.py)."""
+        self._refresh()
+        return self._matrix.templates_of(subject_id)
+
     def identify(self, embedding: np.ndarray, top_k: int, exact: bool = False) -> list[Match]:
         """The top_k subjects by pooled score, best first (`exact` bypasses the compressed index)."""
         self._refresh()

@@ -24,6 +24,7 @@ from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
 from ppfr.cloud.gallery import Gallery, GalleryUnavailable, SubjectTaken
 from ppfr.cloud.interceptor import CALLER, REQUEST_ID, LogSampler
 from ppfr.cloud.template_key import TemplateTransform
+from ppfr.cloud.thresholds import Thresholds
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
 
@@ -104,6 +105,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         metrics=None,
         failed_attempts: FailedAttempts | None = None,
         verify_scores: bool = False,
+        far: float | None = None,
     ):
         self.manifest = manifest
         self.bundle_name = bundle_name
@@ -113,7 +115,8 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         # deployment secret's orthogonal transform before it is stored or matched; None = stored as is.
         self.template_transform = template_transform
         self.validate_face = FaceValidator(manifest)
-        self.threshold = float(manifest.threshold.cosine)
+        self.threshold = float(manifest.threshold.cosine)  # answers about no particular subject
+        self.thresholds = Thresholds.from_manifest(manifest, far)  # by the subject's template count
         # Writes (with their fsync) run on one thread, reads on a few: the event loop never waits on the
         # database, and a read never queues behind a write's commit.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppfr-gallery")
@@ -178,9 +181,22 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
             )
         return True
 
-    def _decide(self, subject_id: str, score: float | None, key) -> bool:
+    def _scored(self, subject_id: str, embedding) -> tuple[float, float] | None:
+        """(pooled score, the threshold for the subject's template count); None for an unknown subject."""
+        score = self.gallery.verify(subject_id, embedding)
+        if score is None:
+            return None
+        return score, self.thresholds.for_count(self.gallery.templates_of(subject_id))
+
+    def _identified(self, embedding, top_k: int) -> list:
+        """Identify's candidates that reach the threshold of their own template count."""
+        threshold = self.thresholds.for_count
+        matches = self.gallery.identify(embedding, top_k)
+        return [m for m in matches if m.score >= threshold(self.gallery.templates_of(m.subject_id))]
+
+    def _decide(self, subject_id: str, score: float | None, threshold: float, key) -> bool:
         """Verify's decision; a verify key's failures count towards the subject's lock-out."""
-        match = score is not None and score >= self.threshold
+        match = score is not None and score >= threshold
         if not match and not is_admin(key):
             self.attempts.failed(subject_id)
         return match
@@ -214,11 +230,12 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
             self.validate_face(request.face)  # a malformed request is still INVALID_ARGUMENT
             return verification_pb2.VerifyResponse(subject_id=subject_id, threshold=self.threshold)
         embedding = await self._embed(request.face, context)
-        score = await self._read(self.gallery.verify, subject_id, embedding)  # None: not enrolled
-        match = self._decide(subject_id, score, key)
+        scored = await self._read(self._scored, subject_id, embedding)  # None: not enrolled
+        score, threshold = scored or (None, self.threshold)
+        match = self._decide(subject_id, score, threshold, key)
         shown = score if score is not None and (self.verify_scores or is_admin(key)) else 0.0
         return verification_pb2.VerifyResponse(
-            subject_id=subject_id, score=shown, match=match, threshold=self.threshold
+            subject_id=subject_id, score=shown, match=match, threshold=threshold
         )
 
     @_rpc
@@ -228,8 +245,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         # Only matches: a caller learns nothing about subjects that score below the threshold.
         candidates = [
             verification_pb2.Candidate(subject_id=m.subject_id, score=m.score, match=True)
-            for m in await self._read(self.gallery.identify, embedding, top_k)
-            if m.score >= self.threshold
+            for m in await self._read(self._identified, embedding, top_k)
         ]
         return verification_pb2.IdentifyResponse(candidates=candidates, threshold=self.threshold)
 
@@ -279,6 +295,8 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
             protected_tensor=m.protected_tensor,
             embedding_size=m.embedding_size,
             threshold=self.threshold,
+            thresholds_by_templates=self.thresholds.cosines,
+            false_accept_rate=self.thresholds.far,
             subject_count=subjects,
             template_count=templates,
             max_batch_size=self.batcher.max_batch if self.batcher.enabled else 1,

@@ -1,5 +1,6 @@
 """Face detection with YuNet (cv2.FaceDetectorYN): a box, 5 landmarks and a score per face."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +57,18 @@ def prominence(box, score: float, width: int, height: int) -> float:
     return max(0.0, w) * max(0.0, h) * float(score) * (1.0 - d)
 
 
-def find_detector(bundle_dir, given=None) -> Path:
-    """The YuNet model to use: `given` (--detector), else the bundle's own copy, else DEFAULT_DETECTOR."""
+def find_detector(bundle_dir, manifest, given=None) -> Path:
+    """The YuNet model to use: `given` (--detector), else the bundle's own copy (checked against the
+    sha256 its manifest records), else DEFAULT_DETECTOR (bundles exported before the detector travelled)."""
     if given:
         return Path(given)
+    if manifest.HasField("detector"):
+        path = Path(bundle_dir) / manifest.detector.path
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != manifest.detector.sha256:
+            raise EdgeError(
+                f"{path}: missing or not the detector the manifest records (export the bundle again)"
+            )
+        return path
     in_bundle = Path(bundle_dir) / BUNDLE_DETECTOR
     return in_bundle if in_bundle.is_file() else DEFAULT_DETECTOR
 

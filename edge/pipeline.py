@@ -47,7 +47,11 @@ class Pipeline:
         self.aligned = aligned
         self.strict = strict
         self.max_pixels = max_pixels
-        self.detector = None if aligned else Detector(find_detector(bundle_dir, detector), score_threshold)
+        self.detector = (
+            None
+            if aligned
+            else Detector(find_detector(bundle_dir, self.frontend.manifest, detector), score_threshold)
+        )
         self._warm_up()
 
     def _warm_up(self) -> None:

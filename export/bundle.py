@@ -39,7 +39,7 @@ class ExportResult:
     manifest: manifest_pb2.BundleManifest
     parity: parity.Parity
     pairs: dict | None = None  # single-pair figures (accuracy, TAR, threshold) behind the manifest's
-    by_templates: list | None = None  # FAR 1e-3 thresholds for subjects with 1, 2, 3+ templates
+    by_templates: list | None = None  # thresholds for subjects with 1, 2, 3+ templates at evaluation.FARS
     detector: str | None = None  # sha256 of the bundle's detector.onnx (None: none found to copy)
 
 
@@ -153,11 +153,11 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     files = _files(front, recog)
     manifest = _manifest(config, method, recognizer, out, files, dtype, threshold)
+    _record(manifest, out, files, by_templates)
     manifest.training.CopyFrom(_training_info(config, ckpt or {}, checkpoint))
     manifest.opset = onnx_export.opset_of(front)
     _write(out, files, manifest)
-    sha = sha256(files[DETECTOR]) if DETECTOR in files else None
-    return ExportResult(out, manifest, result, pairs, by_templates, sha)
+    return ExportResult(out, manifest, result, pairs, by_templates, manifest.detector.sha256 or None)
 
 
 def _files(front, recog) -> dict:
@@ -180,9 +180,9 @@ def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolle
     embed = evaluation.Memo(_graph_embedder(front, recog, method, seed))
     by_templates = None
     if per_count:  # before the pairs: the 3-template entry then draws exactly as a lone pooled(3) did
-        by_templates = evaluation.by_template_count(root, embed, max_people=eval_pairs)
+        by_templates = evaluation.by_template_count(root, embed, eval_pairs, evaluation.FARS)
     pairs = threshold or evaluation.recompute(root, embed, eval_pairs)
-    counts = {e["templates"]: e for e in by_templates or []}
+    counts = {e["templates"]: e for e in by_templates or [] if e["far"] == evaluation.FAR}
     if enrolled == 1:
         main = pairs
     elif enrolled in counts:
@@ -241,14 +241,7 @@ def _manifest(config, method, recognizer, out: Path, files: dict, dtype: str, th
         protected_tensor=_spec(PROTECTED, (-1, c, h, w), dtype),
         embedding=_spec(EMBEDDING, (-1, emb_size), "float32"),
         embedding_size=emb_size,
-        threshold=manifest_pb2.VerificationThreshold(
-            cosine=threshold["cosine"],
-            false_accept_rate=threshold["far"],
-            evaluation_set=threshold["set"],
-            num_pairs=threshold["num_pairs"],
-            accuracy=threshold["accuracy"],
-            true_accept_rate=threshold["tar"],
-        ),
+        threshold=threshold_pb(threshold),
         payload=manifest_pb2.PayloadSize(
             float16_bytes=method.payload_bytes("float16"),
             float32_bytes=method.payload_bytes("float32"),
@@ -264,6 +257,26 @@ def bundle_name(run: str, method) -> str:
     two exports of one run under two keys are two bundles (their front-ends differ) with two names."""
     key = keys.method_key_bytes(method)
     return run if key is None or key == keys.DEMO_KEY else f"{run}-key{keys.key_id(key)[:8]}"
+
+
+def threshold_pb(entry: dict) -> manifest_pb2.VerificationThreshold:
+    """A threshold entry (export/evaluation.py) as the manifest's message."""
+    return manifest_pb2.VerificationThreshold(
+        cosine=entry["cosine"],
+        false_accept_rate=entry["far"],
+        evaluation_set=entry["set"],
+        num_pairs=entry["num_pairs"],
+        accuracy=entry["accuracy"],
+        true_accept_rate=entry["tar"],
+    )
+
+
+def _record(manifest, out: Path, files: dict, by_templates: list | None) -> None:
+    """The per-template-count thresholds and the detector file, in the manifest."""
+    for e in by_templates or []:
+        manifest.thresholds_by_templates.add(templates=e["templates"], threshold=threshold_pb(e))
+    if DETECTOR in files:
+        manifest.detector.CopyFrom(_model_file(out / DETECTOR, files[DETECTOR]))
 
 
 def _write(out: Path, files: dict, manifest) -> None:

@@ -7,8 +7,9 @@ DIR holds one folder per person of aligned 112x112 face crops (JPEG/PNG; the lay
 ../shared/data/lfw/aligned112). Through the bundle's own graphs (ppfr.bundle: the front-end with fresh
 CSPRNG draws per face, the recognizer), subjects enrolled from 1, 2 and 3+ photos are scored pooled as
 the server scores them (export/evaluation.pooled_people); each one's FAR point is printed, and the one
-for --enrolled-photos becomes the manifest's threshold, which `ppfr-cloud serve` applies from its next
-start. Exit status 0 done, 2 bad input.
+for --enrolled-photos becomes the manifest's `threshold`; all three go to `thresholds_by_templates`, from
+which `ppfr-cloud serve` picks by each subject's template count from its next start. Exit status 0 done,
+2 bad input.
 """
 
 import argparse
@@ -67,22 +68,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write(bundle_dir: Path, entry: dict, photos: Path) -> None:
-    manifest = read_manifest(bundle_dir)
-    manifest.threshold.CopyFrom(
-        manifest_pb2.VerificationThreshold(
-            cosine=entry["cosine"],
-            false_accept_rate=entry["far"],
-            evaluation_set=(
-                f"site photos {photos}: {entry['subjects']} subjects enrolled from {entry['templates']} "
-                f"photos each, scored pooled as the server does; {entry['genuine']} genuine and "
-                f"{entry['impostor']} impostor attempts, the bundle's graphs (ppfr-export calibrate)"
-            ),
-            num_pairs=entry["num_pairs"],
-            accuracy=manifest.threshold.accuracy,
-            true_accept_rate=entry["tar"],
-        )
+def _threshold(entry: dict, photos: Path, accuracy: float) -> manifest_pb2.VerificationThreshold:
+    return manifest_pb2.VerificationThreshold(
+        cosine=entry["cosine"],
+        false_accept_rate=entry["far"],
+        evaluation_set=(
+            f"site photos {photos}: {entry['subjects']} subjects enrolled from {entry['templates']} "
+            f"photos each, scored pooled as the server does; {entry['genuine']} genuine and "
+            f"{entry['impostor']} impostor attempts, the bundle's graphs (ppfr-export calibrate)"
+        ),
+        num_pairs=entry["num_pairs"],
+        accuracy=accuracy,  # the LFW pairs' figure: pooling defines none
+        true_accept_rate=entry["tar"],
     )
+
+
+def _write(bundle_dir: Path, entries: list, chosen: dict, photos: Path) -> None:
+    """Every entry into `thresholds_by_templates`, the chosen one into `threshold`."""
+    manifest = read_manifest(bundle_dir)
+    accuracy = manifest.threshold.accuracy
+    manifest.threshold.CopyFrom(_threshold(chosen, photos, accuracy))
+    del manifest.thresholds_by_templates[:]
+    for e in entries:
+        manifest.thresholds_by_templates.add(
+            templates=e["templates"], threshold=_threshold(e, photos, accuracy)
+        )
     write_manifest(manifest, bundle_dir)
 
 
@@ -97,7 +107,7 @@ def main(argv) -> int:
     for e in entries:
         _report(e)
     chosen = next(e for e in entries if e["templates"] == args.enrolled_photos)
-    _write(args.bundle, chosen, args.photos)
+    _write(args.bundle, entries, chosen, args.photos)
     print(
         f"wrote threshold {chosen['cosine']:.4f} to {args.bundle}/manifest.json (read at the server's start)"
     )

@@ -122,8 +122,9 @@ def _print_figures(res, min_tar: float) -> None:
         f"{p['cosine']:.4f} ({p['set']})",
         flush=True,
     )
-    for e in res.by_templates or []:
-        plus = "+" if e["templates"] == max(t["templates"] for t in res.by_templates) else ""
+    at_far = [e for e in res.by_templates or [] if e["far"] == 1e-3]
+    for e in at_far:
+        plus = "+" if e["templates"] == max(t["templates"] for t in at_far) else ""
         print(
             f"  subjects with {e['templates']}{plus} template(s): threshold {e['cosine']:.4f}, TAR "
             f"{e['tar']:.2%} at FAR 1e-3 ({e['num_pairs']} attempts, pooled as the server scores)",

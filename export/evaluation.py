@@ -17,6 +17,7 @@ from ppfr.data import DataError, lfw_pairs, lfw_people, read_faces
 
 FAR = 1e-3
 TEMPLATE_COUNTS = (1, 2, 3)  # thresholds for subjects with 1, 2 and 3+ templates
+FARS = (FAR, 1e-2, 1e-4)  # the manifest's per-count thresholds (`ppfr-cloud serve --far` picks one)
 
 
 class Memo:
@@ -87,15 +88,28 @@ def recompute(root: Path, embed, limit: int | None = None) -> dict:
     }
 
 
-def by_template_count(root: Path, embed, base: dict | None = None, max_people: int | None = None) -> list:
-    """`pooled` entries for subjects with 1, 2 and 3+ templates (TEMPLATE_COUNTS order), each with its
-    `templates` count. 3 first: its embeddings then draw exactly as a lone `pooled(root, embed, 3)`."""
-    entries = {k: pooled(root, embed, k, base, max_people) for k in sorted(TEMPLATE_COUNTS, reverse=True)}
-    return [{**entries[k], "templates": k} for k in TEMPLATE_COUNTS]
+def by_template_count(root: Path, embed, max_people: int | None = None, fars=(FAR,)) -> list:
+    """`pooled` entries for subjects with 1, 2 and 3+ templates (TEMPLATE_COUNTS order) at each of `fars`,
+    each with its `templates` count. 3 at the first FAR first: its embeddings then draw exactly as a lone
+    `pooled(root, embed, 3)` (give a `Memo` embed: the other entries reuse them)."""
+    out = []
+    for far in fars:
+        per = {
+            k: pooled(root, embed, k, None, max_people, far) for k in sorted(TEMPLATE_COUNTS, reverse=True)
+        }
+        out += [{**per[k], "templates": k} for k in TEMPLATE_COUNTS]
+    return out
 
 
-def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_people: int | None = None) -> dict:
-    """Threshold at FAR 1e-3 for subjects enrolled from `enrolled` photos, scored by the cosine of the probe
+def pooled(
+    root: Path,
+    embed,
+    enrolled: int,
+    base: dict | None = None,
+    max_people: int | None = None,
+    far: float = FAR,
+) -> dict:
+    """Threshold at `far` for subjects enrolled from `enrolled` photos, scored by the cosine of the probe
     to the mean of their templates, as the server does (cloud/matrix.py, pooled_score): pooling raises
     every score, impostors' too, so a threshold from single pairs lets more impostors in.
 
@@ -104,7 +118,7 @@ def pooled(root: Path, embed, enrolled: int, base: dict | None = None, max_peopl
     not define."""
     lfw = root / "lfw" / "aligned112"
     people = [[lfw / c for c in crops] for crops in lfw_people(lfw, enrolled + 1).values()][:max_people]
-    entry = pooled_people(people, embed, enrolled, FAR, str(lfw))
+    entry = pooled_people(people, embed, enrolled, far, str(lfw))
     return {
         **entry,
         "accuracy": float((base or {}).get("accuracy", 0.0)),
