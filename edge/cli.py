@@ -102,9 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tenant", "sealed templates: the tenant's CKKS keys (docs/cloud.md)", images=False)
     p.add_argument("action", choices=["keygen"], help="keygen: a new secret + public tenant context")
     p.add_argument("--out", type=Path, required=True, help="folder for tenant.secret (0600) + tenant.public")
-    p = command("tenant", "sealed templates: the tenant's CKKS keys (docs/cloud.md)", images=False)
-    p.add_argument("action", choices=["keygen"], help="keygen: a new secret + public tenant context")
-    p.add_argument("--out", type=Path, required=True, help="folder for tenant.secret (0600) + tenant.public")
     p = command("delete", "remove a subject and all its templates", images=False)
     p.add_argument("--id", required=True, help="subject id")
     return parser
@@ -185,11 +182,6 @@ def _request(args, client, subject_id, face, report_item) -> None:
 
 
 def _process(args, report: Report) -> None:
-    if args.command == "tenant":
-        from .sealed import keygen  # tenseal only where sealed templates are used
-
-        report.info(keygen(args.out))
-        return
     if args.command == "tenant":
         from .sealed import keygen  # tenseal only where sealed templates are used
 
