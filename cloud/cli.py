@@ -18,6 +18,7 @@ from ppfr.cloud.logs import setup_logging
 from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
 from ppfr.cloud.template_key import TemplateKeyError, file_is_shared, load_secret
+from ppfr.cloud.thresholds import ThresholdError
 
 
 def _port(text: str) -> int:
@@ -140,6 +141,13 @@ def _serve_access_args(s) -> None:
     )
     s.add_argument("--failed-window-s", type=float, help=f"(default {_default('failed_window_s'):g})")
     s.add_argument(
+        "--far",
+        type=float,
+        help="false accept rate of the thresholds applied: the bundle's thresholds by template count at this "
+        "FAR (exported at 1e-2, 1e-3, 1e-4; `ppfr-export calibrate --far` adds others; default: the FAR of "
+        "the bundle's threshold)",
+    )
+    s.add_argument(
         "--verify-scores",
         action="store_true",
         help="show Verify's score to verify keys too (default: admin only)",
@@ -243,6 +251,7 @@ def _serve(args) -> int:
 
 
 USER_ERRORS = (ConfigError, BundleError, GalleryError, RuntimeUnavailable, KeyStoreError, TemplateKeyError)
+USER_ERRORS += (ThresholdError,)
 
 
 def main(argv=None) -> int:

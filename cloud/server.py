@@ -83,6 +83,9 @@ class ServerConfig:
     failed_window_s: float = 300.0
     # Show Verify's score to verify keys too (it helps an attacker hill-climb; admin keys always see it).
     verify_scores: bool = False
+    # False accept rate of the thresholds applied (the bundle's per-template-count thresholds at that FAR,
+    # cloud/thresholds.py); None = the FAR of the bundle's threshold.
+    far: float | None = None
     # Operational log: level and format (text, or json: one object per line).
     log_level: str = "INFO"
     log_format: str = "text"
@@ -273,6 +276,7 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
         metrics=gate.metrics,
         failed_attempts=FailedAttempts(config.max_failed_verifies, config.failed_window_s),
         verify_scores=config.verify_scores,
+        far=config.far,
         **extra,
     )
     gate.metrics.watch(batcher, gallery)
