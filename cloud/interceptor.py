@@ -7,10 +7,14 @@ Checks run cheapest first. The key (authentication, scope, rate) is checked on t
 the request is read at all: a refused call gets a handler that never reads its message (a stream handler
 that answers at once), so a flood of keyless calls costs a dictionary lookup each and holds no payload in
 Python. Refusals are logged by sampling (the first REFUSALS_LOGGED, then one a second with the count of
-those not logged), so such a flood cannot fill the disk. A request that is not valid protobuf is answered
-INVALID_ARGUMENT in one log line.
+those not logged), so such a flood cannot fill the disk. UNAUTHENTICATED answers over gRPC are paced
+(UNAUTHENTICATED_PER_S over all connections, as the HTTP gateway paces its 401s): gRPC's own work per call
+(~250 us of CPU) runs on the event loop that serves keyed calls too, so a keyless flood gets a trickle of
+it; with the server's HTTP/2 stream limit per connection (server.py), the flood waits in its client, not
+in this server's memory. A request that is not valid protobuf is answered INVALID_ARGUMENT in one log line.
 """
 
+import asyncio
 import collections
 import contextvars
 import logging
@@ -35,6 +39,10 @@ CALLER = contextvars.ContextVar("caller", default=None)
 # Successful calls of these RPCs are logged at DEBUG only (they are the bulk of the traffic).
 _QUIET = {"Verify", "Identify", "GetServerInfo", "ListSubjects"}
 REFUSALS_LOGGED = 10  # refusals logged in full before sampling starts
+UNAUTHENTICATED_PER_S = 200.0  # UNAUTHENTICATED answers per second over gRPC; more wait their turn
+# Refusals waiting for their turn at most; beyond, they are answered at once (memory over CPU: each waiting
+# call holds its request bytes in gRPC). One flooding connection holds at most its stream limit.
+MAX_PACED = 1024
 
 
 class LogSampler:
@@ -57,6 +65,20 @@ class LogSampler:
         return False, 0
 
 
+class Pacer:
+    """Evenly spaced turns: wait() returns at once when idle, else at the next free slot."""
+
+    def __init__(self, per_second: float):
+        self.interval, self._next = 1.0 / per_second, 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class Refused(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = ""):
         super().__init__(message)
@@ -73,6 +95,8 @@ class CallGate(grpc.aio.ServerInterceptor):
         self.active = collections.Counter()  # calls in progress by RPC (shutdown waits for Enrolls)
         self.draining = False  # set on shutdown: calls in progress finish, new ones are UNAVAILABLE
         self.refusals = LogSampler()
+        self.unauthenticated = Pacer(UNAUTHENTICATED_PER_S)
+        self.paced = 0  # refusals waiting for their turn now
 
     async def intercept_service(self, continuation, details):
         if not details.method.startswith(SERVICE_PREFIX):
@@ -120,9 +144,19 @@ class CallGate(grpc.aio.ServerInterceptor):
                     f" [{held} similar refusals not logged]" if held else "",
                 )
 
+        async def paced(requests, context):
+            if refused.code == grpc.StatusCode.UNAUTHENTICATED and self.paced < MAX_PACED:
+                self.paced += 1
+                try:
+                    await self.unauthenticated.wait()
+                finally:
+                    self.paced -= 1
+            await refuse(requests, context)
+
         # gRPC calls the stream behaviour (request_streaming), which never reads the message; in-process
-        # callers of the handler (the HTTP gateway) call unary_unary with the body they already hold.
-        return grpc.stream_unary_rpc_method_handler(refuse)._replace(unary_unary=refuse)
+        # callers of the handler (the HTTP gateway, which paces its own 401s) call unary_unary with the
+        # body they already hold.
+        return grpc.stream_unary_rpc_method_handler(paced)._replace(unary_unary=refuse)
 
     async def _call(self, method, headers, handler, raw, context, key):
         start = time.perf_counter()

@@ -290,6 +290,12 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
             ("grpc.so_reuseport", 0),
             ("grpc.server.max_pending_requests", config.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls),
+            # Calls in flight per connection (HTTP/2 streams): a client's burst beyond waits in the
+            # client, so one connection's flood holds at most this many requests here.
+            ("grpc.max_concurrent_streams", config.max_concurrent_calls),
+            # Count open streams only (HTTP/2's rule): gRPC's default also counts streams whose calls
+            # finished but are not yet freed, and refuses new ones (UNAVAILABLE) in a client's burst.
+            ("grpc.http.overload_protection", 0),
         ],
     )
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(service, server)

@@ -42,22 +42,33 @@ def keyed_rate(address, key, face, seconds) -> float:
     return n / seconds
 
 
-async def keyless_flood(address, request: bytes, n):
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary("/ppfr.v1.FaceVerification/Verify")
-        results = await asyncio.gather(*(call(request, timeout=60) for _ in range(n)), return_exceptions=True)
+async def keyless_flood(address, request: bytes, n, connections=1):
+    # A subchannel pool of its own per channel: one TCP connection each (gRPC shares them otherwise).
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    calls = [channel.unary_unary("/ppfr.v1.FaceVerification/Verify") for channel in channels]
+    try:
+        results = await asyncio.gather(
+            *(calls[i % connections](request, timeout=120) for i in range(n)), return_exceptions=True
+        )
+    finally:
+        for channel in channels:
+            await channel.close()
     codes = [type(r).__name__ if not isinstance(r, grpc.aio.AioRpcError) else r.code().name for r in results]
     return {c: codes.count(c) for c in set(codes)}
 
 
-def flood_process(address, request: bytes, n, queue) -> None:
-    """The attacker: its own process (and connection), as it would be."""
-    queue.put(asyncio.run(keyless_flood(address, request, n)))
+def flood_process(address, request: bytes, n, connections, queue) -> None:
+    """The attacker: its own process (and connections), as it would be."""
+    queue.put(asyncio.run(keyless_flood(address, request, n, connections)))
 
 
 def flood(bundle, protect, n=8000):
     face = protect(lfw_faces(1, start=100)[0])
     extra = os.environ.get("PPFR_PROBE_SERVE_ARGS", "").split()  # e.g. "--max-pending-calls 2000"
+    connections = int(os.environ.get("PPFR_PROBE_FLOOD_CONNECTIONS", "1"))  # the flooder's connections
     with LocalServer(bundle, workdir=WORK / "flood", extra_args=extra) as server:
         s, md = stub(server.address, server.api_key)
         s.Enroll(pb.EnrollRequest(subject_id="p0", face=face), metadata=md)
@@ -67,7 +78,7 @@ def flood(bundle, protect, n=8000):
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         request = pb.VerifyRequest(subject_id="x", face=face).SerializeToString()
-        flooder = context.Process(target=flood_process, args=(server.address, request, n, queue))
+        flooder = context.Process(target=flood_process, args=(server.address, request, n, connections, queue))
         t0 = time.monotonic()
         cpu0 = cpu_s(server.process.pid)
         flooder.start()
@@ -79,7 +90,8 @@ def flood(bundle, protect, n=8000):
         cpu = cpu_s(server.process.pid) - cpu0
         lines = len(server.log_path.read_text().splitlines()) - lines0
         print(
-            f"flood (serve {' '.join(extra) or 'defaults'}): {n} keyless Verify calls in {took:.1f}s "
+            f"flood (serve {' '.join(extra) or 'defaults'}): {n} keyless Verify calls on {connections} "
+            f"connection(s) in {took:.1f}s "
             f"({result.get('codes')}); keyed Verify/s baseline "
             f"{base:.1f}, during the flood {np.mean(rates):.1f} ({np.mean(rates) / base:.0%}, worst second "
             f"{min(rates):.1f}); server RSS {rss0:.0f} -> peak {max(peak):.0f} MB (+{max(peak) - rss0:.0f}); "

@@ -16,6 +16,7 @@ import pytest
 from helpers import Protector, SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.auth import default_key_path
+from ppfr.cloud.interceptor import UNAUTHENTICATED_PER_S
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
@@ -133,11 +134,27 @@ def test_keyless_calls_are_refused_with_sampled_log_lines(server, protect, faces
     caplog.set_level(logging.INFO, logger="ppfr.cloud")
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.FaceVerificationStub(channel)
+        t0 = time.monotonic()
         futures = [stub.Verify.future(pb.VerifyRequest(subject_id="x", face=face)) for _ in range(400)]
         codes = [f.exception().code() for f in futures]
+        took = time.monotonic() - t0
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
     refusals = [r for r in caplog.records if "UNAUTHENTICATED" in r.getMessage()]
     assert 1 <= len(refusals) <= 30, len(refusals)
+    # paced: a keyless flood gets UNAUTHENTICATED_PER_S answers a second, however fast it sends
+    assert took >= 399 / UNAUTHENTICATED_PER_S, took
+
+
+def test_a_burst_beyond_the_stream_limit_waits_in_the_client(bundle, tmp_path):
+    """One channel with far more calls at once than the server's HTTP/2 stream limit per connection
+    (--max-concurrent-calls): all answered, none refused (gRPC's default overload protection refused
+    them UNAVAILABLE)."""
+    db = tmp_path / "g.sqlite"
+    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0, max_concurrent_calls=8)) as running:
+        stub = stub_for(running, "verify")
+        futures = [stub.GetServerInfo.future(pb.GetServerInfoRequest()) for _ in range(300)]
+        codes = [f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures]
+    assert set(codes) == {grpc.StatusCode.OK}, {c: codes.count(c) for c in set(codes)}
 
 
 def test_insecure_no_auth_warns_even_at_error_level(bundle, tmp_path, caplog):
