@@ -65,6 +65,13 @@ def _common(parser: argparse.ArgumentParser, default) -> None:
     detector_help = f"YuNet ONNX model (default: the bundle's {BUNDLE_DETECTOR}, else {DEFAULT_DETECTOR})"
     g.add_argument("--detector", default=d(None), help=detector_help.replace("%", "%%"))
     g.add_argument("--min-score", type=float, default=d(0.6), help="face detection score threshold (0.6)")
+    g.add_argument(
+        "--tenant-secret",
+        type=Path,
+        default=d(None),
+        help="sealed edge: the tenant's secret context (tenant keygen); with an rgb bundle, enroll/verify/"
+        "identify send only the encrypted embedding and decrypt the answer here (docs/cloud.md)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +214,10 @@ def _process(args, report: Report) -> None:
         )
     pipeline = Pipeline(args.bundle, args.aligned, args.strict, args.detector, args.min_score)
     frontend = pipeline.frontend
+    if args.tenant_secret and args.command in ("enroll", "verify", "identify"):
+        from .sealed import SealedEdge  # tenseal only where sealed templates are used
+
+        pipeline.sealed = SealedEdge(args.bundle, args.tenant_secret)
     report.start(bundle=str(args.bundle), method=frontend.manifest.method, frontend_id=frontend.frontend_id)
     client = _connect(args, frontend.frontend_id) if args.command in NEEDS_SERVER else None
     used: set = set()
@@ -229,6 +240,10 @@ def _one(
     args, pipeline: Pipeline, client, subject_id, image: Path, item: dict, used: set, report: Report
 ) -> None:
     """One photo: protect it, then send it (enroll/verify/identify) or write it out (protect)."""
+    if getattr(pipeline, "sealed", None) is not None:
+        from .sealed import sealed_request
+
+        return sealed_request(args, pipeline, client, subject_id, image, item)
     done = pipeline.run(image)
     item["timings_ms"].update(done.timings_ms)
     if done.face is not None:

@@ -115,3 +115,39 @@ class SealedEdge:
         wide = sorted(best, key=lambda n: -best[n])[: max(4 * top_k, 16)]  # matrix.POOL_CANDIDATES
         scored = sorted(((n, tenant.pooled(sums[n], norms.get(n, 1.0))) for n in wide), key=lambda c: -c[1])
         return [(n, s, s >= self.threshold) for n, s in scored[:top_k]]
+
+
+def sealed_request(args, pipeline, client, subject_id, image, item: dict) -> None:
+    """One photo in sealed-edge mode (`ppfr-edge --tenant-secret FILE enroll|verify|identify`): detect and
+    align, the rgb recognizer and encryption here, only the ciphertext sent; the answer decrypted here."""
+    import time
+
+    import cv2
+    from ppfr.protos import verification_pb2 as pb
+
+    edge = pipeline.sealed
+    done = pipeline.prepare(image)
+    item["timings_ms"].update(done.timings_ms)
+    t0 = time.perf_counter()
+    embedding = edge.embed(cv2.cvtColor(done.face_bgr, cv2.COLOR_BGR2RGB))
+    sealed = pb.SealedEmbedding(ciphertext=edge.seal(embedding, query=args.command != "enroll"))
+    t1 = time.perf_counter()
+    item["timings_ms"]["recognize_and_encrypt"] = round((t1 - t0) * 1000, 3)
+    item["payload_bytes"] = len(sealed.ciphertext)
+    if args.command == "enroll":
+        r = client._call("Enroll", pb.EnrollRequest(subject_id=subject_id, sealed=sealed))
+        item.update(template_id=r.template_id, template_count=r.template_count)
+    elif args.command == "verify":
+        r = client._call("Verify", pb.VerifyRequest(subject_id=subject_id, sealed=sealed))
+        score, match = edge.verify_result(r.sealed_score, r.sealed_norm or None)
+        item.update(match=bool(match), score=round(score, 6), threshold=round(edge.threshold, 6))
+    else:
+        r = client._call("Identify", pb.IdentifyRequest(sealed=sealed, top_k=args.top))
+        norms = {s: edge.tenant.decrypt_bytes(n)[0] for s, n in r.sealed_norms.items()}
+        owners = [list(b.slot_subjects) for b in r.sealed_blocks]
+        found = edge.identify_result([b.ciphertext for b in r.sealed_blocks], owners, norms, args.top)
+        item.update(
+            threshold=round(edge.threshold, 6),
+            candidates=[{"subject_id": n, "score": round(s, 6), "match": bool(m)} for n, s, m in found if m],
+        )
+    item["timings_ms"]["round_trip"] = round((time.perf_counter() - t1) * 1000, 3)

@@ -113,3 +113,25 @@ def test_mode_and_tenant_refusals(setup):
     config.tenant_context = other
     with pytest.raises(GalleryModeError, match="under tenant context"):
         ServerThread(config).start()
+
+
+def test_edge_cli_sealed_over_grpc(setup, monkeypatch, capsys, tmp_path):
+    import json
+
+    from helpers import DATA
+
+    root, bundle, edge, emb = setup
+    config = _config(root, bundle)
+    config.db = tmp_path / "cli.sqlite"
+    monkeypatch.setenv("PPFR_API_KEY", new_key(config.db))
+    names = (DATA / "lfw" / "pairs_images.txt").read_text().split()[:2]
+    photos = [str(DATA / "lfw" / "aligned112" / n) for n in names]
+    secret = str(root / "keys" / "tenant.secret")
+    with ServerThread(config) as server:
+        common = ["--server", server.address, "--bundle", str(bundle), "--aligned", "--tenant-secret", secret]
+        for argv in (["enroll", "--id", "ann", photos[0]], ["verify", "--id", "ann", *photos]):
+            capsys.readouterr()
+            assert edge_main([*common, "--json", *argv]) == 0
+        items = json.loads(capsys.readouterr().out)["results"]
+    assert items[0]["match"] is True and abs(items[0]["score"] - 1.0) <= 1e-4
+    assert items[1]["score"] < 1.0 and 200_000 < items[0]["payload_bytes"] < 400_000
