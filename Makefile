@@ -7,7 +7,7 @@ CONFIG ?= configs/dlib_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
-.PHONY: setup test test-fast lint format train export serve demo bench attack protos clean postgres bench-gallery
+.PHONY: setup test test-fast lint format train rekey export serve demo bench attack protos clean postgres bench-gallery
 
 # The pretrained face model (dlib's ResNet) comes from the npm registry: `npm pack`, once (needs npm).
 PRETRAINED := $(VENV)/share/ppfr/face-api/face_recognition_model.bin
@@ -50,6 +50,11 @@ clean:
 # --- the system's jobs (each target's recipe belongs to the issue that built it) ---
 train: $(SETUP)
 	$(VENV)/bin/ppfr-train --config $(CONFIG)
+
+# The shipped default adapted to your own PPFR-FD key (docs/results.md, "Re-keying"), the key from
+# KEY_FILE or PPFR_METHOD_KEY: make rekey KEY_FILE=method.key -> runs/dlib_ppfr_fd_rekeyed/
+rekey: $(SETUP)
+	$(VENV)/bin/ppfr-train rekey $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
 # Exports every trained run (runs/*/checkpoint.pt -> artifacts/<run>), parity-checks every config in
 # EXPORT_CONFIGS without a run (default: the small configs, one per method; EXPORT_CONFIGS=configs for

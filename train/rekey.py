@@ -93,7 +93,7 @@ def router_inputs(router, method, images: np.ndarray, views: int, opts: dict) ->
     for v in range(views):
         gen = torch.Generator().manual_seed(opts["seed"] * 7919 + v)
         for i in range(0, len(images), chunk):
-            faces = torch.as_tensor(np.ascontiguousarray(images[i : i + chunk]))
+            faces = torch.from_numpy(np.array(images[i : i + chunk]))  # a copy: the cache is read-only
             if v:
                 faces = augment(faces.flip(2) if v % 2 else faces, gen, opts["augment"])
             x = chain_order(method, faces)
