@@ -251,51 +251,65 @@ def thief_linkage(tn, edge, a, c, same, people: int = 200) -> dict:
 
 
 def raw_demo(bundle_dir: Path, identities: int, log) -> dict:
-    """Sealed edge from raw photos, in process: make demo's people (ppfr.demo.cli: 3 photos enrolled, up to
-    2 probes, each probe genuine and against the next person), the edge's detection, alignment and the
-    rgb recognizer, ciphertexts into a cloud/sealed.py gallery, decisions decrypted on the edge; beside
-    them the plain server's (cloud/matrix.py) on the same embeddings. Verify p50 end to end without the
-    network: edge (photo -> ciphertext) + server (load, score, serialise) + edge (decrypt, threshold)."""
+    """Sealed edge from raw photos over the wire: make demo's people (ppfr.demo.cli: 3 photos enrolled, up
+    to 2 probes, each probe genuine and against the next person), the edge's detection, alignment and the
+    rgb recognizer, ciphertexts to a real `ppfr-cloud serve --sealed sealed-edge` (LocalServer: its own
+    process, loopback gRPC, API key), decisions decrypted on the edge; beside them the plain rule
+    (cloud/matrix.py) on the same embeddings. Verify end to end: photo -> ciphertext -> RPC -> decision."""
     import tempfile
 
     import cv2
+    import grpc
+    from ppfr.cloud.local import LocalServer
     from ppfr.cloud.matrix import TemplateMatrix
-    from ppfr.cloud.sealed import SealedGallery
     from ppfr.demo.cli import choose_people, verify_rows
     from ppfr.edge.pipeline import Pipeline
     from ppfr.edge.sealed import SealedEdge, keygen
+    from ppfr.protos import verification_pb2 as pb
+    from ppfr.protos import verification_pb2_grpc
 
     tmp = Path(tempfile.mkdtemp(prefix="ppfr-sealed-demo-"))
     keygen(tmp / "keys")
     edge = SealedEdge(bundle_dir, tmp / "keys" / "tenant.secret", threads=1)
-    pipeline = Pipeline(bundle_dir)
-    gallery = SealedGallery(tmp / "g.sqlite", (tmp / "keys" / "tenant.public").read_bytes(), "sealed-edge")
-    plain = TemplateMatrix(128)
+    pipeline, plain = Pipeline(bundle_dir), TemplateMatrix(128)
 
-    def embed(photo):
+    def sealed(photo, query):
         face = pipeline.prepare(photo).face_bgr
-        return edge.embed(cv2.cvtColor(face, cv2.COLOR_BGR2RGB))
+        e = edge.embed(cv2.cvtColor(face, cv2.COLOR_BGR2RGB))
+        return e, pb.SealedEmbedding(ciphertext=edge.seal(e, query=query))
 
+    args = [
+        "--sealed",
+        "sealed-edge",
+        "--tenant-context",
+        str(tmp / "keys" / "tenant.public"),
+        "--threads",
+        "1",
+    ]
     people = choose_people(identities)
-    for n, p in enumerate(people):
-        for k, photo in enumerate(p["gallery"]):
-            e = embed(photo)
-            gallery.enroll(p["id"], gallery.template(sealed=edge.seal(e, query=False)))
-            plain.add(p["id"], 10 * n + k, e.astype(np.float32))
-    log(f"demo: enrolled {len(people)} people")
     counts = {"genuine": 0, "genuine_accepted": 0, "impostor": 0, "impostor_rejected": 0, "same_as_plain": 0}
     times = []
-    for subject, photo, kind in verify_rows(people, [p["id"] for p in people]):
-        t0 = time.perf_counter()
-        e = embed(photo)
-        answer = gallery.verify(subject, gallery.query(sealed=edge.seal(e, query=True)))
-        score, match = edge.verify_result(*answer)
-        times.append((time.perf_counter() - t0) * 1e3)
-        genuine = kind["kind"] == "genuine"
-        counts["genuine" if genuine else "impostor"] += 1
-        counts["genuine_accepted" if genuine else "impostor_rejected"] += match == genuine
-        counts["same_as_plain"] += match == (plain.verify(subject, e.astype(np.float32)) >= edge.threshold)
-    gallery.close()
+    with LocalServer(bundle_dir, workdir=tmp / "server", extra_args=args) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = verification_pb2_grpc.FaceVerificationStub(channel)
+            for n, p in enumerate(people):
+                for k, photo in enumerate(p["gallery"]):
+                    e, ct = sealed(photo, False)
+                    stub.Enroll(pb.EnrollRequest(subject_id=p["id"], sealed=ct), metadata=server.metadata)
+                    plain.add(p["id"], 10 * n + k, e.astype(np.float32))
+            log(f"demo: enrolled {len(people)} people over gRPC")
+            for subject, photo, kind in verify_rows(people, [p["id"] for p in people]):
+                t0 = time.perf_counter()
+                e, ct = sealed(photo, True)
+                r = stub.Verify(pb.VerifyRequest(subject_id=subject, sealed=ct), metadata=server.metadata)
+                score, match = edge.verify_result(r.sealed_score, r.sealed_norm or None)
+                times.append((time.perf_counter() - t0) * 1e3)
+                genuine = kind["kind"] == "genuine"
+                counts["genuine" if genuine else "impostor"] += 1
+                counts["genuine_accepted" if genuine else "impostor_rejected"] += match == genuine
+                counts["same_as_plain"] += match == (
+                    plain.verify(subject, e.astype(np.float32)) >= edge.threshold
+                )
     return {
         "identities": len(people),
         "threshold": edge.threshold,
