@@ -135,3 +135,36 @@ def test_edge_cli_sealed_over_grpc(setup, monkeypatch, capsys, tmp_path):
         items = json.loads(capsys.readouterr().out)["results"]
     assert items[0]["match"] is True and abs(items[0]["score"] - 1.0) <= 1e-4
     assert items[1]["score"] < 1.0 and 200_000 < items[0]["payload_bytes"] < 400_000
+
+
+def test_sealed_gallery_mode_keeps_no_plaintext(setup, tmp_path, caplog):
+    """Sealed gallery: the edge sends the protected face, the server embeds and encrypts it at once; its
+    gallery files and its log hold none of the embedding's values (float16/32/64, or printed)."""
+    import logging
+
+    from helpers import Protector
+
+    root, bundle, edge, emb = setup
+    config = _config(root, bundle)
+    config.db, config.sealed = tmp_path / "sg.sqlite", "sealed-gallery"
+    key = new_key(config.db)
+    protect = Protector(bundle)
+    faces = lfw_faces(3)
+    caplog.set_level(logging.DEBUG, logger="ppfr")
+    with ServerThread(config) as server, keyed_channel(server.address, key) as channel:
+        stub = verification_pb2_grpc.FaceVerificationStub(channel)
+        for f in faces[:2]:
+            stub.Enroll(pb.EnrollRequest(subject_id="ann", face=protect(f)))
+        r = stub.Verify(pb.VerifyRequest(subject_id="ann", face=protect(faces[2])))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Verify(pb.VerifyRequest(subject_id="ann", sealed=pb.SealedEmbedding(ciphertext=b"x")))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    score, _ = edge.verify_result(r.sealed_score, r.sealed_norm or None)
+    mean = emb[:2].mean(0)
+    assert abs(score - mean @ emb[2] / np.linalg.norm(mean)) <= 1e-3  # the server's embeddings, rgb: no draws
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("sg.sqlite"))
+    logs = caplog.text
+    for x in emb[:3]:
+        for dtype in (np.float16, np.float32, np.float64):
+            assert x[:3].astype(dtype).tobytes() not in stored
+        assert f"{x[0]:.4f}" not in logs and f"{x[1]:.4f}" not in logs
