@@ -99,8 +99,8 @@ def _serve_engine_args(s) -> None:
     s.add_argument(
         "--max-concurrent-calls",
         type=int,
-        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED "
-        f"(default {_default('max_concurrent_calls')})",
+        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED; also the calls one "
+        f"connection may have open (more wait in the client) (default {_default('max_concurrent_calls')})",
     )
     s.add_argument(
         "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
@@ -144,7 +144,7 @@ def _serve_access_args(s) -> None:
         "--far",
         type=float,
         help="false accept rate of the thresholds applied: the bundle's thresholds by template count at this "
-        "FAR (exported at 1e-2, 1e-3, 1e-4; `ppfr-export calibrate --far` adds others; default: the FAR of "
+        "FAR (exported at 1e-2, 1e-3, 1e-4; `ppfr-export calibrate --far` sets others; default: the FAR of "
         "the bundle's threshold)",
     )
     s.add_argument(

@@ -43,7 +43,7 @@ class Thresholds:
         have = sorted({e.threshold.false_accept_rate for e in manifest.thresholds_by_templates})
         raise ThresholdError(
             f"--far {far:g}: the bundle has thresholds at FAR {', '.join(f'{f:g}' for f in have) or 'none'}; "
-            f"`ppfr-export calibrate BUNDLE --photos DIR --far {far:g}` adds them"
+            f"`ppfr-export calibrate BUNDLE --photos DIR --far {far:g}` sets them"
         )
 
     def for_count(self, templates: int) -> float:
