@@ -99,8 +99,8 @@ def _serve_engine_args(s) -> None:
     s.add_argument(
         "--max-concurrent-calls",
         type=int,
-        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED; also the calls one "
-        f"connection may have open (more wait in the client) (default {_default('max_concurrent_calls')})",
+        help="calls in progress at once; more are answered RESOURCE_EXHAUSTED "
+        f"(default {_default('max_concurrent_calls')})",
     )
     s.add_argument(
         "--metrics-port", type=_port, help="serve Prometheus /metrics on this HTTP port (default off)"
