@@ -43,6 +43,9 @@ UNAUTHENTICATED_PER_S = 200.0  # UNAUTHENTICATED answers per second over gRPC; m
 # Refusals waiting for their turn at most; beyond, they are answered at once (memory over CPU: each waiting
 # call holds its request bytes in gRPC). One flooding connection holds at most its stream limit.
 MAX_PACED = 1024
+# Calls one connection may have open at once (HTTP/2 streams; server.py): a client's burst beyond waits in
+# the client, so one flooding connection holds at most this many requests in the server.
+STREAMS_PER_CONNECTION = 100
 
 
 class LogSampler:

@@ -25,7 +25,7 @@ from ppfr.cloud.auth import FailedAttempts, open_key_store, shared_file_warning
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.gallery import db_label, open_gallery
 from ppfr.cloud.health import GalleryWatch
-from ppfr.cloud.interceptor import CallGate
+from ppfr.cloud.interceptor import STREAMS_PER_CONNECTION, CallGate
 from ppfr.cloud.metrics import Metrics
 from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.service import FaceVerificationService
@@ -292,7 +292,7 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
             ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls),
             # Calls in flight per connection (HTTP/2 streams): a client's burst beyond waits in the
             # client, so one connection's flood holds at most this many requests here.
-            ("grpc.max_concurrent_streams", config.max_concurrent_calls),
+            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
             # Count open streams only (HTTP/2's rule): gRPC's default also counts streams whose calls
             # finished but are not yet freed, and refuses new ones (UNAVAILABLE) in a client's burst.
             ("grpc.http.overload_protection", 0),
