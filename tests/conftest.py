@@ -86,6 +86,16 @@ def people() -> np.ndarray:
     return first_faces_of_people(6)
 
 
+@pytest.fixture(scope="module")
+def local_server(bundle):
+    """`ppfr-cloud serve` on `bundle` in its own process (ppfr.cloud.local.LocalServer: a free port, a fresh
+    gallery, its own API key as .api_key), small batches; stopped after the module."""
+    from ppfr.cloud.local import LocalServer
+
+    with LocalServer(bundle, extra_args=["--max-batch", "4", "--max-delay-ms", "1"]) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL 16 with pgvector (PyPI pgserver, no root needed; as root it runs the server as a

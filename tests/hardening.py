@@ -8,6 +8,7 @@ import random
 import signal
 
 import numpy as np
+from helpers import face_with
 
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
@@ -23,15 +24,7 @@ def malformed_cases(good, n: int, seed: int = 0) -> list[tuple[str, str, bytes]]
     dtype = "<f2" if itemsize == 2 else "<f4"
 
     def face(**changes):
-        f = pb.ProtectedFace()
-        f.CopyFrom(good)
-        for key, value in changes.items():
-            if key == "shape":
-                del f.shape[:]
-                f.shape.extend(value)
-            else:
-                setattr(f, key, value)
-        return f
+        return face_with(good, **changes)
 
     def bad_face():
         k = rng.randrange(9)

@@ -7,7 +7,9 @@
 Paths come from ppfr.data, so PPFR_DATA moves the tests' data too.
 """
 
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = data.data_path()
 MODELS = data.model_path()
 read_rgb = data.read_rgb
+LFW_RAW = DATA / "lfw" / "raw_samples_250"  # raw LFW photos for the edge's detection
+BUSH, BUSH_2 = LFW_RAW / "George_W_Bush_0001.jpg", LFW_RAW / "George_W_Bush_0002.jpg"
+SERENA, SERENA_2 = LFW_RAW / "Serena_Williams_0001.jpg", LFW_RAW / "Serena_Williams_0002.jpg"
+
+
+def edge_command() -> list[str]:
+    """The installed ppfr-edge command (beside this Python, else on PATH)."""
+    script = Path(sys.executable).with_name("ppfr-edge")
+    return [str(script)] if script.exists() else [shutil.which("ppfr-edge") or "ppfr-edge"]
 
 
 def lfw_faces(n: int, start: int = 0) -> np.ndarray:
@@ -56,6 +67,19 @@ class Protector:
             data_type=data_type(out.dtype),
             frontend_id=self.bundle.frontend_id,
         )
+
+
+def face_with(good: verification_pb2.ProtectedFace, **fields) -> verification_pb2.ProtectedFace:
+    """A copy of a protected face with some fields replaced (shape: a list), for malformed requests."""
+    face = verification_pb2.ProtectedFace()
+    face.CopyFrom(good)
+    for key, value in fields.items():
+        if key == "shape":
+            del face.shape[:]
+            face.shape.extend(value)
+        else:
+            setattr(face, key, value)
+    return face
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:

@@ -6,11 +6,6 @@ import pytest
 from ppfr.attack import cli, report
 
 
-@pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
 @pytest.mark.slow
 def test_attack_end_to_end(bundle, tmp_path):
     out = tmp_path / "attack"

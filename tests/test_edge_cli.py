@@ -8,42 +8,26 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import DATA
+from helpers import BUSH, BUSH_2, DATA, LFW_RAW, SERENA, SERENA_2, edge_command
 from keys import new_key
 from ppfr.bundle import numpy_dtype, read_manifest
-from ppfr.cloud.local import LocalServer
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.cli import main as edge_main
 
-LFW_RAW = DATA / "lfw" / "raw_samples_250"
-BUSH, BUSH_2 = LFW_RAW / "George_W_Bush_0001.jpg", LFW_RAW / "George_W_Bush_0002.jpg"
-SERENA, SERENA_2 = LFW_RAW / "Serena_Williams_0001.jpg", LFW_RAW / "Serena_Williams_0002.jpg"
 ABEL = LFW_RAW / "Abel_Pacheco_0001.jpg"
 ALIGNED = DATA / "lfw" / "aligned112" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
 ALIGNED_OTHER = DATA / "lfw" / "aligned112" / "Zydrunas_Ilgauskas" / "Zydrunas_Ilgauskas_0001.jpg"
 MULTI_FACE = DATA / "celeba" / "raw_samples" / "000093.jpg"
 
 
-def edge_command() -> list[str]:
-    script = Path(sys.executable).with_name("ppfr-edge")
-    return [str(script)] if script.exists() else [shutil.which("ppfr-edge") or "ppfr-edge"]
-
-
 @pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
-@pytest.fixture(scope="module")
-def server(bundle):
-    with LocalServer(bundle, extra_args=["--max-batch", "4", "--max-delay-ms", "1"]) as running:
-        yield running
+def server(local_server):
+    return local_server
 
 
 @pytest.fixture(scope="module")
