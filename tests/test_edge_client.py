@@ -14,7 +14,7 @@ import time
 import zlib
 
 import pytest
-from helpers import DATA, REPO
+from helpers import BUSH, DATA, REPO, SERENA, edge_command
 from keys import new_key
 from ppfr.cloud.local import LocalServer, free_port
 from ppfr.cloud.server import ServerConfig, ServerThread
@@ -22,7 +22,6 @@ from ppfr.edge.client import NO_RETRY, Client, Retry, make_channel
 from ppfr.edge.errors import EdgeError, ServerError
 from ppfr.edge.image import MAX_PIXELS, header_size
 from ppfr.edge.pipeline import Pipeline
-from test_edge_cli import BUSH, SERENA, edge_command
 
 ALIGNED = DATA / "lfw" / "aligned112" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
 

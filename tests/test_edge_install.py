@@ -16,9 +16,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import BUSH, BUSH_2, REPO, SERENA
 from ppfr.cloud.local import LocalServer
-from test_edge_cli import BUSH, BUSH_2, SERENA
 
 pytestmark = pytest.mark.slow
 
