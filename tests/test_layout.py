@@ -150,3 +150,15 @@ def test_find_cycle_reports_a_cycle():
 def test_train_imports_without_the_rest():
     import ppfr.train  # noqa: F401
     import ppfr.train.methods  # noqa: F401
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in conftest.py (fixtures) and helper modules (helpers.py, bundles.py, ...);
+    importing a test module would collect or run its tests twice and hide where the code belongs."""
+    offenders = [
+        f"{p.name} imports {mod}"
+        for p in sorted((REPO / "tests").glob("*.py"))
+        for mod in sorted(imported_modules(p, "tests"))
+        if mod.split(".")[0].startswith("test_") or mod.split(".")[0] == "conftest"
+    ]
+    assert not offenders, offenders
