@@ -16,7 +16,7 @@ import pytest
 from helpers import Protector, SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.auth import default_key_path
-from ppfr.cloud.interceptor import UNAUTHENTICATED_PER_S
+from ppfr.cloud.interceptor import STREAMS_PER_CONNECTION, UNAUTHENTICATED_PER_S
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
@@ -146,13 +146,13 @@ def test_keyless_calls_are_refused_with_sampled_log_lines(server, protect, faces
 
 
 def test_a_burst_beyond_the_stream_limit_waits_in_the_client(bundle, tmp_path):
-    """One channel with far more calls at once than the server's HTTP/2 stream limit per connection
-    (--max-concurrent-calls): all answered, none refused (gRPC's default overload protection refused
-    them UNAVAILABLE)."""
+    """One channel with far more calls at once than the server's HTTP/2 stream limit per connection: all
+    answered, none refused (gRPC's default overload protection refused them UNAVAILABLE)."""
     db = tmp_path / "g.sqlite"
-    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0, max_concurrent_calls=8)) as running:
+    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
         stub = stub_for(running, "verify")
-        futures = [stub.GetServerInfo.future(pb.GetServerInfoRequest()) for _ in range(300)]
+        calls = 6 * STREAMS_PER_CONNECTION
+        futures = [stub.GetServerInfo.future(pb.GetServerInfoRequest()) for _ in range(calls)]
         codes = [f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures]
     assert set(codes) == {grpc.StatusCode.OK}, {c: codes.count(c) for c in set(codes)}
 
