@@ -7,7 +7,7 @@ snapshots, another mode or tenant is refused, and a plain server refuses the sea
 
 import numpy as np
 import pytest
-from helpers import DATA
+from helpers import DATA, lfw_faces
 
 pytest.importorskip("tenseal")
 pytest.importorskip("psycopg")
@@ -93,3 +93,67 @@ def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
     with pytest.raises(GalleryModeError, match="--sealed sealed-edge"):
         check_plain_gallery(url)
     check_plain_gallery(postgres())  # an empty database is no sealed gallery
+
+
+def test_two_sealed_edge_replicas_over_grpc(small_bundle, postgres, tmp_path):
+    """Two `ppfr-cloud serve --sealed sealed-edge` processes on one PostgreSQL, API keys in a shared key
+    file: enroll on A (with an idempotent retry on B), Verify and Identify on B; delete on B, gone on A;
+    a verify-only key cannot Identify; bad ciphertexts are INVALID_ARGUMENT; a plain server refuses."""
+    import grpc
+    from keys import keyed_channel
+    from ppfr.cloud.auth import KeyStore, parse_scopes
+    from ppfr.cloud.local import LocalServer, LocalServerError
+    from ppfr.edge.cli import main as edge_main
+    from ppfr.edge.sealed import SealedEdge
+    from ppfr.protos import verification_pb2 as pb
+    from ppfr.protos import verification_pb2_grpc as pb_grpc
+
+    assert edge_main(["tenant", "keygen", "--out", str(tmp_path / "keys"), "--json"]) == 0
+    bundle, url, key_file = small_bundle("rgb"), postgres(), tmp_path / "api.keys"
+    edge = SealedEdge(bundle, tmp_path / "keys" / "tenant.secret", threads=1)
+    emb = np.stack([edge.embed(f) for f in lfw_faces(4)])
+    store = KeyStore(key_file, create=True)
+    admin = store.create("admin", parse_scopes("verify,enroll,admin"), 0)[1]
+    verifier = store.create("verifier", parse_scopes("verify"), 0)[1]
+    store.close()
+    sealed = ["--sealed", "sealed-edge", "--tenant-context", str(tmp_path / "keys" / "tenant.public")]
+    common = dict(db=url, keys=key_file, api_key=admin, workdir=tmp_path, extra_args=sealed)
+    with LocalServer(bundle, **common) as a, LocalServer(bundle, **common) as b:
+        with keyed_channel(a.address, admin) as ca, keyed_channel(b.address, admin) as cb:
+            sa, sb = pb_grpc.FaceVerificationStub(ca), pb_grpc.FaceVerificationStub(cb)
+
+            def ct(i, query=False):
+                return pb.SealedEmbedding(ciphertext=edge.seal(emb[i], query=query))
+
+            first = sa.Enroll(pb.EnrollRequest(subject_id="ann", sealed=ct(0), idempotency_key="k1"))
+            again = sb.Enroll(pb.EnrollRequest(subject_id="ann", sealed=ct(0), idempotency_key="k1"))
+            assert again.template_id == first.template_id and again.template_count == 1
+            sa.Enroll(pb.EnrollRequest(subject_id="bob", sealed=ct(1)))
+            r = sb.Verify(pb.VerifyRequest(subject_id="ann", sealed=ct(0, True)))
+            assert edge.verify_result(r.sealed_score, r.sealed_norm or None) == (
+                pytest.approx(1, abs=1e-4),
+                True,
+            )
+            found = sb.Identify(pb.IdentifyRequest(sealed=ct(1, True), top_k=2))
+            owners = [list(x.slot_subjects) for x in found.sealed_blocks]
+            got = edge.identify_result([x.ciphertext for x in found.sealed_blocks], owners, {}, 2)
+            assert got[0][0] == "bob" and abs(got[0][1] - 1) <= 1e-4
+            assert (
+                sb.DeleteTemplate(pb.DeleteTemplateRequest(template_id=first.template_id)).subject_id == "ann"
+            )
+            listed = sa.ListSubjects(pb.ListSubjectsRequest(page_size=10))
+            assert [(s.subject_id, s.template_count) for s in listed.subjects] == [("bob", 1)]
+            found = sa.Identify(pb.IdentifyRequest(sealed=ct(0, True), top_k=2))
+            assert {n for x in found.sealed_blocks for n in x.slot_subjects} == {"", "bob"}
+            info = sb.GetServerInfo(pb.GetServerInfoRequest())
+            assert info.gallery_mode == "sealed-edge" and info.template_count == 1
+            with pytest.raises(grpc.RpcError) as err:
+                sa.Verify(pb.VerifyRequest(subject_id="bob", sealed=pb.SealedEmbedding(ciphertext=b"x" * 99)))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with keyed_channel(b.address, verifier) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.FaceVerificationStub(channel).Identify(pb.IdentifyRequest(sealed=ct(1, True)))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    plain = LocalServer(bundle, db=url, keys=key_file, api_key=admin, workdir=tmp_path, timeout_s=30)
+    with pytest.raises(LocalServerError, match="--sealed sealed-edge"):
+        plain.start()
