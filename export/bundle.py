@@ -115,7 +115,7 @@ def export_model(
     seed: int = 0,
     method_key: keys.MethodKey | None = None,
     min_tar: float | None = None,
-    template_thresholds: bool = True,
+    template_thresholds: bool | None = None,
 ) -> ExportResult:
     """Export an in-memory (method, recognizer) to `out_dir`; raises ExportError/ParityError on failure.
 
@@ -126,12 +126,12 @@ def export_model(
 
     method_key: the deployment key of a keyed method (train/keys.py); it replaces the key the method
     was trained with (trained parameters are kept). None keeps the method's own key. Either way the
-    manifest records only the key id and whether it is the public demo key, never the key. A `threshold`
-    passed in must come from the same key (export_checkpoint checks).
+    manifest records only the key id and whether it is the public demo key, never the key (a `threshold`
+    passed in must be that key's).
 
-    template_thresholds: also calibrate FAR 1e-3 thresholds for subjects with 1, 2 and 3+ templates
-    (pooled, through the exported graphs; `eval_pairs` also caps their subjects). min_tar: raise
-    DegradedError, before anything is written, when the single-pair TAR at FAR 1e-3 is below it.
+    template_thresholds: also thresholds for subjects with 1, 2 and 3+ templates (pooled, exported graphs,
+    evaluation.FARS; `eval_pairs` caps their subjects); default when enrolled_photos > 1 (1: the single-pair
+    threshold for all). min_tar: DegradedError, before writing, when the single-pair TAR@1e-3 is below.
     """
     if dtype not in WIRE_DTYPES:
         raise ExportError(f"dtype must be one of {WIRE_DTYPES}, got {dtype!r}")
@@ -175,6 +175,7 @@ def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolle
     ONNX Runtime sessions are opened only when something is computed here. The main threshold is the
     single-pair one for enrolled == 1, else the pooled point for `enrolled` photos (the server's default
     before it picks by template count)."""
+    per_count = enrolled > 1 if per_count is None else per_count
     if threshold is not None and enrolled == 1 and not per_count:
         return threshold, None, threshold
     embed = evaluation.Memo(_graph_embedder(front, recog, method, seed))

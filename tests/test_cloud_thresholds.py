@@ -5,6 +5,7 @@ Identify) and reports them in ServerInfo; a bundle without them keeps its one th
 import shutil
 
 import pytest
+import torch
 from helpers import Protector, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.bundle import read_manifest, write_manifest
@@ -15,8 +16,23 @@ from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
 
 
-def test_export_writes_a_threshold_per_template_count_and_far(small_bundle):
-    manifest = read_manifest(small_bundle("ppfr_fd"))
+@pytest.fixture(scope="module")
+def pooled_bundle(tmp_path_factory):
+    """A small real bundle exported as the CLI does by default (--enrolled-photos 3): per-count thresholds."""
+    from bundles import small_config
+    from ppfr.export.bundle import export_model
+    from ppfr.train.model import build_model
+
+    torch.manual_seed(0)
+    method, recognizer = build_model(small_config("ppfr_fd"))
+    out = tmp_path_factory.mktemp("pooled") / "bundle"
+    return export_model(
+        small_config("ppfr_fd"), method, recognizer, out, eval_pairs=40, enrolled_photos=3
+    ).bundle
+
+
+def test_export_writes_a_threshold_per_template_count_and_far(pooled_bundle, small_bundle):
+    manifest = read_manifest(pooled_bundle)
     entries = [(e.templates, e.threshold.false_accept_rate) for e in manifest.thresholds_by_templates]
     assert entries == [(k, far) for far in (1e-3, 1e-2, 1e-4) for k in (1, 2, 3)]
     assert all("pooled" in e.threshold.evaluation_set for e in manifest.thresholds_by_templates)
@@ -25,7 +41,10 @@ def test_export_writes_a_threshold_per_template_count_and_far(small_bundle):
         for e in manifest.thresholds_by_templates
     }
     assert at[(3, 1e-4)] >= at[(3, 1e-3)] >= at[(3, 1e-2)]  # a lower FAR, a higher bar
+    assert manifest.threshold.cosine == at[(3, 1e-3)]  # --enrolled-photos 3: the 3+ entry
     assert manifest.detector.path == "detector.onnx" and len(manifest.detector.sha256) == 64
+    # --enrolled-photos 1 (the test bundles): one single-pair threshold for every subject, as before
+    assert not read_manifest(small_bundle("ppfr_fd")).thresholds_by_templates
 
 
 def test_thresholds_pick_by_count_and_fall_back_to_the_one_threshold():
@@ -44,10 +63,10 @@ def test_thresholds_pick_by_count_and_fall_back_to_the_one_threshold():
 
 
 @pytest.fixture(scope="module")
-def bundle(small_bundle, tmp_path_factory):
+def bundle(pooled_bundle, tmp_path_factory):
     """The small bundle with thresholds no score can reach for one template and any score reaches for 2+."""
     path = tmp_path_factory.mktemp("thresholds") / "bundle"
-    shutil.copytree(small_bundle("ppfr_fd"), path)
+    shutil.copytree(pooled_bundle, path)
     manifest = read_manifest(path)
     for entry in manifest.thresholds_by_templates:
         if entry.threshold.false_accept_rate == 1e-3:
