@@ -318,6 +318,68 @@ def raw_demo(bundle_dir: Path, identities: int, log) -> dict:
     }
 
 
+def _pgserver_url(folder: Path) -> tuple[str, object]:
+    """A throwaway PostgreSQL (PyPI pgserver, as the tests use) and a fresh database in it."""
+    import uuid
+    import warnings
+
+    import psycopg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    name = f"sealed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.get_uri(name), server
+
+
+def postgres_identify(tn, edge, public: bytes, url: str, n: int, repeat: int, log) -> dict:
+    """Sealed edge on PostgreSQL with two replicas (cloud/sealed_postgres.py): `n` templates enrolled on A;
+    Identify on B: the first (puts all n into B's block), steady p50 (the change-log query + one block),
+    after one enroll on A (one put), after a delete on A (B reloads the block's snapshot); a third
+    replica's open (snapshots read back); beside the SQLite store's Identify p50 on the same templates."""
+    import tempfile
+
+    from ppfr.cloud.sealed import SealedGallery
+    from ppfr.cloud.sealed_postgres import SealedPostgresGallery
+
+    rng = np.random.default_rng(5)
+    cts = [edge.dump(edge.encrypt(_unit(rng.standard_normal(tn.DIM)))) for _ in range(n + 1)]
+    query = edge.dump(edge.encrypt(_unit(rng.standard_normal(tn.DIM)), level=1))
+    a, b = (SealedPostgresGallery(url, public, "sealed-edge") for _ in range(2))
+    lite = SealedGallery(Path(tempfile.mkdtemp()) / "g.sqlite", public, "sealed-edge")
+    t0 = time.perf_counter()
+    ids = [a.enroll(f"s{i}", a.template(sealed=c))[0] for i, c in enumerate(cts[:n])]
+    out = {"templates": n, "enroll_ms_each": round((time.perf_counter() - t0) * 1e3 / n, 1)}
+    for i, c in enumerate(cts[:n]):
+        lite.enroll(f"s{i}", lite.template(sealed=c))
+
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return round((time.perf_counter() - t) * 1e3, 1)
+
+    q = b.query(sealed=query)
+    out["first_identify_on_b_ms"] = timed(lambda: b.identify(q))
+    out["identify_p50_ms"] = _p50(lambda: b.identify(q), repeat)
+    out["sqlite_identify_p50_ms"] = _p50(lambda: lite.identify(lite.query(sealed=query)), repeat)
+    a.enroll("late", a.template(sealed=cts[n]))
+    out["identify_after_one_enroll_elsewhere_ms"] = timed(lambda: b.identify(q))
+    a.delete_template(ids[0])
+    out["identify_after_a_delete_elsewhere_ms"] = timed(lambda: b.identify(q))
+    for g in (a, b, lite):
+        g.close()
+    t = time.perf_counter()
+    c = SealedPostgresGallery(url, public, "sealed-edge")
+    out["open_third_replica_ms"] = round((time.perf_counter() - t) * 1e3, 1)
+    out["identify_on_third_ms"] = timed(lambda: c.identify(c.query(sealed=query)))
+    c.close()
+    log(f"postgres identify {out}")
+    return out
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="ppfr-bench sealed", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default="artifacts/dlib_ppfr_fd", help="bundle whose embeddings are scored")
@@ -328,6 +390,13 @@ def parse_args(argv):
     p.add_argument(
         "--demo", type=int, default=0, help="also: sealed edge from raw photos, N identities (rgb bundle)"
     )
+    p.add_argument(
+        "--postgres",
+        help="also: Identify on a PostgreSQL sealed gallery with two replicas: a postgresql:// URL, or "
+        "'pgserver' for a throwaway local one",
+    )
+    p.add_argument("--postgres-templates", type=int, default=64, help="templates for --postgres (64)")
+    p.add_argument("--only-postgres", action="store_true", help="skip the other figures (with --postgres)")
     p.add_argument("--out", default="runs/bench-sealed", help="output folder (sealed.json)")
     return p.parse_args(argv)
 
@@ -345,6 +414,36 @@ def main(argv=None) -> int:
     edge, server = tn.Tenant(secret, secret=True), tn.Tenant(public)
     result = {"machine": describe(), "load_average_start": load_average()}
     result["parameters"] = {"poly_degree": tn.POLY_DEGREE, "moduli": list(tn.MODULI), "scale_bits": 40}
+    if not args.only_postgres:
+        _figures(args, tn, edge, server, public, secret, result, log)
+    if args.postgres:
+        result["postgres_identify"] = _postgres(args, tn, edge, public, log)
+    result["load_average_end"] = load_average()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sealed.json").write_text(json.dumps(result, indent=2))
+    log(f"within 1 s: {result.get('identify_within_1s')}; wrote {out / 'sealed.json'}")
+    return 0
+
+
+def _postgres(args, tn, edge, public: bytes, log) -> dict:
+    import shutil
+    import tempfile
+
+    url, server, folder = args.postgres, None, None
+    if url == "pgserver":
+        folder = Path(tempfile.mkdtemp(prefix="ppfr-bench-pg-"))
+        url, server = _pgserver_url(folder / "data")
+    try:
+        return postgres_identify(tn, edge, public, url, args.postgres_templates, args.repeat, log)
+    finally:
+        if server is not None:
+            server.cleanup()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _figures(args, tn, edge, server, public, secret, result, log) -> None:
     result["sizes"] = sizes(tn, edge, server, public, secret)
     log(f"sizes {result['sizes']}")
     a, c, same, fold, bundle = lfw_embeddings(Path(args.bundle), log, args.embeddings)
@@ -364,10 +463,3 @@ def main(argv=None) -> int:
     if args.demo:
         result["demo"] = raw_demo(Path(args.bundle), args.demo, log)
         log(f"demo {result['demo']}")
-    result["load_average_end"] = load_average()
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sealed.json").write_text(json.dumps(result, indent=2))
-    log(f"within 1 s: {result['identify_within_1s']}; wrote {out / 'sealed.json'}")
-    return 0
