@@ -183,3 +183,17 @@ def test_training_under_a_key_writes_its_id_only_and_resumes(tmp_path, monkeypat
     assert keys.sealed_key_id(load_checkpoint(again)[0]["method"]) == keys.key_id(key)
     with pytest.raises(keys.KeyPolicyError, match="adapted to method key id"):
         keys.unseal(config, load_checkpoint(again)[1], b"another key of enough bytes")
+
+
+@torch.no_grad()
+def test_router_is_permutation_equivariant():
+    """What lets `rekey` train on the chain order alone: permuting the channels permutes the logits."""
+    from ppfr.train.ppfr_fd import ChainRouter
+
+    torch.manual_seed(0)
+    router = ChainRouter(34).eval()
+    x, perm = torch.randn(2, 34, 14, 14), torch.stack([torch.randperm(34) for _ in range(2)])
+    router(x)
+    want = router.logits.gather(1, perm[:, :, None].expand(-1, -1, 34))
+    router(x.gather(1, perm[:, :, None, None].expand(-1, -1, 14, 14)))
+    torch.testing.assert_close(router.logits, want, rtol=1e-4, atol=1e-4)
