@@ -104,7 +104,7 @@ class ServerConfig:
     # $PPFR_TEMPLATE_KEY; None stores embeddings as they are. Its repr shows the secret's id only.
     template_secret: SecretSource | None = None
     # Sealed templates (cloud/sealed.py, docs/cloud.md): "plain", or "sealed-gallery" / "sealed-edge" with
-    # the tenant's public evaluation context (a file from `ppfr-edge tenant keygen`); SQLite galleries.
+    # the tenant's public evaluation context (a file from `ppfr-edge tenant keygen`); SQLite or PostgreSQL.
     sealed: str = "plain"
     tenant_context: Path | None = None
 
