@@ -5,9 +5,9 @@ load balancers and grpcurl can use them without a key (they reveal no gallery co
 
 Checks run cheapest first. The key (authentication, scope, rate) is checked on the call's metadata before
 the request is read at all: a refused call gets a handler that never reads its message (a stream handler
-that answers at once), so a flood of keyless calls costs a dictionary lookup each and holds no payload in
-Python. Refusals are logged by sampling (the first REFUSALS_LOGGED, then one a second with the count of
-those not logged), so such a flood cannot fill the disk. UNAUTHENTICATED answers over gRPC are paced
+answering from the metadata), so a flood of keyless calls costs a dictionary lookup each and holds no
+payload in Python. Refusals are logged by sampling (the first REFUSALS_LOGGED, then one a second with the
+count of those not logged), so such a flood cannot fill the disk. UNAUTHENTICATED answers over gRPC are paced
 (UNAUTHENTICATED_PER_S over all connections, as the HTTP gateway paces its 401s): gRPC's own work per call
 (~250 us of CPU) runs on the event loop that serves keyed calls too, so a keyless flood gets a trickle of
 it; with the server's HTTP/2 stream limit per connection (server.py), the flood waits in its client, not
