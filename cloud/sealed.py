@@ -281,11 +281,11 @@ def check_plain_gallery(db) -> None:
 
         _refuse_sealed(db, sealed_meta(str(db)))
         return
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-        try:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             have = dict(con.execute("SELECT key, value FROM sealed_meta"))
-        except sqlite3.Error:  # no such file or table: not a sealed gallery
-            return
+    except sqlite3.Error:  # no such file or table: not a sealed gallery
+        return
     _refuse_sealed(db, have)
 
 
