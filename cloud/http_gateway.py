@@ -40,10 +40,9 @@ HEALTH_PATH = "/healthz"
 MAX_HEADER_LINE = 16 * 1024
 MAX_HEADERS = 100
 MAX_CONNECTIONS = 1024
-# 401 answers per second over all connections; more wait their turn. The gate's work for a call without
-# a valid key runs on the event loop that serves every call, so a keyless flood is paced here (a waiting
-# connection costs memory only, MAX_CONNECTIONS at most) instead of taking the loop from keyed calls.
-UNAUTHENTICATED_PER_S = 200.0
+# 401 answers share the gate's pace (interceptor.UNAUTHENTICATED_PER_S over gRPC and HTTP together): the
+# gate's work for a call without a valid key runs on the event loop that serves every call, so a keyless
+# flood waits its turn (a waiting connection costs memory only, MAX_CONNECTIONS at most).
 READ_TIMEOUT_S = 60.0  # for a whole request, between requests on a kept-alive connection, for an answer
 MAX_MESSAGE_CHARS = 300
 # grpc-gateway's mapping (runtime.HTTPStatusFromCode); anything else is 500.
@@ -304,20 +303,6 @@ class HttpCallContext:
         return {}
 
 
-class Pacer:
-    """Evenly spaced turns: wait() returns at once when idle, else at the next free slot."""
-
-    def __init__(self, per_second: float):
-        self.interval, self._next = 1.0 / per_second, 0.0
-
-    async def wait(self) -> None:
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-
 class HttpGateway:
     def __init__(self, gate, service, health_servicer, max_body_bytes: int):
         self.gate, self.health, self.max_body = gate, health_servicer, max_body_bytes
@@ -331,7 +316,6 @@ class HttpGateway:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a call
         self._closing = False
-        self._unauthenticated = Pacer(UNAUTHENTICATED_PER_S)
 
     async def start(self, host: str, port: int, ssl_context=None) -> int:
         self._server = await asyncio.start_server(
@@ -388,7 +372,7 @@ class HttpGateway:
             finally:
                 self._connections[task] = False
             if reply.status == 401:
-                await self._unauthenticated.wait()
+                await self.gate.unauthenticated.wait()  # one budget with gRPC's keyless refusals
             keep_alive = request.keep_alive and not self._closing
             writer.write(encode_reply(reply, keep_alive))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)

@@ -97,7 +97,9 @@ def test_http_verify_gives_the_grpc_decision(server, stub, frontend, people, adm
         over_grpc = stub.Verify(request, timeout=60)
         status, over_http, _ = post(server, "Verify", as_json(request), admin_key)
         assert status == 200, over_http
-        assert set(over_http) == {"subjectId", "score", "match", "threshold"}  # every field, false too
+        assert set(over_http) == {
+            f.json_name for f in pb.VerifyResponse.DESCRIPTOR.fields
+        }  # every field, false too
         assert over_http["match"] is over_grpc.match
         assert over_http["score"] == pytest.approx(over_grpc.score, abs=1e-5)
         assert over_http["threshold"] == pytest.approx(over_grpc.threshold)
@@ -191,7 +193,7 @@ def test_http_keep_alive_and_expect_100_continue(server, admin_key):
 
 
 def test_keyless_calls_are_refused_before_their_body_and_paced(server):
-    from ppfr.cloud.http_gateway import Pacer
+    from ppfr.cloud.interceptor import Pacer
 
     head = f"POST {RPC}Verify HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".encode()  # the body never comes
     with socket.create_connection(("127.0.0.1", server.running.http.port), timeout=30) as s:
@@ -199,14 +201,14 @@ def test_keyless_calls_are_refused_before_their_body_and_paced(server):
         reply = s.recv(65536)
         assert reply.startswith(b"HTTP/1.1 401 ") and b"Connection: close" in reply
         assert s.recv(1) == b""  # closed: the unread body is never parsed
-    gateway = server.running.http
-    saved, gateway._unauthenticated = gateway._unauthenticated, Pacer(50)
+    gate = server.running.http.gate  # HTTP 401s and gRPC's keyless refusals share the gate's pace
+    saved, gate.unauthenticated = gate.unauthenticated, Pacer(50)
     try:
         start = time.monotonic()
         statuses = [post(server, "Verify", {})[0] for _ in range(26)]
         assert statuses == [401] * 26 and time.monotonic() - start >= 25 / 50  # one answer per 20 ms
     finally:
-        gateway._unauthenticated = saved
+        gate.unauthenticated = saved
 
 
 def raw_exchange(server, data: bytes) -> bytes:
