@@ -185,4 +185,7 @@ def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, op
 
 
 def default_out(src: Path) -> Path:
-    return Path("runs") / f"{Path(src).parent.name}_rekeyed"
+    """runs/<the source's folder>_rekeyed, in the repository like ppfr-train's runs/<name>."""
+    from .data import resolve
+
+    return resolve("runs") / f"{Path(src).parent.name}_rekeyed"
