@@ -2,8 +2,9 @@
 
 A new key changes Shuffle1, so the 34 mixed channels M_j = (E_a + E_b) / 2 the client sends pair other
 DCT frequencies, in another chain order. Two parts of the server read that:
-- the chain router learned to tell the training key's mixes apart: it is trained again against the
-  known draw (`ChainRouter.aux_loss`, cross-entropy; no teacher, no identity labels);
+- the chain router learned to tell the training key's mixes apart: its comparison layers and classifier
+  learn again, cross-entropy against the chain positions (no teacher, no identity labels), on per-map
+  tokens read once per face view by its frozen CNN (`router_inputs` says why the chain order suffices);
 - the pixel stem reads the training key's mixes: a 34 x 34 linear translation, new-key chain order ->
   training-key chain order, fitted by least squares on the same training faces protected under both
   keys, is folded into the stem's first layers (`fold_translation`), so the architecture, the config
@@ -26,8 +27,6 @@ from torch import nn
 from .augment import augment
 from .model import Recognizer
 from .student import PixelStem
-
-CHAIN = "shuffle2"
 
 
 def chain_order(method, images: torch.Tensor) -> torch.Tensor:
