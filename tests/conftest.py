@@ -21,12 +21,16 @@ SLOW = {
     "tests/test_sealed_edge.py::test_sealed_edge_matches_the_plain_server_on_real_faces",
     "tests/test_rekey.py::test_key_is_never_an_argument",
     "tests/test_rekey.py::test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest",
+    "tests/test_sealed_server.py",  # the whole module: a sealed server per fixture
+    "tests/test_cloud_thresholds.py::test_export_writes_a_threshold_per_template_count_and_far",
+    "tests/test_export_truth.py::test_calibrate_sets_the_threshold_from_the_sites_photos",
+    "tests/test_sealed_gallery.py::test_reopen_delete_and_refusals",
 }
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.nodeid.split("[")[0] in SLOW:
+        if item.nodeid.split("[")[0] in SLOW or item.nodeid.split("::")[0] in SLOW:
             item.add_marker(pytest.mark.slow)
 
 

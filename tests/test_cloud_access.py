@@ -13,22 +13,12 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import Protector, SlowRuntime, code_of, lfw_faces
+from helpers import SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-
-
-@pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
-@pytest.fixture(scope="module")
-def protect(bundle):
-    return Protector(bundle)
 
 
 @pytest.fixture(scope="module")

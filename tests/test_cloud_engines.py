@@ -8,18 +8,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import lfw_faces
+from helpers import lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.batcher import DynamicBatcher
 from ppfr.cloud.runtime import create_runtime
 from ppfr.cloud.server import ConfigError, ServerConfig, ServerThread, check_config
 from ppfr.edge.frontend import FrontEnd
 from ppfr.protos import verification_pb2, verification_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
 
 
 @pytest.fixture(scope="module")

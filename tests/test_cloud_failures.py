@@ -13,7 +13,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import Protector, code_of, lfw_faces
+from helpers import code_of, lfw_faces
 from ppfr.cloud.auth import open_key_store, parse_scopes
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.server import ServerConfig, ServerThread
@@ -21,16 +21,6 @@ from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-@pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
-@pytest.fixture(scope="module")
-def protect(bundle):
-    return Protector(bundle)
 
 
 def new_key(url, scopes="verify,enroll,admin") -> str:

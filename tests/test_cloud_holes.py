@@ -13,23 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from helpers import Protector, SlowRuntime, code_of, lfw_faces
+from helpers import SlowRuntime, code_of, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.cloud.auth import default_key_path
 from ppfr.cloud.interceptor import STREAMS_PER_CONNECTION, UNAUTHENTICATED_PER_S
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc
-
-
-@pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
-@pytest.fixture(scope="module")
-def protect(bundle):
-    return Protector(bundle)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from conftest import DATA, REPO, lfw_faces
 from google.protobuf import json_format
+from helpers import REPO, make_certs
 from keys import keyed_channel, new_key
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.frontend import FrontEnd
@@ -25,25 +24,14 @@ RPC = "/ppfr.v1.FaceVerification/"
 
 
 @pytest.fixture(scope="module")
-def bundle(small_bundle):
-    return small_bundle("ppfr_fd")
-
-
-@pytest.fixture(scope="module")
 def frontend(bundle):
     return FrontEnd(bundle)
 
 
 @pytest.fixture(scope="module")
-def people():
-    """The first image of four different LFW people."""
-    names = (DATA / "lfw" / "pairs_images.txt").read_text().split()
-    firsts, seen = [], set()
-    for i, path in enumerate(names):
-        if path.split("/")[0] not in seen:
-            seen.add(path.split("/")[0])
-            firsts.append(i)
-    return np.stack([lfw_faces(1, start=i)[0] for i in firsts[:4]])
+def people(people):
+    """Four different LFW people (conftest's first six, the first four)."""
+    return people[:4]
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +281,6 @@ def test_protos_compile_with_plain_protoc(tmp_path):
 def test_http_port_uses_the_servers_mutual_tls(bundle, tmp_path):
     """With --tls-cert/--tls-key/--tls-client-ca the HTTP port is HTTPS and asks for a client certificate."""
     import ssl
-
-    from test_cloud_server import make_certs
 
     make_certs(tmp_path)
     config = ServerConfig(

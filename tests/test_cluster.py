@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from ppfr.cloud.auth import KEY_PATTERN, KeyStore
 
 CLUSTER = [sys.executable, str(REPO / "deploy" / "cluster.py")]

@@ -79,9 +79,11 @@ def test_retries_are_bounded_in_attempts_and_time(face):
     assert err.value.code == "UNAVAILABLE" and c.retries == 3
     assert time.monotonic() - started < 5 + 4 * 10  # the budget bounds the waits, the timeout each try
     c = client(address, "k", Retry(attempts=100, base_s=0.5, cap_s=0.5, budget_s=1.0))
+    started = time.monotonic()
     with pytest.raises(ServerError):
         c.verify("x", face)
-    assert c.retries <= 4  # the 1 s budget, not the 100 attempts, ended it
+    # the 1 s budget, not the 100 attempts, ended it (full jitter: the number of retries varies)
+    assert c.retries < 99 and time.monotonic() - started < 1.0 + 0.5 + 10
 
 
 def test_a_server_that_comes_up_late_is_reached_by_retrying(bundle, face):
