@@ -175,6 +175,9 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+SEALED_SEND_BYTES = 64 * 1024 * 1024  # what ppfr-edge receives (edge/client.py MAX_MESSAGE)
+
+
 def message_limit(config: ServerConfig, manifest) -> int:
     if config.max_message_bytes:
         return int(config.max_message_bytes)
@@ -286,7 +289,8 @@ def _listen(config: ServerConfig, manifest, runtime, gallery, gate, transform=No
         interceptors=[gate],
         options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            # a sealed Identify answer carries a ciphertext per block and per pooled subject (~235 KB each)
+            ("grpc.max_send_message_length", limit if config.sealed == "plain" else SEALED_SEND_BYTES),
             ("grpc.so_reuseport", 0),
             ("grpc.server.max_pending_requests", config.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls),
