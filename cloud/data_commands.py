@@ -49,10 +49,7 @@ def backup(args) -> int:
     if is_url(args.db):
         _pg_tool("pg_dump", ["--format=custom", f"--table={PG_TABLES}", "--file", str(args.out)], args.db)
     else:
-        _sqlite_copy(Path(args.db), Path(args.out))
-        keys = Path(f"{args.db}.keys")
-        if keys.exists():
-            _sqlite_copy(keys, Path(f"{args.out}.keys"))
+        _copy_gallery_file(Path(args.db), Path(args.out))
     print(f"backed up {args.db if not is_url(args.db) else 'the PostgreSQL gallery'} to {args.out}")
     return 0
 
@@ -66,12 +63,17 @@ def restore(args) -> int:
     else:
         if Path(args.db).exists() and not args.force:
             raise GalleryError(f"--db {args.db} exists: stop its server and pass --force to replace it")
-        _sqlite_copy(Path(args.source), Path(args.db))
-        keys = Path(f"{args.source}.keys")
-        if keys.exists():
-            _sqlite_copy(keys, Path(f"{args.db}.keys"))
+        _copy_gallery_file(Path(args.source), Path(args.db))
     print(f"restored {args.source} into {args.db if not is_url(args.db) else 'the PostgreSQL gallery'}")
     return 0
+
+
+def _copy_gallery_file(source: Path, target: Path) -> None:
+    """The gallery file and, beside it, its API-key file when there is one."""
+    _sqlite_copy(source, target)
+    keys = Path(f"{source}.keys")
+    if keys.exists():
+        _sqlite_copy(keys, Path(f"{target}.keys"))
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:

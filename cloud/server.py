@@ -109,28 +109,30 @@ class ServerConfig:
     tenant_context: Path | None = None
 
 
+def _lower_bounds(config: ServerConfig) -> tuple:
+    """(flag, value, least allowed) of every setting with a lower bound."""
+    return (
+        ("max-batch", config.max_batch, 1),
+        ("max-delay-ms", config.max_delay_ms, 0),
+        ("threads", config.threads, 0),
+        ("engines", config.engines, 1),
+        ("grace-s", config.grace_s, 0),
+        ("max-pending-calls", config.max_pending_calls, 1),
+        ("max-concurrent-calls", config.max_concurrent_calls, 1),
+    )
+
+
 def check_config(config: ServerConfig) -> None:
     """Raises ConfigError with a message a user can act on."""
     if not (0 <= int(config.port) <= 65535):
         raise ConfigError(f"--port must be between 0 and 65535, got {config.port}")
     if not Path(config.bundle).is_dir():
         raise ConfigError(f"bundle folder {config.bundle} does not exist (run `make export` first)")
-    if config.max_batch < 1:
-        raise ConfigError(f"--max-batch must be >= 1, got {config.max_batch}")
-    if config.max_delay_ms < 0:
-        raise ConfigError(f"--max-delay-ms must be >= 0, got {config.max_delay_ms}")
-    if config.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {config.threads}")
-    if config.engines < 1:
-        raise ConfigError(f"--engines must be >= 1, got {config.engines}")
+    for flag, value, least in _lower_bounds(config):
+        if value < least:
+            raise ConfigError(f"--{flag} must be >= {least}, got {value}")
     if config.max_failed_verifies < 0 or config.failed_window_s <= 0:
         raise ConfigError("--max-failed-verifies must be >= 0 and --failed-window-s > 0")
-    if config.grace_s < 0:
-        raise ConfigError(f"--grace-s must be >= 0, got {config.grace_s}")
-    if config.max_pending_calls < 1:
-        raise ConfigError(f"--max-pending-calls must be >= 1, got {config.max_pending_calls}")
-    if config.max_concurrent_calls < 1:
-        raise ConfigError(f"--max-concurrent-calls must be >= 1, got {config.max_concurrent_calls}")
     if config.metrics_port is not None and not (0 <= int(config.metrics_port) <= 65535):
         raise ConfigError(f"--metrics-port must be between 0 and 65535, got {config.metrics_port}")
     if config.max_message_bytes is not None and config.max_message_bytes < 1024:

@@ -4,7 +4,7 @@ stub bound to a server, the edge's `protect` and six people's faces."""
 import grpc
 import numpy as np
 import pytest
-from helpers import code_of
+from helpers import code_of, face_with
 from ppfr.bundle import numpy_dtype
 from ppfr.protos import tensor_pb2, verification_pb2
 
@@ -65,15 +65,7 @@ def malformed(good: verification_pb2.ProtectedFace):
     shape = list(good.shape)
 
     def variant(**fields):
-        face = verification_pb2.ProtectedFace()
-        face.CopyFrom(good)
-        for key, value in fields.items():
-            if key == "shape":
-                del face.shape[:]
-                face.shape.extend(value)
-            else:
-                setattr(face, key, value)
-        return face
+        return face_with(good, **fields)
 
     nan = np.frombuffer(good.data, dtype).copy()
     nan[nan.size // 2] = np.nan
