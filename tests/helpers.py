@@ -133,3 +133,29 @@ def make_certs(folder: Path) -> dict[str, bytes]:
     return {
         name: (folder / name).read_bytes() for name in ("ca.pem", "server.pem", "client.pem", "client.key")
     }
+
+
+def new_tenant():
+    """(the tenant with its secret key, the public evaluation context bytes): real CKKS keys."""
+    from ppfr.bundle import tenant
+
+    secret, public = tenant.keygen()
+    return tenant.Tenant(secret, secret=True), public
+
+
+def decrypting_edge(edge_tenant, threshold: float = 0.5):
+    """The decrypting half of ppfr.edge.sealed.SealedEdge only (no recognizer needed)."""
+    from ppfr.edge.sealed import SealedEdge
+
+    edge = SealedEdge.__new__(SealedEdge)
+    edge.tenant, edge.threshold = edge_tenant, threshold
+    return edge
+
+
+def celeba_embeddings(people: int, photos: int = 3) -> np.ndarray:
+    """people x photos unit dlib embeddings of real CelebA faces (the shared teacher cache), float64."""
+    z = np.load(DATA / "teacher" / "dlib_celeba.npz")
+    names = np.array([p.split("/")[0] for p in z["paths"]])
+    chosen = [p for p in dict.fromkeys(names) if (names == p).sum() >= photos][:people]
+    x = z["emb"][np.concatenate([np.flatnonzero(names == p)[:photos] for p in chosen])].astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -5,35 +5,23 @@ deletes, reopens (blocks rebuilt), and refuses another tenant or mode with one l
 
 import numpy as np
 import pytest
-from helpers import DATA
+from helpers import celeba_embeddings, decrypting_edge, new_tenant
 
 pytest.importorskip("tenseal")
 from ppfr.bundle import tenant  # noqa: E402
 from ppfr.cloud.matrix import TemplateMatrix  # noqa: E402
 from ppfr.cloud.sealed import GalleryModeError, SealedGallery  # noqa: E402
-from ppfr.edge.sealed import SealedEdge  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def keys():
-    secret, public = tenant.keygen()
-    return tenant.Tenant(secret, secret=True), public
+    return new_tenant()
 
 
 @pytest.fixture(scope="module")
 def emb():
     """12 unit dlib embeddings of real CelebA faces (4 people x 3 photos)."""
-    z = np.load(DATA / "teacher" / "dlib_celeba.npz")
-    people = np.array([p.split("/")[0] for p in z["paths"]])
-    chosen = [p for p in dict.fromkeys(people) if (people == p).sum() >= 3][:4]
-    x = z["emb"][np.concatenate([np.flatnonzero(people == p)[:3] for p in chosen])].astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def _edge(edge_tenant, threshold=0.5):
-    e = SealedEdge.__new__(SealedEdge)  # the decrypting half only: no recognizer needed here
-    e.tenant, e.threshold = edge_tenant, threshold
-    return e
+    return celeba_embeddings(4)
 
 
 def test_sealed_edge_gallery_matches_plain_and_stores_no_plaintext(keys, emb, tmp_path):
@@ -46,7 +34,7 @@ def test_sealed_edge_gallery_matches_plain_and_stores_no_plaintext(keys, emb, tm
         g.enroll(s, g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[i]))))
         plain.add(s, i + 1, emb[i].astype(np.float32))
     assert g.list_subjects() == [("ann", 2), ("bob", 1), ("cat", 1), ("dan", 1)]
-    edge = _edge(edge_tenant)
+    edge = decrypting_edge(edge_tenant)
     probes = emb[[2, 5, 11]]
     for q in probes:
         query = g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(q, level=1)))
@@ -81,7 +69,7 @@ def test_reopen_delete_and_refusals(keys, emb, tmp_path):
     scores = edge_tenant.decrypt_bytes(g.identify(query).blocks[0])
     assert np.abs(scores[:3] - emb[[0, 1, 3]] @ emb[1]).max() <= 1e-4
     assert g.delete_template(ids[0]) == "ann"
-    score, _ = _edge(edge_tenant).verify_result(*g.verify("ann", query))
+    score, _ = decrypting_edge(edge_tenant).verify_result(*g.verify("ann", query))
     assert abs(score - 1.0) <= 1e-4  # ann is now the probe's own photo alone
     scores = edge_tenant.decrypt_bytes(g.identify(query).blocks[0])
     assert abs(scores[0]) <= 1e-4  # the deleted template's slot scores nothing
@@ -106,7 +94,7 @@ def test_sealed_gallery_mode_encrypts_on_arrival(keys, emb, tmp_path):
     with pytest.raises(tenant.SealedError, match="sealed-gallery"):
         g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[0])))
     q = emb[4]
-    score, _ = _edge(edge_tenant).verify_result(*g.verify("ann", g.query(embedding=q)))
+    score, _ = decrypting_edge(edge_tenant).verify_result(*g.verify("ann", g.query(embedding=q)))
     mean = emb[:3].mean(0)
     assert abs(score - mean @ q / np.linalg.norm(mean)) <= 1e-4
     g.close()

@@ -7,7 +7,7 @@ snapshots, another mode or tenant is refused, and a plain server refuses the sea
 
 import numpy as np
 import pytest
-from helpers import DATA, lfw_faces
+from helpers import celeba_embeddings, decrypting_edge, lfw_faces, new_tenant
 
 pytest.importorskip("tenseal")
 pytest.importorskip("psycopg")
@@ -15,31 +15,25 @@ from ppfr.bundle import tenant  # noqa: E402
 from ppfr.cloud.matrix import TemplateMatrix  # noqa: E402
 from ppfr.cloud.sealed import GalleryModeError, check_plain_gallery  # noqa: E402
 from ppfr.cloud.sealed_postgres import SealedPostgresGallery  # noqa: E402
-from test_sealed_gallery import _edge  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def keys():
-    secret, public = tenant.keygen()
-    return tenant.Tenant(secret, secret=True), public
+    return new_tenant()
 
 
 @pytest.fixture(scope="module")
 def emb():
     """9 unit dlib embeddings of real CelebA faces (3 people x 3 photos)."""
-    z = np.load(DATA / "teacher" / "dlib_celeba.npz")
-    people = np.array([p.split("/")[0] for p in z["paths"]])
-    chosen = [p for p in dict.fromkeys(people) if (people == p).sum() >= 3][:3]
-    x = z["emb"][np.concatenate([np.flatnonzero(people == p)[:3] for p in chosen])].astype(np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return celeba_embeddings(3)
 
 
 def _ranked(edge_tenant, g, q, k=3):
     found = g.identify(g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(q, level=1))))
     norms = {s: edge_tenant.decrypt_bytes(n)[0] for s, n in found.norms.items()}
-    return _edge(edge_tenant).identify_result(found.blocks, found.owners, norms, k)
+    return decrypting_edge(edge_tenant).identify_result(found.blocks, found.owners, norms, k)
 
 
 def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
@@ -67,7 +61,7 @@ def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
         want = plain.identify(emb[2].astype(np.float32), 3, exact=True)
         assert [n for n, _, _ in got] == [n for n, _ in want]
         assert max(abs(s - w) for (_, s, _), (_, w) in zip(got, want)) <= 1e-4
-        score, _ = _edge(edge_tenant).verify_result(
+        score, _ = decrypting_edge(edge_tenant).verify_result(
             *g.verify("ann", g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[2], level=1))))
         )
         assert abs(score - plain.verify("ann", emb[2].astype(np.float32))) <= 1e-4
