@@ -7,7 +7,7 @@ CONFIG ?= configs/dlib_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
-.PHONY: setup test test-fast lint format train rekey export serve demo bench attack protos clean postgres bench-gallery
+.PHONY: setup test test-fast lint format train rekey export serve demo demo-sealed bench attack protos clean postgres bench-gallery
 
 # The pretrained face model (dlib's ResNet) comes from the npm registry: `npm pack`, once (needs npm).
 PRETRAINED := $(VENV)/share/ppfr/face-api/face_recognition_model.bin
@@ -74,6 +74,11 @@ serve: $(SETUP)
 # faces through ppfr-edge, prints the summary and always stops the server. See docs/edge.md.
 demo: $(SETUP)
 	$(VENV)/bin/ppfr-demo --config $(CONFIG) --run $(RUN)
+
+# Sealed edge (issue 27): the rgb bundle (dlib, nothing to train) on the edge, a fresh tenant key, a server
+# that stores and matches only ciphertexts; same people and report as `make demo` (docs/cloud.md).
+demo-sealed: $(SETUP)
+	$(VENV)/bin/ppfr-demo --sealed
 
 # BENCH_ARGS: e.g. --tiny, --methods rgb,ppfr_fd, --no-e2e (see ppfr-bench --help)
 bench: $(SETUP)

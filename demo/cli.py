@@ -7,7 +7,12 @@ crops otherwise), verifies genuine and impostor probes, identifies every probe, 
 percentiles and payload bytes, and stops the server, also when something fails or the demo is interrupted.
 Run it in the checkout (runs/, artifacts/, pretrained/ and configs/ are read and written there).
 
-    ppfr-demo [--config configs/dlib_ppfr_fd.yaml] [--identities 30] [--bundle DIR]
+    ppfr-demo [--config configs/dlib_ppfr_fd.yaml] [--identities 30] [--bundle DIR] [--sealed]
+
+--sealed (`make demo-sealed`, issue 27): sealed edge. The rgb bundle (configs/dlib_rgb.yaml: the pretrained
+dlib net, nothing to train; its export computes the threshold) runs on the edge with a fresh tenant key
+(`ppfr-edge tenant keygen`), the server (`--sealed sealed-edge --tenant-context`) stores and matches only
+ciphertexts, and the edge decrypts and thresholds its answers (docs/cloud.md, "Sealed templates").
 """
 
 import argparse
@@ -28,6 +33,9 @@ LFW = data_path("lfw", "aligned112")
 LFW_RAW = data_path("lfw", "raw250")  # raw originals, a folder per person
 BIN = Path(sys.executable).parent
 WORKDIR = Path("runs") / "demo"
+SEALED_CONFIG = Path("configs") / "dlib_rgb.yaml"
+# nothing to train: no training-time LFW pass (the export computes the threshold) and no unlabeled faces
+SEALED_OVERRIDES = ["data.eval=[]", "data.unlabeled=[]"]
 
 
 class DemoError(Exception):
@@ -140,9 +148,9 @@ def verify_rows(people: list[dict], ids: list[str]):
 
 
 # --- the edge ----------------------------------------------------------------------------------------
-def edge(server: LocalServer, bundle: Path, command: str, rows: list, aligned: bool) -> list[dict]:
-    """One ppfr-edge run over many images; returns its per-image JSON results."""
-    cmd = [tool("ppfr-edge"), "--server", server.address, "--bundle", str(bundle), "--json"]
+def edge(server: LocalServer, bundle: Path, command: str, rows: list, aligned: bool, extra=()) -> list[dict]:
+    """One ppfr-edge run over many images (`extra`: more ppfr-edge flags); its per-image JSON results."""
+    cmd = [tool("ppfr-edge"), "--server", server.address, "--bundle", str(bundle), "--json", *extra]
     cmd += ["--aligned"] if aligned else []  # raw photos: the most prominent face, as by default
     if command == "identify":
         cmd += ["identify", "--top", "3", *[str(path) for _, path in rows]]
@@ -163,26 +171,44 @@ def edge(server: LocalServer, bundle: Path, command: str, rows: list, aligned: b
     return document["results"]
 
 
-def batch(server: LocalServer, bundle: Path, people: list[dict], command: str, rows_of) -> list[dict]:
+def batch(
+    server: LocalServer, bundle: Path, people: list[dict], command: str, rows_of, extra=()
+) -> list[dict]:
     """ppfr-edge over all people: one run for the raw photos (detection + alignment), one for the aligned
     crops. `rows_of(people)` gives (subject id, image, extra fields for the report) per request."""
     results = []
     for raw in (True, False):
         rows = rows_of([p for p in people if p["raw"] == raw])
         if rows:
-            answers = edge(server, bundle, command, [(s, path) for s, path, _ in rows], aligned=not raw)
+            pairs = [(s, path) for s, path, _ in rows]
+            answers = edge(server, bundle, command, pairs, aligned=not raw, extra=extra)
             results += [dict(answer, **extra) for answer, (_, _, extra) in zip(answers, rows)]
     return results
 
 
-def enroll_verify_identify(server: LocalServer, bundle: Path, people: list[dict]) -> tuple[list, list, list]:
+def enroll_verify_identify(server: LocalServer, bundle: Path, people: list[dict], extra=()):
+    """(enrolled, verified, identified) results; `extra`: more ppfr-edge flags (--tenant-secret)."""
     ids = [p["id"] for p in people]
     log(f"enrolling {len(people)} identities through ppfr-edge")
-    enrolled = batch(server, bundle, people, "enroll", gallery_rows)
+    enrolled = batch(server, bundle, people, "enroll", gallery_rows, extra)
     log("verifying genuine and impostor probes")
-    verified = batch(server, bundle, people, "verify", lambda ps: verify_rows(ps, ids))
+    verified = batch(server, bundle, people, "verify", lambda ps: verify_rows(ps, ids), extra)
     log("identifying every probe (1:N)")
-    return enrolled, verified, batch(server, bundle, people, "identify", probe_rows)
+    return enrolled, verified, batch(server, bundle, people, "identify", probe_rows, extra)
+
+
+def sealed_setup() -> tuple[list[str], list[str]]:
+    """A fresh tenant key for this demo (runs/demo/tenant, replaced each run): (serve flags, edge flags)."""
+    import shutil
+
+    from ppfr.edge.sealed import keygen
+
+    keys = WORKDIR / "tenant"
+    shutil.rmtree(keys, ignore_errors=True)
+    keygen(keys)
+    log(f"tenant keys in {keys}: tenant.secret stays with the edge, tenant.public goes to the server")
+    serve = ["--sealed", "sealed-edge", "--tenant-context", str(keys / "tenant.public")]
+    return serve, ["--tenant-secret", str(keys / "tenant.secret")]
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -191,21 +217,24 @@ def demo(args, started: float) -> int:
         bundle = Path(args.bundle).resolve()
         log(f"using the given bundle {bundle} (no training, no export)")
     else:
-        config = Path(args.config)
+        config = Path(args.config or (SEALED_CONFIG if args.sealed else "configs/dlib_ppfr_fd.yaml"))
         if not config.is_file():
             raise DemoError(f"config {config} not found (run ppfr-demo in the checkout)")
-        bundle = ensure_bundle(config, args.run or config.stem, args.set)
+        overrides = SEALED_OVERRIDES + args.set if args.sealed and not args.config else args.set
+        bundle = ensure_bundle(config, args.run or config.stem, overrides)
     if not (bundle / "manifest.json").is_file():
         raise DemoError(f"{bundle} is not a bundle (no manifest.json): run `make export` first")
     calibration = json.loads((bundle / "manifest.json").read_text()).get("threshold", {})
     people = choose_people(args.identities, args.enroll)
     WORKDIR.mkdir(parents=True, exist_ok=True)
-    server = LocalServer(bundle, log_path=WORKDIR / "server.log")  # its gallery: a fresh temporary one
+    serve, extra = sealed_setup() if args.sealed else ([], [])
+    # its gallery: a fresh temporary one
+    server = LocalServer(bundle, log_path=WORKDIR / "server.log", extra_args=serve)
     log(f"starting the server: {' '.join(server.command())}")
     try:
         with server:
             log(f"server SERVING at {server.address} (log {server.log_path})")
-            enrolled, verified, identified = enroll_verify_identify(server, bundle, people)
+            enrolled, verified, identified = enroll_verify_identify(server, bundle, people, extra)
     except LocalServerError as err:
         raise DemoError(str(err)) from None
     log(f"server stopped (exit status {server.process.returncode})")
@@ -217,7 +246,10 @@ def demo(args, started: float) -> int:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="ppfr-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/dlib_ppfr_fd.yaml", help="training config")
+    parser.add_argument(
+        "--config",
+        help="training config (default configs/dlib_ppfr_fd.yaml; with --sealed configs/dlib_rgb.yaml)",
+    )
     parser.add_argument("--run", help="run name (default: the config's file name without .yaml)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="training config override"
@@ -225,6 +257,11 @@ def parse_args(argv):
     parser.add_argument("--bundle", help="use this exported bundle as is (skips training and export)")
     parser.add_argument("--identities", type=int, default=30, help="LFW identities to enroll (default 30)")
     parser.add_argument("--enroll", type=int, default=3, help="photos enrolled per identity (default 3)")
+    parser.add_argument(
+        "--sealed",
+        action="store_true",
+        help="sealed edge: the rgb recognizer and encryption on the edge, only ciphertexts on the server",
+    )
     return parser.parse_args(argv)
 
 
