@@ -159,3 +159,11 @@ def celeba_embeddings(people: int, photos: int = 3) -> np.ndarray:
     chosen = [p for p in dict.fromkeys(names) if (names == p).sum() >= photos][:people]
     x = z["emb"][np.concatenate([np.flatnonzero(names == p)[:photos] for p in chosen])].astype(np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def serving(bundle, folder: Path, **settings):
+    """A real server on a loopback port in this process with a fresh SQLite gallery in `folder`."""
+    from ppfr.cloud.server import ServerConfig, ServerThread
+
+    settings = {"port": 0, "max_batch": 4, "max_delay_ms": 1, **settings}
+    return ServerThread(ServerConfig(bundle=bundle, db=folder / "gallery.sqlite", **settings))

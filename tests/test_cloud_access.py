@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import SlowRuntime, code_of, lfw_faces
+from helpers import SlowRuntime, code_of, lfw_faces, serving
 from keys import keyed_channel, new_key
 from ppfr.cloud.cli import main as cloud_cli
 from ppfr.cloud.server import ServerConfig, ServerThread
@@ -28,9 +28,7 @@ def faces():
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    db = tmp_path_factory.mktemp("access") / "gallery.sqlite"
-    config = ServerConfig(bundle=bundle, db=db, port=0, max_batch=4, max_delay_ms=1, metrics_port=0)
-    with ServerThread(config) as running:
+    with serving(bundle, tmp_path_factory.mktemp("access"), metrics_port=0) as running:
         yield running
 
 

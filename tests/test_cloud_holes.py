@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from helpers import SlowRuntime, code_of, lfw_faces
+from helpers import SlowRuntime, code_of, lfw_faces, serving
 from keys import keyed_channel, new_key
 from ppfr.cloud.auth import default_key_path
 from ppfr.cloud.interceptor import STREAMS_PER_CONNECTION, UNAUTHENTICATED_PER_S
@@ -29,8 +29,7 @@ def faces():
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    db = tmp_path_factory.mktemp("holes") / "gallery.sqlite"
-    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0, max_batch=4, max_delay_ms=1)) as running:
+    with serving(bundle, tmp_path_factory.mktemp("holes")) as running:
         yield running
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from google.protobuf import json_format
-from helpers import REPO, make_certs
+from helpers import REPO, make_certs, serving
 from keys import keyed_channel, new_key
 from ppfr.cloud.server import ServerConfig, ServerThread
 from ppfr.edge.frontend import FrontEnd
@@ -36,9 +36,7 @@ def people(people):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    db = tmp_path_factory.mktemp("http") / "gallery.sqlite"
-    config = ServerConfig(bundle=bundle, db=db, port=0, http_port=0, max_batch=4, max_delay_ms=2)
-    with ServerThread(config) as running:
+    with serving(bundle, tmp_path_factory.mktemp("http"), http_port=0, max_delay_ms=2) as running:
         yield running
 
 
