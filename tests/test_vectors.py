@@ -109,8 +109,9 @@ def recomputed(tmp_path_factory):
 @pytest.mark.slow
 def test_vectors_match_the_python_edge(recomputed):
     want = json.loads(VECTORS.read_text())
-    # recognizer.onnx's bytes change with the exporter's graph layout (same outputs): its embeddings count
-    skip = {"recognizer_sha256"}
+    # the exporter's ONNX bytes differ from one export to the next (graph layout, names; same outputs), and
+    # frontend_id hashes frontend.onnx: what a port checks is what the graphs compute, below
+    skip = {"recognizer_sha256", "frontend_sha256", "frontend_id"}
     assert {k: v for k, v in recomputed["bundle"].items() if k not in skip} == {
         k: v for k, v in want["bundle"].items() if k not in skip
     }
