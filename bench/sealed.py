@@ -447,8 +447,9 @@ def _figures(args, tn, edge, server, public, secret, result, log) -> None:
     result["sizes"] = sizes(tn, edge, server, public, secret)
     log(f"sizes {result['sizes']}")
     a, c, same, fold, bundle = lfw_embeddings(Path(args.bundle), log, args.embeddings)
-    if args.pairs:
-        a, c, same, fold = a[: args.pairs], c[: args.pairs], same[: args.pairs], fold[: args.pairs]
+    if args.pairs:  # every k-th pair: every fold keeps its same- and different-person pairs
+        keep = np.arange(0, len(same), max(1, len(same) // args.pairs))[: args.pairs]
+        a, c, same, fold = a[keep], c[keep], same[keep], fold[keep]
     result["edge"] = edge_costs(tn, edge, server, bundle, args.repeat)
     log(f"edge {result['edge']}")
     result["server"] = server_costs(tn, edge, server, args.repeat)
