@@ -112,4 +112,5 @@ def test_a_soak_at_concurrency_64_has_no_errors(bundle, faces, tmp_path):
         f"soak: {result['requests']} Verify calls at c=64, {result['throughput_rps']} req/s,"
         f" errors {result['errors']}"
     )
-    assert result["errors"] == {} and result["requests"] == n
+    # the load generator stops at n, give or take the calls in flight at concurrency 64
+    assert result["errors"] == {} and n <= result["requests"] <= n + 64
