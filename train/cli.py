@@ -5,6 +5,7 @@ ppfr-train --config ... --set train.max_steps=30 --set seed=1
 ppfr-train --config ... --resume runs/<name>/checkpoint.pt
 ppfr-train --config configs/dlib_ppfr_fd.yaml --key-file method.key   # PPFR-FD under your own key
 ppfr-train rekey --key-file method.key     # the shipped default adapted to your key (ppfr-train rekey -h)
+ppfr-train slim --width 48 --depth 2       # the shipped default, a leaner pixel stem (ppfr-train slim -h)
 torchrun --nproc_per_node 4 -m ppfr.train.cli --config configs/paper_ppfr_fd.yaml
 
 A keyed method's key (PPFR-FD) comes from --key-file FILE or $PPFR_METHOD_KEY, never from argv or the
@@ -70,6 +71,10 @@ def main(argv=None) -> int:
         from .rekey_cli import main as rekey_main
 
         return rekey_main(argv[1:])
+    if argv[:1] == ["slim"]:
+        from .slim_cli import main as slim_main
+
+        return slim_main(argv[1:])
     ap = argparse.ArgumentParser(
         prog="ppfr-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -1,0 +1,206 @@
+"""ppfr-train slim: a trained pixel-stem recognizer (default: the shipped one) with a leaner pixel stem,
+distilled from its own stem: cheaper to serve, the same router, dlib front and trunk.
+
+    ppfr-train slim --width 48 --depth 2          # pretrained/dlib_ppfr_fd -> runs/dlib_ppfr_fd_slim
+    ppfr-eval --checkpoint runs/dlib_ppfr_fd_slim/checkpoint.pt --no-flip
+    ppfr-export --checkpoint runs/dlib_ppfr_fd_slim/checkpoint.pt --out artifacts/dlib_ppfr_fd_slim
+
+How (train/stem_distill.py): the new stem's linear map starts as the least-squares fit of the source
+stem's image on training faces; then it learns the source stem's image (--stem-steps, cheap: no dlib
+layer runs), then the source recognizer's entry activation and embedding (--entry-steps). Only the new
+stem learns; faces are the config's training faces, augmented as in training, protected under the
+source's (demo) key. The checkpoint's config says the new width and depth, so every tool rebuilds it.
+Slim before re-keying: `ppfr-train rekey --from runs/dlib_ppfr_fd_slim/checkpoint.pt`.
+"""
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import keys
+from .config import ConfigError
+from .data import DataError, load_face_folder, resolve
+from .rekey_cli import DEFAULT_FROM
+from .stem_distill import distill, placed
+from .student import PixelStem
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ppfr-train slim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--from", dest="src", default=DEFAULT_FROM, help=f"checkpoint to slim ({DEFAULT_FROM})")
+    ap.add_argument("--out", default=None, help="output folder (default runs/<source folder>_slim)")
+    ap.add_argument("--width", type=int, default=48, help="the new stem's width (48)")
+    ap.add_argument("--depth", type=int, default=2, help="the new stem's residual blocks (2)")
+    ap.add_argument("--stem-steps", type=int, default=1500, help="steps matching the stem's image (1500)")
+    ap.add_argument("--entry-steps", type=int, default=0, help="then steps at entry + embedding (0)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--fit-images", type=int, default=1024, help="faces for the linear init (1024)")
+    ap.add_argument("--max-images", type=int, default=None, help="training faces (default: all; tests)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/progress.pt")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _source(path: str):
+    from .model import load_checkpoint
+
+    config, method, recognizer, ckpt = load_checkpoint(resolve(path))
+    stem = getattr(recognizer.backbone, "stem", None)
+    if not (isinstance(stem, torch.nn.Sequential) and isinstance(stem[0], PixelStem)):
+        raise ConfigError(f"{path}: slimming replaces a pixel stem (model.pixel_stem: true)")
+    if keys.sealed_key_id(config["method"]) is not None:
+        raise ConfigError(f"{path} is adapted to a deployment key: slim the one it came from, then re-key")
+    return config, method, recognizer.eval(), ckpt.get("state", {})
+
+
+@torch.no_grad()
+def fit_to_teacher(stem: PixelStem, teacher, method, images: np.ndarray, opts: dict) -> None:
+    """The new stem's input statistics and linear map: least squares on the teacher stem's image of
+    opts['fit_images'] training faces (channels placed as in distillation)."""
+    pick = np.random.default_rng(opts["seed"]).choice(
+        len(images), min(len(images), opts["fit_images"]), False
+    )
+    faces = torch.from_numpy(np.array(images[np.sort(pick)]))
+
+    def batches():
+        gen = torch.Generator().manual_seed(opts["seed"])
+        for i in range(0, len(faces), 64):
+            part = faces[i : i + 64]
+            rand = method.sample_random(len(part), gen)
+            x = placed(teacher, method(part, **rand), rand, opts["place"]).float()
+            yield x, teacher.backbone.stem[0](x).permute(0, 2, 3, 1)
+
+    stem.fit(batches)
+
+
+def _student(teacher, method, images, args, opts):
+    c, s, _ = method.server_shape()
+    stem = PixelStem(c, s, args.width, args.depth)
+    fit_to_teacher(stem, teacher, method, images, opts)
+    student = copy.deepcopy(teacher)
+    student.backbone.stem[0] = stem
+    return student, stem
+
+
+def _stage_opts(augment: dict, args, target: str) -> dict:
+    return {
+        "seed": args.seed,
+        "steps": args.stem_steps if target == "stem" else args.entry_steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr if target == "stem" else args.lr / 4,
+        "augment": augment,
+        "place": "router",
+        "target": target,
+        "fit_images": args.fit_images,
+        "log_every": 25,
+        "save_every": 100,
+    }
+
+
+def _resume_state(args, progress: Path) -> dict | None:
+    if not args.resume:
+        return None
+    if not progress.is_file():
+        raise FileNotFoundError(f"--resume: no {progress} (start without --resume)")
+    resume = torch.load(progress, map_location="cpu", weights_only=False)
+    if (resume["width"], resume["depth"]) != (args.width, args.depth):
+        raise ConfigError(
+            f"--resume: {progress} holds a width {resume['width']} depth {resume['depth']} stem"
+        )
+    return resume
+
+
+def _start(teacher, method, images, args, augment: dict, resume: dict | None):
+    """(student, its new stem): fitted afresh, or as --resume left it."""
+    c, s, _ = method.server_shape()
+    stem = PixelStem(c, s, args.width, args.depth)
+    if resume:
+        stem.load_state_dict(resume["stem"])
+    else:
+        fit_to_teacher(stem, teacher, method, images, _stage_opts(augment, args, "stem"))
+    student = copy.deepcopy(teacher)
+    student.backbone.stem[0] = stem
+    return student, stem
+
+
+def distill_stages(teacher, method, images, args, augment: dict, out: Path) -> tuple:
+    """(student, {stage: distill report}): the stem stage, then the entry stage, each resumable from
+    OUT/progress.pt (written every 100 steps)."""
+    progress = out / "progress.pt"
+    resume = _resume_state(args, progress)
+    student, stem = _start(teacher, method, images, args, augment, resume)
+    done = ("stem",) if resume and resume["stage"] == "entry" else ()
+    reports = {}
+    for target in ("stem", "entry"):
+        opts = _stage_opts(augment, args, target)
+        if opts["steps"] == 0 or target in done:
+            continue
+
+        def save(step, optim, target=target):
+            out.mkdir(parents=True, exist_ok=True)
+            body = {"stage": target, "step": step, "width": args.width, "depth": args.depth}
+            torch.save(body | {"stem": stem.state_dict()} | optim, progress)
+
+        again = resume if resume and resume["stage"] == target else None
+        params = list(stem.parameters())
+        reports[target] = distill(
+            teacher, method, student, method, images, opts, params, save=save, resume=again
+        )
+    return student, reports
+
+
+def run(args) -> Path:
+    from .model import save_checkpoint
+
+    t0 = time.time()
+    config, method, teacher, state = _source(args.src)
+    dc = config["data"]
+    faces = load_face_folder(
+        dc["train"], dc.get("labels_csv"), dc.get("overlap_json"), dc.get("cache"), args.max_images
+    )
+    out = Path(args.out) if args.out else resolve("runs") / f"{Path(args.src).parent.name}_slim"
+    print(
+        f"ppfr-train slim: {args.src} -> width {args.width} depth {args.depth}, {len(faces.labels)} training "
+        f"faces, {args.stem_steps} stem + {args.entry_steps} entry steps",
+        flush=True,
+    )
+    augment = config.get("train", {}).get("augment", {})
+    student, reports = distill_stages(teacher, method, faces.images, args, augment, out)
+    new_config = copy.deepcopy(config)
+    new_config["model"] |= {"width": args.width, "depth": args.depth}
+    seconds = round(time.time() - t0, 1)
+    state = dict(state) | {"slimmed_from": str(args.src), "slim_seconds": seconds}
+    save_checkpoint(out / "checkpoint.pt", new_config, method, student, state=state)
+    opts = {k: v for k, v in vars(args).items() if k not in ("resume", "threads")}
+    report = {"from": str(args.src), "options": opts, "stages": reports, "total_seconds": seconds}
+    (out / "slim.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "progress.pt").unlink(missing_ok=True)
+    print(f"wrote {out / 'checkpoint.pt'} in {seconds:.0f} s", flush=True)
+    return out / "checkpoint.pt"
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if min(args.width, args.depth + 1, args.stem_steps + 1, args.entry_steps + 1, args.batch_size) < 1:
+        print(
+            "ppfr-train slim: error: width and batch size must be >= 1, depth and steps >= 0", file=sys.stderr
+        )
+        return 2
+    try:
+        run(args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
+        print(f"ppfr-train slim: error: {err}", file=sys.stderr)
+        return 2
+    return 0
