@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS templates (
     create_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS templates_subject ON templates (subject_id);
+"""
+# The gallery's settings and its audit log; sealed stores (cloud/sealed.py) keep them in the same tables.
+AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -91,6 +94,28 @@ def subject_hash(audit_key: bytes, subject_id: str) -> str:
     128 bits), so erasing a subject leaves no readable id behind, yet `ppfr-cloud audit --subject ID` finds
     its records."""
     return hmac.new(audit_key, subject_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+class AuditLog:
+    """The append-only record of who (the API key id) enrolled or deleted which subject (a keyed hash):
+    `ppfr-cloud audit` (docs/cloud.md, "Audit log"). Every store, plain or sealed, on SQLite or PostgreSQL,
+    writes it in the transaction of the change it records."""
+
+    def __init__(self, conn, postgres: bool = False):
+        """The gallery's audit key, made at its first open (conn: the store's connection, tables made)."""
+        p, prefix = ("%s", "ppfr_") if postgres else ("?", "")
+        conn.execute(
+            f"INSERT INTO {prefix}meta (key, value) VALUES ({p}, {p}) ON CONFLICT DO NOTHING",
+            ("audit_key", secrets.token_hex(32)),
+        )
+        row = conn.execute(f"SELECT value FROM {prefix}meta WHERE key = 'audit_key'").fetchone()
+        self.key = bytes.fromhex(row[0])
+        self._insert = (
+            f"INSERT INTO {prefix}audit (time, key_id, action, subject_hash) VALUES ({p}, {p}, {p}, {p})"
+        )
+
+    def record(self, conn, action: str, subject_id: str, key_id: str | None) -> None:
+        conn.execute(self._insert, (time.time(), key_id, action, subject_hash(self.key, subject_id)))
 
 
 def new_template_id() -> int:
@@ -267,7 +292,7 @@ def open_sqlite(path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA secure_delete=ON")
-    db.executescript(SCHEMA)
+    db.executescript(SCHEMA + AUDIT_SCHEMA)
     columns = {r[1] for r in db.execute("PRAGMA table_info(templates)")}
     if "idempotency_key" not in columns:  # a gallery written before idempotent Enroll
         db.execute("ALTER TABLE templates ADD COLUMN idempotency_key TEXT")
@@ -322,18 +347,10 @@ class SqliteGallery(MatrixGallery):
         check_meta(stored, wanted, self.path, has_templates)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for key, value in {**wanted, "audit_key": secrets.token_hex(32)}.items():
+            for key, value in wanted.items():
                 if value:
                     self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'audit_key'").fetchone()
-        self._audit_key = bytes.fromhex(row[0])
-
-    def _audit(self, action: str, subject_id: str, key_id: str | None) -> None:
-        """One audit record, in the transaction of the change it records (docs/cloud.md, "Audit log")."""
-        self._db.execute(
-            "INSERT INTO audit (time, key_id, action, subject_hash) VALUES (?, ?, ?, ?)",
-            (time.time(), key_id, action, subject_hash(self._audit_key, subject_id)),
-        )
+        self._audit = AuditLog(self._db)
 
     def _load(self, chunk: int = 20_000) -> None:
         d = self.embedding_size
@@ -401,7 +418,7 @@ class SqliteGallery(MatrixGallery):
                     "idempotency_key, key_id) VALUES (?, ?, ?, ?, ?, ?)",
                     (template_id, subject_id, vec.astype("<f4").tobytes(), now, idempotency_key, owner),
                 )
-                self._audit("enroll", subject_id, owner)
+                self._audit.record(self._db, "enroll", subject_id, owner)
             self._matrix.add(subject_id, template_id, vec)
             count = self._matrix.templates_of(subject_id)
             self._maybe_attach_ann()
@@ -430,7 +447,7 @@ class SqliteGallery(MatrixGallery):
                     "DELETE FROM templates WHERE subject_id = ?", (subject_id,)
                 ).rowcount
                 if deleted:
-                    self._audit("delete_subject", subject_id, actor)
+                    self._audit.record(self._db, "delete_subject", subject_id, actor)
             self._matrix.remove_subject(subject_id)
             if deleted:
                 self._erase()
@@ -450,7 +467,7 @@ class SqliteGallery(MatrixGallery):
                     (int(template_id), owner, owner),
                 ).fetchone()
                 if row is not None:
-                    self._audit("delete_template", row[0], actor or owner)
+                    self._audit.record(self._db, "delete_template", row[0], actor or owner)
             if row is None:
                 return None
             self._matrix.remove_template(template_id)

@@ -26,13 +26,13 @@ segments until they are recycled; docs/cloud.md ("Deletion that erases") says wh
 """
 
 import functools
-import secrets
 import threading
 import time
 
 import numpy as np
 from ppfr.cloud.gallery import (
     EXACT_MAX,
+    AuditLog,
     Enrollment,
     GalleryError,
     GalleryUnavailable,
@@ -44,13 +44,24 @@ from ppfr.cloud.gallery import (
     encode_page_token,
     meta_wanted,
     new_template_id,
-    subject_hash,
     unit,
     unit_rows,
 )
 
-SCHEMA = """
+# The gallery's settings and its audit log; sealed stores (cloud/sealed_postgres.py) keep them here too.
+AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ppfr_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS ppfr_audit (
+    seq bigserial PRIMARY KEY,
+    time double precision NOT NULL,
+    key_id text,
+    action text NOT NULL,
+    subject_hash text NOT NULL
+);
+CREATE OR REPLACE RULE ppfr_audit_no_update AS ON UPDATE TO ppfr_audit DO INSTEAD NOTHING;
+CREATE OR REPLACE RULE ppfr_audit_no_delete AS ON DELETE TO ppfr_audit DO INSTEAD NOTHING;
+"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS ppfr_subjects (
     subject_id text COLLATE "C" PRIMARY KEY,
     template_count integer NOT NULL
@@ -63,15 +74,6 @@ CREATE TABLE IF NOT EXISTS ppfr_templates (
     idempotency_key text
 );
 ALTER TABLE ppfr_templates ADD COLUMN IF NOT EXISTS key_id text;
-CREATE TABLE IF NOT EXISTS ppfr_audit (
-    seq bigserial PRIMARY KEY,
-    time double precision NOT NULL,
-    key_id text,
-    action text NOT NULL,
-    subject_hash text NOT NULL
-);
-CREATE OR REPLACE RULE ppfr_audit_no_update AS ON UPDATE TO ppfr_audit DO INSTEAD NOTHING;
-CREATE OR REPLACE RULE ppfr_audit_no_delete AS ON DELETE TO ppfr_audit DO INSTEAD NOTHING;
 CREATE INDEX IF NOT EXISTS ppfr_templates_subject ON ppfr_templates (subject_id);
 CREATE UNIQUE INDEX IF NOT EXISTS ppfr_templates_idempotency ON ppfr_templates (subject_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
@@ -192,7 +194,7 @@ class PostgresGallery(MatrixGallery):
                 installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
                 if not installed:
                     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                conn.execute(SCHEMA.format(dim=self.embedding_size))
+                conn.execute(AUDIT_SCHEMA + SCHEMA.format(dim=self.embedding_size))
                 conn.execute(f"DROP INDEX IF EXISTS {OLD_HNSW_INDEX}")
                 stored = dict(conn.execute("SELECT key, value FROM ppfr_meta").fetchall())
                 column = conn.execute(
@@ -202,14 +204,13 @@ class PostgresGallery(MatrixGallery):
                 stored.setdefault("embedding_size", column.removeprefix("vector(").rstrip(")"))
                 has_templates = conn.execute("SELECT 1 FROM ppfr_templates LIMIT 1").fetchone() is not None
                 check_meta(stored, wanted, "the PostgreSQL gallery", has_templates)
-                for key, value in {**wanted, "audit_key": secrets.token_hex(32)}.items():
+                for key, value in wanted.items():
                     if value:
                         conn.execute(
                             "INSERT INTO ppfr_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                             (key, value),
                         )
-                audit_key = conn.execute("SELECT value FROM ppfr_meta WHERE key = 'audit_key'").fetchone()[0]
-                self._audit_key = bytes.fromhex(audit_key)
+                self._audit = AuditLog(conn, postgres=True)
                 self._vector_oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         except psycopg.errors.FeatureNotSupported as err:
             raise GalleryError(f"pgvector is missing: {_short(err)}") from None
@@ -318,18 +319,12 @@ class PostgresGallery(MatrixGallery):
                         raise SubjectTaken(subject_id)
                     row = (subject_id, new_template_id(), subject_id, text, now, idempotency_key, owner, seq)
                     template_id, count = conn.execute(ENROLL, row).fetchone()
-                    self._audit(conn, "enroll", subject_id, owner)
+                    self._audit.record(conn, "enroll", subject_id, owner)
             except UniqueViolation:  # the same key committed meanwhile (a concurrent retry)
                 return _existing(conn, subject_id, idempotency_key)
             return Enrollment(subject_id, int(template_id), int(count), now)
 
         return self._run(write, retry=False)
-
-    def _audit(self, conn, action: str, subject_id: str, key_id: str | None) -> None:
-        conn.execute(
-            "INSERT INTO ppfr_audit (time, key_id, action, subject_hash) VALUES (%s, %s, %s, %s)",
-            (time.time(), key_id, action, subject_hash(self._audit_key, subject_id)),
-        )
 
     def delete(self, subject_id: str, actor: str | None = None) -> int:
         def write(conn):
@@ -340,7 +335,7 @@ class PostgresGallery(MatrixGallery):
                     == 0
                 ):
                     return 0
-                self._audit(conn, "delete_subject", subject_id, actor)
+                self._audit.record(conn, "delete_subject", subject_id, actor)
                 return conn.execute(
                     "WITH t AS (DELETE FROM ppfr_templates WHERE subject_id = %s RETURNING template_id) "
                     "INSERT INTO ppfr_changes (seq, template_id, added) SELECT %s, template_id, false FROM t",
@@ -373,7 +368,7 @@ class PostgresGallery(MatrixGallery):
                     owner,
                 )
                 conn.execute("DELETE FROM ppfr_subjects WHERE subject_id = %s AND template_count <= 0", owner)
-                self._audit(conn, "delete_template", owner[0], actor or key_id)
+                self._audit.record(conn, "delete_template", owner[0], actor or key_id)
             return owner[0]
 
         return self._run(write, retry=False)

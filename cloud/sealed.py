@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 from ppfr.bundle import tenant
-from ppfr.cloud.gallery import GalleryError, SubjectTaken
+from ppfr.cloud.gallery import (
+    AUDIT_SCHEMA,
+    AuditLog,
+    GalleryError,
+    SubjectTaken,
+    check_page_size,
+    decode_page_token,
+    encode_page_token,
+)
 
 MODES = ("sealed-gallery", "sealed-edge")
 
@@ -62,8 +70,9 @@ class SealedGallery:
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "secure_delete=ON"):
             self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(_SCHEMA + AUDIT_SCHEMA)
         self._claim(path)
+        self._audit = AuditLog(self.db)
         self.lock = threading.Lock()
         self.blocks: list[tenant.PackedBlock] = []
         self.owner_of_slot: dict[int, str] = {}
@@ -94,10 +103,10 @@ class SealedGallery:
         self.unsaved -= set(blocks)
 
     def _write_block(self, b: int) -> None:
+        self.db.execute("DELETE FROM sealed_blocks WHERE block = ?", (b,))  # an emptied block has no diags
         for k, d in enumerate(self.blocks[b].diags):
             if d is not None:
-                data = self.tenant.dump(d)
-                self.db.execute("INSERT OR REPLACE INTO sealed_blocks VALUES (?, ?, ?)", (b, k, data))
+                self.db.execute("INSERT INTO sealed_blocks VALUES (?, ?, ?)", (b, k, self.tenant.dump(d)))
         lo, hi = b * tenant.SLOTS, (b + 1) * tenant.SLOTS
         self.db.execute("UPDATE sealed_templates SET packed = 1 WHERE slot >= ? AND slot < ?", (lo, hi))
 
@@ -124,22 +133,21 @@ class SealedGallery:
         """The template to store: the edge's ciphertext (sealed edge) or the embedding encrypted now
         (sealed gallery; the plaintext is dropped by the caller). SealedError on bad bytes."""
         if self.mode == "sealed-edge":
-            if sealed is None:
-                raise tenant.SealedError("this gallery is sealed-edge: send the encrypted embedding")
-            return self.tenant.load(sealed, level=0)
-        if embedding is None:
-            raise tenant.SealedError("this gallery is sealed-gallery: send the protected face")
-        return self.tenant.encrypt(embedding)
+            return self.tenant.load(self._sent(sealed), level=0)
+        return self.tenant.encrypt(self._sent(embedding))
 
     def query(self, sealed: bytes | None = None, embedding=None):
         """A query: the edge's level-1 ciphertext (sealed edge) or the plain embedding (sealed gallery)."""
         if self.mode == "sealed-edge":
-            if sealed is None:
-                raise tenant.SealedError("this gallery is sealed-edge: send the encrypted embedding")
-            return self.tenant.load(sealed, level=1)
-        if embedding is None:
-            raise tenant.SealedError("this gallery is sealed-gallery: send the protected face")
-        return np.asarray(embedding, np.float64)
+            return self.tenant.load(self._sent(sealed), level=1)
+        return np.asarray(self._sent(embedding), np.float64)
+
+    def _sent(self, value):
+        """What this mode takes (the ciphertext or the embedding), or SealedError when it was not sent."""
+        if value is None:
+            what = "the encrypted embedding" if self.mode == "sealed-edge" else "the protected face"
+            raise tenant.SealedError(f"this gallery is {self.mode}: send {what}")
+        return value
 
     # --- gallery calls ------------------------------------------------------------------------------
     def enroll(self, subject_id: str, ct, idem=None, owner=None, exclusive=False) -> tuple[int, int]:
@@ -166,6 +174,7 @@ class SealedGallery:
                     (template_id, subject_id, self.tenant.dump(ct), slot, owner, idem or None),
                 )
                 self._renorm(subject_id)
+                self._audit.record(self.db, "enroll", subject_id, owner)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -192,10 +201,13 @@ class SealedGallery:
             norm = self.tenant.dump(self.tenant.dot(total, total))
             self.db.execute("INSERT INTO sealed_norms VALUES (?, ?)", (subject_id, norm))
 
+    def _fetch(self, sql: str, args=()) -> list:
+        """The rows of one read (`?` placeholders: the PostgreSQL store runs the same statements)."""
+        return self.db.execute(sql, args).fetchall()
+
     def _norm(self, subject_id: str) -> bytes | None:
-        row = self.db.execute("SELECT ciphertext FROM sealed_norms WHERE subject_id = ?", (subject_id,))
-        found = row.fetchone()
-        return found[0] if found else None
+        found = self._fetch("SELECT ciphertext FROM sealed_norms WHERE subject_id = ?", (subject_id,))
+        return bytes(found[0][0]) if found else None
 
     def verify(self, subject_id: str, query) -> tuple[bytes, bytes | None] | None:
         """(encrypted q.S, encrypted |S|^2 or None for one template), None for an unknown subject."""
@@ -221,48 +233,85 @@ class SealedGallery:
         return SealedIdentify(blocks, owners, self._norms())
 
     def _norms(self) -> dict:
-        return dict(self.db.execute("SELECT subject_id, ciphertext FROM sealed_norms"))
+        return {s: bytes(d) for s, d in self._fetch("SELECT subject_id, ciphertext FROM sealed_norms")}
 
-    def delete_subject(self, subject_id: str) -> int:
+    def delete(self, subject_id: str, actor: str | None = None) -> int:
+        """Removes the subject's templates (0 for an unknown subject), one transaction each (each rewrites
+        its block); the audit record, by `actor`, goes with the first removal."""
+        deleted = 0
+        for t in self._template_ids(subject_id):
+            record = None if deleted else ("delete_subject", actor)
+            deleted += self._remove(t, None, record) is not None
+        return deleted
+
+    def delete_template(self, template_id: int, owner=None, actor=None) -> str | None:
+        """Removes one template (with `owner`: only one that owner enrolled); its subject, or None.
+        actor: the key recorded in the audit log (default owner)."""
+        return self._remove(int(template_id), owner, ("delete_template", actor or owner))
+
+    def _template_ids(self, subject_id: str) -> list[int]:
         q = "SELECT template_id FROM sealed_templates WHERE subject_id = ?"
-        ids = [t for (t,) in self.db.execute(q, (subject_id,))]
-        for t in ids:
-            self.delete_template(t)
-        return len(ids)
+        return [t for (t,) in self._fetch(q, (subject_id,))]
 
-    def delete_template(self, template_id: int, owner=None) -> str | None:
-        """Removes one template (with `owner`: only one that owner enrolled); its subject, or None."""
+    def _remove(self, template_id: int, owner, record) -> str | None:
+        """One template out, with the audit record (action, key id) when there is one."""
         with self.lock:
             q = "SELECT subject_id, ciphertext, slot, owner FROM sealed_templates WHERE template_id = ?"
-            row = self.db.execute(q, (int(template_id),)).fetchone()
+            row = self.db.execute(q, (template_id,)).fetchone()
             if row is None or (owner is not None and row[3] != owner):
                 return None
             subject_id, data, slot, _ = row
             # out of the block first, then the row and the block's saved copy go together: no saved
             # block ever holds a template whose row is gone
-            ct = self.tenant.load(data, level=0)
-            self._block(slot).put(slot % tenant.SLOTS, ct, remove=True)
+            undo = self._take_out(template_id, slot, self.tenant.load(data, level=0))
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (int(template_id),))
+                self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (template_id,))
                 self._renorm(subject_id)
                 self._write_block(slot // tenant.SLOTS)
+                if record:
+                    self._audit.record(self.db, record[0], subject_id, record[1])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
-                self._block(slot).put(slot % tenant.SLOTS, ct)  # back as it was
+                undo()
                 raise
             self.owner_of_slot.pop(slot, None)
             self.unsaved.discard(slot // tenant.SLOTS)
             return subject_id
 
-    def templates_of(self, subject_id: str) -> int:
-        q = "SELECT COUNT(*) FROM sealed_templates WHERE subject_id = ?"
-        return self.db.execute(q, (subject_id,)).fetchone()[0]
+    def _take_out(self, template_id: int, slot: int, ct):
+        """Takes a template out of its packed block; returns what puts it back. The block's last template
+        empties it instead (subtracting would leave exact zeros, which SEAL refuses as transparent)."""
+        b, lo = slot // tenant.SLOTS, slot - slot % tenant.SLOTS
+        q = "SELECT 1 FROM sealed_templates WHERE slot >= ? AND slot < ? AND template_id <> ? LIMIT 1"
+        block = self._block(slot)
+        if not self._fetch(q, (lo, lo + tenant.SLOTS, template_id)):
+            self.blocks[b] = tenant.PackedBlock(self.tenant)
+            return lambda: self.blocks.__setitem__(b, block)
+        block.put(slot % tenant.SLOTS, ct, remove=True)
+        return lambda: block.put(slot % tenant.SLOTS, ct)
 
-    def list_subjects(self) -> list[tuple[str, int]]:
-        q = "SELECT subject_id, COUNT(*) FROM sealed_templates GROUP BY subject_id ORDER BY subject_id"
-        return list(self.db.execute(q))
+    def templates_of(self, subject_id: str) -> int:
+        return self._fetch("SELECT COUNT(*) FROM sealed_templates WHERE subject_id = ?", (subject_id,))[0][0]
+
+    def list_subjects(self, page_size: int, page_token: str = "") -> tuple[list[tuple[str, int]], str]:
+        """As the plain gallery's: (subject_id, template_count) by subject_id, and the next page's token."""
+        after, size = decode_page_token(page_token), check_page_size(page_size)
+        rows = self._fetch(
+            "SELECT subject_id, COUNT(*) FROM sealed_templates WHERE subject_id > ? "
+            "GROUP BY subject_id ORDER BY subject_id LIMIT ?",
+            ("" if after is None else after, size + 1),
+        )
+        page = [(s, int(n)) for s, n in rows[:size]]
+        return page, encode_page_token(page[-1][0]) if len(rows) > size else ""
+
+    def fresh_sizes(self) -> tuple[int, int]:
+        """(subjects, templates), as GetServerInfo reports them."""
+        subjects, templates = self._fetch(
+            "SELECT COUNT(DISTINCT subject_id), COUNT(*) FROM sealed_templates"
+        )[0]
+        return int(subjects), int(templates)
 
     def close(self) -> None:
         self.save()

@@ -22,7 +22,8 @@ import secrets
 import threading
 
 from ppfr.bundle import tenant
-from ppfr.cloud.gallery import GalleryError, GalleryUnavailable, SubjectTaken
+from ppfr.cloud.gallery import AuditLog, GalleryError, GalleryUnavailable, SubjectTaken
+from ppfr.cloud.gallery_postgres import AUDIT_SCHEMA, SCHEMA_LOCK
 
 from .sealed import FLUSH_EVERY, GalleryModeError, SealedGallery, SealedIdentify
 
@@ -115,11 +116,14 @@ class SealedPostgresGallery(SealedGallery):
             raise GalleryUnavailable(f"gallery database error: {_short(err)}") from None
 
     def _setup(self, conn) -> None:
-        """The tables, then mode + tenant fingerprint recorded (new gallery) or checked (one line)."""
+        """The tables (the audit log's under the plain gallery's schema lock: replicas of both kinds may
+        start together), then mode + tenant fingerprint recorded (new gallery) or checked (one line)."""
         want = {"mode": self.mode, "tenant": self.tenant.fingerprint}
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            conn.execute(SCHEMA)
+            conn.execute(SCHEMA + AUDIT_SCHEMA)
+            self._audit = AuditLog(conn, postgres=True)
             have = dict(conn.execute("SELECT key, value FROM sealed_meta").fetchall())
             if not have:
                 for item in want.items():
@@ -190,13 +194,10 @@ class SealedPostgresGallery(SealedGallery):
             self._apply(conn)
 
     def _write_snapshot(self, conn, b: int, seq: int) -> None:
+        conn.execute("DELETE FROM sealed_blocks WHERE block = %s", (b,))  # an emptied block has no diags
         for k, d in enumerate(self.blocks[b].diags):
             if d is not None:
-                conn.execute(
-                    "INSERT INTO sealed_blocks VALUES (%s, %s, %s) "
-                    "ON CONFLICT (block, k) DO UPDATE SET ciphertext = EXCLUDED.ciphertext",
-                    (b, k, self.tenant.dump(d)),
-                )
+                conn.execute("INSERT INTO sealed_blocks VALUES (%s, %s, %s)", (b, k, self.tenant.dump(d)))
         conn.execute(
             "INSERT INTO sealed_block_seq VALUES (%s, %s) "
             "ON CONFLICT (block) DO UPDATE SET seq = EXCLUDED.seq",
@@ -248,6 +249,7 @@ class SealedPostgresGallery(SealedGallery):
             )
             conn.execute("INSERT INTO sealed_changes VALUES (%s, %s, %s, true)", (seq, template_id, slot))
             self._renorm(conn, subject_id)
+            self._audit.record(conn, "enroll", subject_id, owner)
             return template_id, self._count(conn, subject_id)
 
     def _renorm(self, conn, subject_id: str) -> None:
@@ -265,10 +267,8 @@ class SealedPostgresGallery(SealedGallery):
     def _rows(self, subject_id: str) -> list:
         return self._run(self._rows_in, subject_id)
 
-    def _norm(self, subject_id: str) -> bytes | None:
-        q = "SELECT ciphertext FROM sealed_norms WHERE subject_id = %s"
-        found = self._run(lambda c: c.execute(q, (subject_id,)).fetchone())
-        return bytes(found[0]) if found else None
+    def _fetch(self, sql: str, args=()) -> list:
+        return self._run(lambda c: c.execute(sql.replace("?", "%s"), args).fetchall())
 
     @staticmethod
     def _count(conn, subject_id: str) -> int:
@@ -282,22 +282,13 @@ class SealedPostgresGallery(SealedGallery):
                 self._run(self._save)
             return SealedGallery.identify(self, query)
 
-    def _norms(self) -> dict:
-        rows = self._run(lambda c: c.execute("SELECT subject_id, ciphertext FROM sealed_norms").fetchall())
-        return {s: bytes(d) for s, d in rows}
-
-    def delete_subject(self, subject_id: str) -> int:
-        q = "SELECT template_id FROM sealed_templates WHERE subject_id = %s"
-        ids = [t for (t,) in self._run(lambda c: c.execute(q, (subject_id,)).fetchall())]
-        return sum(self.delete_template(t) is not None for t in ids)
-
-    def delete_template(self, template_id: int, owner=None) -> str | None:
-        """Removes one template (with `owner`: only one that owner enrolled); its subject, or None. The
-        block's new state is saved with the row's removal (other replicas reload it)."""
+    def _remove(self, template_id: int, owner, record) -> str | None:
+        """As SealedGallery._remove; the block's new state is saved with the row's removal (other replicas
+        reload it)."""
         with self.lock:
-            return self._run(self._delete, int(template_id), owner)
+            return self._run(self._delete, template_id, owner, record)
 
-    def _delete(self, conn, template_id: int, owner) -> str | None:
+    def _delete(self, conn, template_id: int, owner, record) -> str | None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             q = "SELECT subject_id, ciphertext, slot, owner FROM sealed_templates WHERE template_id = %s"
@@ -307,8 +298,7 @@ class SealedPostgresGallery(SealedGallery):
             self._apply(conn)  # this block up to date before the removal: its snapshot is exact
             subject_id, data, slot, _ = row
             b, seq = slot // tenant.SLOTS, conn.execute(NEXT_SEQ).fetchone()[0]
-            ct = self.tenant.load(bytes(data), level=0)
-            self._block(slot).put(slot % tenant.SLOTS, ct, remove=True)
+            undo = self._take_out(template_id, slot, self.tenant.load(bytes(data), level=0))
             try:
                 conn.execute("DELETE FROM sealed_templates WHERE template_id = %s", (template_id,))
                 conn.execute(
@@ -316,20 +306,15 @@ class SealedPostgresGallery(SealedGallery):
                 )
                 self._renorm(conn, subject_id)
                 self._write_snapshot(conn, b, seq)
+                if record:
+                    self._audit.record(conn, record[0], subject_id, record[1])
             except BaseException:
-                self._block(slot).put(slot % tenant.SLOTS, ct)  # back as it was (the transaction rolls back)
+                undo()  # the block as it was (the transaction rolls back)
                 raise
         self._seq, self.snap_seq[b] = seq, seq
         self.owner_of_slot.pop(slot, None)
         self.dirty.discard(b)
         return subject_id
-
-    def templates_of(self, subject_id: str) -> int:
-        return self._run(self._count, subject_id)
-
-    def list_subjects(self) -> list[tuple[str, int]]:
-        q = "SELECT subject_id, COUNT(*) FROM sealed_templates GROUP BY subject_id ORDER BY subject_id"
-        return [(s, int(n)) for s, n in self._run(lambda c: c.execute(q).fetchall())]
 
     def close(self) -> None:
         try:

@@ -8,14 +8,12 @@ with an encrypted 0, a non-match, as in plain mode. Identify's answer names ever
 (the slots), so only admin keys may call it. Bad ciphertexts are INVALID_ARGUMENT with one line.
 """
 
-import base64
-
 import grpc
 import numpy as np
 from ppfr.bundle import tenant
 from ppfr.cloud import validation
 from ppfr.cloud.interceptor import CALLER
-from ppfr.cloud.service import FaceVerificationService, NotFound, _rpc, is_admin
+from ppfr.cloud.service import FaceVerificationService, _rpc, is_admin
 from ppfr.cloud.validation import InvalidRequest
 from ppfr.protos import verification_pb2 as pb
 
@@ -27,7 +25,7 @@ IDENTIFY_ADMIN_ONLY = "a sealed Identify answer names every subject of the galle
 class SealedVerificationService(FaceVerificationService):
     def __init__(self, *args, sealed: SealedGallery, **kw):
         super().__init__(*args, **kw)
-        self.sealed = sealed
+        self.sealed = self.store = sealed
 
     async def _input(self, request, context, template: bool):
         """The request's ciphertext (sealed edge) or its face embedded now (sealed gallery) -> what the
@@ -87,44 +85,8 @@ class SealedVerificationService(FaceVerificationService):
         return pb.IdentifyResponse(sealed_blocks=blocks, sealed_norms=found.norms)
 
     @_rpc
-    async def DeleteSubject(self, request, context):
-        subject_id = validation.subject_id(request.subject_id)
-        deleted = await self._in_db_thread(self.sealed.delete_subject, subject_id)
-        if not deleted:
-            raise NotFound(f"subject {subject_id!r} is not enrolled")
-        return pb.DeleteSubjectResponse(subject_id=subject_id, deleted_template_count=deleted)
-
-    @_rpc
-    async def DeleteTemplate(self, request, context):
-        template_id = validation.template_id(request.template_id)
-        caller = CALLER.get()
-        owner = None if is_admin(caller) else caller.key_id
-        subject_id = await self._in_db_thread(self.sealed.delete_template, template_id, owner)
-        if subject_id is None:
-            raise NotFound(f"template {template_id} does not exist or was enrolled by another key")
-        return pb.DeleteTemplateResponse(
-            subject_id=subject_id if owner is None else "", template_id=template_id
-        )
-
-    @_rpc
-    async def ListSubjects(self, request, context):
-        page_size, page_token = validation.page(request.page_size, request.page_token)
-        try:
-            after = base64.urlsafe_b64decode(page_token.encode()).decode() if page_token else ""
-        except ValueError:
-            raise InvalidRequest("page_token is not one this server issued") from None
-        rows = [r for r in await self._read(self.sealed.list_subjects) if r[0] > after][: page_size + 1]
-        page = rows[:page_size]
-        token = base64.urlsafe_b64encode(page[-1][0].encode()).decode() if len(rows) > page_size else ""
-        return pb.ListSubjectsResponse(
-            subjects=[pb.Subject(subject_id=s, template_count=n) for s, n in page], next_page_token=token
-        )
-
-    @_rpc
     async def GetServerInfo(self, request, context):
         info = await super().GetServerInfo.__wrapped__(self, request, context)
-        subjects = await self._read(self.sealed.list_subjects)
-        info.subject_count, info.template_count = len(subjects), sum(n for _, n in subjects)
         info.gallery_mode, info.tenant_context_sha256 = self.sealed.mode, self.sealed.tenant.fingerprint
         return info
 

@@ -111,6 +111,9 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         self.bundle_name = bundle_name
         self.batcher = batcher
         self.gallery = gallery
+        # Where deletes, ListSubjects and the counts go: the gallery, or the sealed store (sealed_service.py);
+        # both take the same calls and write the same audit log.
+        self.store = gallery
         # Renewable templates (cloud/template_key.py): every embedding is turned into a template by the
         # deployment secret's orthogonal transform before it is stored or matched; None = stored as is.
         self.template_transform = template_transform
@@ -161,10 +164,6 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         finally:
             if self.metrics is not None:
                 self.metrics.gallery_latency.labels(fn.__name__).observe(time.perf_counter() - start)
-
-    async def _require_subject(self, subject_id: str) -> None:
-        if not await self._read(self.gallery.has_subject, subject_id):
-            raise NotFound(f"subject {subject_id!r} is not enrolled")
 
     def _locked_out(self, subject_id: str, key) -> bool:
         """A subject locked out for a verify key (admin keys are exempt): answered as a plain non-match
@@ -252,9 +251,8 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def DeleteSubject(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
-        await self._require_subject(subject_id)
         caller = CALLER.get()
-        deleted = await self._in_db_thread(self.gallery.delete, subject_id, caller.key_id if caller else None)
+        deleted = await self._in_db_thread(self.store.delete, subject_id, caller.key_id if caller else None)
         if not deleted:
             raise NotFound(f"subject {subject_id!r} is not enrolled")
         return verification_pb2.DeleteSubjectResponse(subject_id=subject_id, deleted_template_count=deleted)
@@ -265,7 +263,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         caller = CALLER.get()
         owner = None if is_admin(caller) else caller.key_id  # enroll keys: only what they enrolled
         actor = caller.key_id if caller else None
-        subject_id = await self._in_db_thread(self.gallery.delete_template, template_id, owner, actor)
+        subject_id = await self._in_db_thread(self.store.delete_template, template_id, owner, actor)
         if subject_id is None:
             raise NotFound(f"template {template_id} does not exist or was enrolled by another key")
         shown = subject_id if owner is None else ""  # the subject id only for admin keys
@@ -275,7 +273,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     async def ListSubjects(self, request, context):
         page_size, page_token = validation.page(request.page_size, request.page_token)
         try:
-            subjects, next_token = await self._in_db_thread(self.gallery.list_subjects, page_size, page_token)
+            subjects, next_token = await self._in_db_thread(self.store.list_subjects, page_size, page_token)
         except ValueError:
             raise InvalidRequest("page_token is not one this server issued") from None
         return verification_pb2.ListSubjectsResponse(
@@ -286,7 +284,7 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
     @_rpc
     async def GetServerInfo(self, request, context):
         m = self.manifest
-        subjects, templates = await self._read(self.gallery.fresh_sizes)
+        subjects, templates = await self._read(self.store.fresh_sizes)
         return verification_pb2.ServerInfo(
             bundle_name=self.bundle_name,
             method=m.method,

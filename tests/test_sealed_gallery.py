@@ -1,7 +1,8 @@
 """cloud/sealed.py with real encryption: a sealed gallery (both modes) stores only ciphertexts (the file is
 searched for the embeddings' float values), answers Verify and Identify with encrypted scores that the
 tenant decrypts to the plain server's pooled scores and ranking (cloud/matrix.py) on real face embeddings,
-deletes, reopens (blocks rebuilt), and refuses another tenant or mode with one line."""
+deletes (the last template of a block too), reopens (blocks rebuilt), and refuses another tenant or mode
+with one line."""
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_sealed_edge_gallery_matches_plain_and_stores_no_plaintext(keys, emb, tm
     for i, s in owners.items():
         g.enroll(s, g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[i]))))
         plain.add(s, i + 1, emb[i].astype(np.float32))
-    assert g.list_subjects() == [("ann", 2), ("bob", 1), ("cat", 1), ("dan", 1)]
+    assert g.list_subjects(10) == ([("ann", 2), ("bob", 1), ("cat", 1), ("dan", 1)], "")
     edge = decrypting_edge(edge_tenant)
     probes = emb[[2, 5, 11]]
     for q in probes:
@@ -73,11 +74,16 @@ def test_reopen_delete_and_refusals(keys, emb, tmp_path):
     assert abs(score - 1.0) <= 1e-4  # ann is now the probe's own photo alone
     scores = edge_tenant.decrypt_bytes(g.identify(query).blocks[0])
     assert abs(scores[0]) <= 1e-4  # the deleted template's slot scores nothing
-    assert g.delete_subject("bob") == 1 and g.list_subjects() == [("ann", 1)]
+    assert g.delete("bob") == 1 and g.list_subjects(10) == ([("ann", 1)], "")
     with pytest.raises(tenant.SealedError):
         g.template(sealed=b"\x00" * 100)
     with pytest.raises(tenant.SealedError, match="level"):
         g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[0])))
+    assert g.delete("ann") == 1 and g.identify(query).blocks == []  # its block's last template: emptied
+    g.enroll("eve", g.template(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[1]))))
+    g.close()
+    g = SealedGallery(path, public, "sealed-edge")  # the emptied block's old saved copy is gone
+    assert abs(edge_tenant.decrypt_bytes(g.identify(query).blocks[0])[0] - 1.0) <= 1e-4
     g.close()
     with pytest.raises(GalleryModeError, match="sealed-edge under tenant context") as err:
         SealedGallery(path, tenant.keygen()[1], "sealed-edge")

@@ -19,25 +19,17 @@ from ppfr.cloud.sealed_postgres import SealedPostgresGallery  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def keys():
-    return new_tenant()
-
-
-@pytest.fixture(scope="module")
-def emb():
-    """9 unit dlib embeddings of real CelebA faces (3 people x 3 photos)."""
-    return celeba_embeddings(3)
-
-
 def _ranked(edge_tenant, g, q, k=3):
     found = g.identify(g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(q, level=1))))
     norms = {s: edge_tenant.decrypt_bytes(n)[0] for s, n in found.norms.items()}
     return decrypting_edge(edge_tenant).identify_result(found.blocks, found.owners, norms, k)
 
 
-def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
-    edge_tenant, public = keys
+def test_two_replicas_share_a_sealed_postgres_gallery(postgres, capsys):
+    from ppfr.cloud.cli import main as cloud_main
+
+    edge_tenant, public = new_tenant()
+    emb = celeba_embeddings(3)  # 9 unit dlib embeddings of real CelebA faces (3 people x 3 photos)
     url = postgres()
     a, b = (
         SealedPostgresGallery(url, public, "sealed-edge"),
@@ -55,7 +47,9 @@ def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
     enroll(b, "ann", 1)
     enroll(a, "bob", 3)
     enroll(b, "cat", 6)
-    assert a.list_subjects() == b.list_subjects() == [("ann", 2), ("bob", 1), ("cat", 1)]
+    page, token = a.list_subjects(2)
+    assert page == [("ann", 2), ("bob", 1)] and b.list_subjects(2, token) == ([("cat", 1)], "")
+    assert b.fresh_sizes() == (3, 4)
     for g in (a, b):  # each replica's blocks hold the other's enrollments
         got = _ranked(edge_tenant, g, emb[2])
         want = plain.identify(emb[2].astype(np.float32), 3, exact=True)
@@ -65,13 +59,20 @@ def test_two_replicas_share_a_sealed_postgres_gallery(keys, emb, postgres):
             *g.verify("ann", g.query(sealed=edge_tenant.dump(edge_tenant.encrypt(emb[2], level=1))))
         )
         assert abs(score - plain.verify("ann", emb[2].astype(np.float32))) <= 1e-4
-    assert b.delete_template(ann0) == "ann"  # B removes a template A put into its own block
+    assert b.delete_template(ann0, actor="k-admin") == "ann"  # B removes a template A put into its block
     plain.remove_template(1)
     enroll(b, "dan", 7)  # added after B's snapshot of the block: A reloads it, then puts this one in
     got = {n: s for n, s, _ in _ranked(edge_tenant, a, emb[0], 4)}
     want = dict(plain.identify(emb[0].astype(np.float32), 4, exact=True))
     assert got.keys() == want.keys() and max(abs(got[n] - want[n]) for n in got) <= 1e-4
-    assert a.delete_subject("bob") == 1 and b.list_subjects() == [("ann", 1), ("cat", 1), ("dan", 1)]
+    assert a.delete("bob", actor="k-admin") == 1
+    assert b.list_subjects(9) == ([("ann", 1), ("cat", 1), ("dan", 1)], "")
+    capsys.readouterr()
+    assert cloud_main(["audit", "--db", url]) == 0  # one log with the plain gallery's, by key id
+    audit = [line.split()[2:4] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert audit == [["-", "enroll"]] * 4 + [["k-admin", "delete_template"], ["-", "enroll"]] + [
+        ["k-admin", "delete_subject"]
+    ]
     a.close()
     b.close()
     c = SealedPostgresGallery(url, public, "sealed-edge")  # snapshots read back, nothing put in again

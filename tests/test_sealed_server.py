@@ -168,3 +168,32 @@ def test_sealed_gallery_mode_keeps_no_plaintext(setup, tmp_path, caplog):
         for dtype in (np.float16, np.float32, np.float64):
             assert x[:3].astype(dtype).tobytes() not in stored
         assert f"{x[0]:.4f}" not in logs and f"{x[1]:.4f}" not in logs
+
+
+def test_sealed_deletes_are_audited_under_the_callers_key(setup, tmp_path, capsys):
+    """As in plain mode, every sealed Enroll and delete lands in the audit log (`ppfr-cloud audit`) under
+    the key id of the caller: an enroll key's DeleteTemplate by it, an admin's DeleteSubject by the admin."""
+    from ppfr.cloud.cli import main as cloud_main
+
+    root, bundle, edge, emb = setup
+    config = _config(root, bundle)
+    config.db = tmp_path / "audit.sqlite"
+    enroller, admin = new_key(config.db, scopes="enroll", name="enroller"), new_key(config.db, name="admin")
+    face = pb.SealedEmbedding(ciphertext=edge.seal(emb[0], query=False))
+    with ServerThread(config) as server:
+        with keyed_channel(server.address, enroller) as channel:
+            stub = verification_pb2_grpc.FaceVerificationStub(channel)
+            made = stub.Enroll(pb.EnrollRequest(subject_id="ann", sealed=face))
+            stub.Enroll(pb.EnrollRequest(subject_id="bob", sealed=face))
+            stub.DeleteTemplate(pb.DeleteTemplateRequest(template_id=made.template_id))
+        with keyed_channel(server.address, admin) as channel:
+            stub = verification_pb2_grpc.FaceVerificationStub(channel)
+            assert stub.DeleteSubject(pb.DeleteSubjectRequest(subject_id="bob")).deleted_template_count == 1
+    capsys.readouterr()
+    assert cloud_main(["audit", "--db", str(config.db), "--subject", "bob"]) == 0
+    by_bob = [line.split()[2:4] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert cloud_main(["audit", "--db", str(config.db)]) == 0
+    rows = [line.split()[2:4] for line in capsys.readouterr().out.splitlines()[1:]]
+    e, a = enroller.split("_")[1], admin.split("_")[1]
+    assert rows == [[e, "enroll"], [e, "enroll"], [e, "delete_template"], [a, "delete_subject"]]
+    assert by_bob == [[e, "enroll"], [a, "delete_subject"]]
