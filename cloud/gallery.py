@@ -25,9 +25,12 @@ Contract shared by both backends:
     enroll(subject_id, embedding, idempotency_key=None, owner=None) -> Enrollment   (a repeated key returns
         the first; with owner, SubjectTaken when another key's templates hold the subject)
     verify(subject_id, embedding) -> float | None;  identify(embedding, top_k) -> [Match]
-    delete(subject_id) -> int;  delete_template(template_id, owner=None) -> subject_id | None
+    delete(subject_id, actor=None) -> int;  delete_template(template_id, owner=None, actor=None) -> subject_id
+        | None (actor: the key id the audit log records)
     list_subjects(page_size, page_token="") -> ([(subject_id, template_count)], next_page_token)
     has_subject, subject_count, template_count, sizes() (no database round trip), ping(), close()
+The sealed stores (cloud/sealed.py) take the same deletes, list_subjects and fresh_sizes, and write the same
+audit log (AuditLog).
 """
 
 import base64

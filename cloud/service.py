@@ -111,15 +111,15 @@ class FaceVerificationService(verification_pb2_grpc.FaceVerificationServicer):
         self.bundle_name = bundle_name
         self.batcher = batcher
         self.gallery = gallery
-        # Where deletes, ListSubjects and the counts go: the gallery, or the sealed store (sealed_service.py);
-        # both take the same calls and write the same audit log.
-        self.store = gallery
         # Renewable templates (cloud/template_key.py): every embedding is turned into a template by the
         # deployment secret's orthogonal transform before it is stored or matched; None = stored as is.
         self.template_transform = template_transform
         self.validate_face = FaceValidator(manifest)
         self.threshold = float(manifest.threshold.cosine)  # answers about no particular subject
         self.thresholds = Thresholds.from_manifest(manifest, far)  # by the subject's template count
+        # Where deletes, ListSubjects and the counts go: the gallery, or the sealed store (sealed_service.py);
+        # both take the same calls and write the same audit log.
+        self.store = gallery
         # Writes (with their fsync) run on one thread, reads on a few: the event loop never waits on the
         # database, and a read never queues behind a write's commit.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppfr-gallery")

@@ -2,6 +2,7 @@
 backup under enrollment load, and deletion searched for in every gallery file (docs/cloud.md)."""
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -207,12 +208,18 @@ def report_outage(server, acked, codes, events, t_stop, t_stopped, t_up):
     )
 
 
-def backup(bundle, protect):
-    db = WORK / "live.sqlite"
-    faces = [protect(f) for f in lfw_faces(12, start=100)]
+@contextlib.contextmanager
+def fresh_server(bundle, protect, db: Path, n_faces: int):
+    """A server on a new gallery `db`, an admin stub and its key, and n protected LFW faces (from 100)."""
+    faces = [protect(f) for f in lfw_faces(n_faces, start=100)]
     with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
         key = key_for(db)
-        s, md = stub(running.address, key)
+        yield running, *stub(running.address, key), key, faces
+
+
+def backup(bundle, protect):
+    db = WORK / "live.sqlite"
+    with fresh_server(bundle, protect, db, 12) as (running, s, md, key, faces):
         stop = threading.Event()
 
         def load():
@@ -250,16 +257,13 @@ def compare_decisions(running, s, md, restored_db, key, faces):
         live = s.GetServerInfo(pb.GetServerInfoRequest(), metadata=md).subject_count
         print(
             f"backup: under 2 enrollers, the backup holds {len(subjects)} of the {live} subjects enrolled "
-            f"by the "
-            f"end; Verify decisions identical for {same}/{total} (subject, probe) pairs"
+            f"by the end; Verify decisions identical for {same}/{total} (subject, probe) pairs"
         )
 
 
 def erase(bundle, protect):
     db = WORK / "erase.sqlite"
-    faces = [protect(f) for f in lfw_faces(20, start=100)]
-    with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
-        s, md = stub(running.address, key_for(db))
+    with fresh_server(bundle, protect, db, 20) as (_, s, md, _, faces):
         enrolled = [
             s.Enroll(pb.EnrollRequest(subject_id=f"e{i}", face=f), metadata=md) for i, f in enumerate(faces)
         ]

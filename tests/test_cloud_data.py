@@ -123,25 +123,25 @@ def test_pg_dump_backup_restores_into_another_database(postgres, capsys):
     restored.close()
 
 
-def test_the_template_secret_rotates_in_place(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_template_secret_rotates_in_place(backend, request, tmp_path, capsys):
+    db = str(tmp_path / "g.sqlite") if backend == "sqlite" else request.getfixturevalue("postgres")()
     (tmp_path / "a.key").write_bytes(os.urandom(32))
     (tmp_path / "b.key").write_bytes(os.urandom(32))
-    old, new = (load_secret(tmp_path / f"{n}.key", environ={}) for n in ("a", "b"))
-    qa, qb = old.transform(DIM), new.transform(DIM)
-    db = tmp_path / "g.sqlite"
+    old, new = (load_secret(tmp_path / f"{n}.key", environ={}).transform(DIM) for n in ("a", "b"))
     vecs = vectors(5)
-    g = SqliteGallery(db, DIM, template_key=f"tk={qa.key_id[:12]}")
+    g = open_gallery(db, DIM, template_key=f"tk={old.key_id[:12]}")
     for i, v in enumerate(vecs):
-        g.enroll(f"s{i}", qa.apply(v))
-    before = [g.verify(f"s{i}", qa.apply(vecs[i] + 0.1)) for i in range(5)]
+        g.enroll(f"s{i}", old.apply(v))
+    before = [g.verify(f"s{i}", old.apply(vecs[i] + 0.1)) for i in range(5)]
     g.close()
-    args = ["rotate-template-key", "--db", str(db), "--new-key-file", str(tmp_path / "b.key")]
+    args = ["rotate-template-key", "--db", db, "--new-key-file", str(tmp_path / "b.key")]
     assert main(args) == 2  # the gallery's secret is needed
     assert main([*args, "--old-key-file", str(tmp_path / "a.key")]) == 0
     with pytest.raises(Exception, match="template secret"):
-        SqliteGallery(db, DIM, template_key=f"tk={qa.key_id[:12]}")
-    g = SqliteGallery(db, DIM, template_key=f"tk={qb.key_id[:12]}")
-    after = [g.verify(f"s{i}", qb.apply(vecs[i] + 0.1)) for i in range(5)]
+        open_gallery(db, DIM, template_key=f"tk={old.key_id[:12]}")
+    g = open_gallery(db, DIM, template_key=f"tk={new.key_id[:12]}")
+    after = [g.verify(f"s{i}", new.apply(vecs[i] + 0.1)) for i in range(5)]
     assert np.allclose(before, after, atol=1e-5)
     g.close()
 
@@ -218,22 +218,3 @@ def test_no_password_in_ps_for_a_postgresql_server_set_up_by_toml(small_bundle, 
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def test_the_template_secret_rotates_in_place_on_postgresql(postgres, tmp_path, capsys):
-    url = postgres()
-    (tmp_path / "a.key").write_bytes(os.urandom(32))
-    (tmp_path / "b.key").write_bytes(os.urandom(32))
-    old, new = (load_secret(tmp_path / f"{n}.key", environ={}).transform(DIM) for n in ("a", "b"))
-    vecs = vectors(4)
-    g = open_gallery(url, DIM, template_key=f"tk={old.key_id[:12]}")
-    for i, v in enumerate(vecs):
-        g.enroll(f"s{i}", old.apply(v))
-    before = [g.verify(f"s{i}", old.apply(vecs[i] + 0.1)) for i in range(4)]
-    g.close()
-    args = ["rotate-template-key", "--db", url, "--old-key-file", str(tmp_path / "a.key")]
-    assert main([*args, "--new-key-file", str(tmp_path / "b.key")]) == 0
-    g = open_gallery(url, DIM, template_key=f"tk={new.key_id[:12]}")
-    after = [g.verify(f"s{i}", new.apply(vecs[i] + 0.1)) for i in range(4)]
-    assert np.allclose(before, after, atol=1e-5)
-    g.close()

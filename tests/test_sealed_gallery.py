@@ -2,7 +2,7 @@
 searched for the embeddings' float values), answers Verify and Identify with encrypted scores that the
 tenant decrypts to the plain server's pooled scores and ranking (cloud/matrix.py) on real face embeddings,
 deletes (the last template of a block too), reopens (blocks rebuilt), and refuses another tenant or mode
-with one line."""
+with one line (SQLite and PostgreSQL)."""
 
 import numpy as np
 import pytest
@@ -54,7 +54,7 @@ def test_sealed_edge_gallery_matches_plain_and_stores_no_plaintext(keys, emb, tm
             assert x[:4].astype(dtype).tobytes() not in stored
 
 
-def test_reopen_delete_and_refusals(keys, emb, tmp_path):
+def test_reopen_and_delete(keys, emb, tmp_path):
     edge_tenant, public = keys
     path = tmp_path / "g.sqlite"
     g = SealedGallery(path, public, "sealed-edge")
@@ -85,11 +85,24 @@ def test_reopen_delete_and_refusals(keys, emb, tmp_path):
     g = SealedGallery(path, public, "sealed-edge")  # the emptied block's old saved copy is gone
     assert abs(edge_tenant.decrypt_bytes(g.identify(query).blocks[0])[0] - 1.0) <= 1e-4
     g.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
+def test_another_tenant_or_mode_is_refused_with_one_line(keys, backend, tmp_path, request):
+    _, public = keys
+    if backend == "postgres":
+        pytest.importorskip("psycopg")
+        from ppfr.cloud.sealed_postgres import SealedPostgresGallery as Store
+
+        where = request.getfixturevalue("postgres")()
+    else:
+        Store, where = SealedGallery, tmp_path / "g.sqlite"
+    Store(where, public, "sealed-edge").close()
     with pytest.raises(GalleryModeError, match="sealed-edge under tenant context") as err:
-        SealedGallery(path, tenant.keygen()[1], "sealed-edge")
+        Store(where, tenant.keygen()[1], "sealed-edge")
     assert "\n" not in str(err.value)
     with pytest.raises(GalleryModeError, match="started sealed-gallery"):
-        SealedGallery(path, public, "sealed-gallery")
+        Store(where, public, "sealed-gallery")
 
 
 def test_sealed_gallery_mode_encrypts_on_arrival(keys, emb, tmp_path):
