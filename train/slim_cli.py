@@ -6,8 +6,9 @@ distilled from its own stem: cheaper to serve, the same router, dlib front and t
     ppfr-export --checkpoint runs/dlib_ppfr_fd_slim/checkpoint.pt --out artifacts/dlib_ppfr_fd_slim
 
 How (train/stem_distill.py): the new stem's linear map starts as the least-squares fit of the source
-stem's image on training faces; then it learns the source stem's image (--stem-steps, cheap: no dlib
-layer runs), then the source recognizer's entry activation and embedding (--entry-steps). Only the new
+stem's image on training faces; then it learns the source stem's image (--stem-steps; channels placed
+by the client's draw: neither the router nor any dlib layer runs, so a step is cheap), then the source
+recognizer's entry activation and embedding through the router, as deployed (--entry-steps). Only the new
 stem learns; faces are the config's training faces, augmented as in training, protected under the
 source's (demo) key. The checkpoint's config says the new width and depth, so every tool rebuilds it.
 Slim before re-keying: `ppfr-train rekey --from runs/dlib_ppfr_fd_slim/checkpoint.pt`.
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-images", type=int, default=1024, help="faces for the linear init (1024)")
     ap.add_argument("--max-images", type=int, default=None, help="training faces (default: all; tests)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/progress.pt")
+    ap.add_argument(
+        "--eval", default="all", help="evaluation sets for metrics.json: all (the config's), lfw, or none"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -99,7 +103,7 @@ def _stage_opts(augment: dict, args, target: str) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr if target == "stem" else args.lr / 4,
         "augment": augment,
-        "place": "router",
+        "place": "known" if target == "stem" else "router",
         "target": target,
         "fit_images": args.fit_images,
         "log_every": 25,
@@ -123,6 +127,7 @@ def _resume_state(args, progress: Path) -> dict | None:
 def _start(teacher, method, images, args, augment: dict, resume: dict | None):
     """(student, its new stem): fitted afresh, or as --resume left it."""
     c, s, _ = method.server_shape()
+    torch.manual_seed(args.seed)  # the residual blocks' initial weights
     stem = PixelStem(c, s, args.width, args.depth)
     if resume:
         stem.load_state_dict(resume["stem"])
@@ -159,6 +164,40 @@ def distill_stages(teacher, method, images, args, augment: dict, out: Path) -> t
     return student, reports
 
 
+def write_metrics(config: dict, method, recognizer, out: Path, args, seconds: float) -> None:
+    """OUT/metrics.json and roc.png as training writes them (trainer.write_results: export and
+    `python -m ppfr.train.release` read them), on the config's evaluation sets (--eval), the source's
+    figures beside them."""
+    from .data import load_eval_set
+    from .evaluate import format_row, plot_roc
+    from .keys import seal
+    from .trainer import evaluate_sets
+
+    specs = [s for s in config["data"].get("eval", []) if args.eval == "all" or s["name"] == args.eval]
+    if not specs:
+        return
+    t0, ec = time.time(), config["eval"]
+    sets = [load_eval_set(s, config["data"].get("cache")) for s in specs]
+    trained, scores = evaluate_sets(method, recognizer, sets, ec)
+    src = resolve(args.src).parent / "metrics.json"
+    source = json.loads(src.read_text()) if src.is_file() else {}
+    results = {}
+    for ps in sets:
+        print(format_row(f"{ps.name} slim", trained[ps.name]), flush=True)
+        before = (source.get("results", {}).get(ps.name) or {}).get("trained")
+        results[ps.name] = {"trained": trained[ps.name]} | ({"source": before} if before else {})
+    slim = {"from": str(args.src), "width": args.width, "depth": args.depth, "seconds": seconds}
+    metrics = {k: v for k, v in source.items() if k not in ("results", "history")}
+    metrics |= {"slim": slim, "eval_seconds": round(time.time() - t0, 1), "results": results}
+    metrics["config"] = seal(config, method)[0]  # a deployment key: its id only
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_roc(
+        {f"{k} slim": (v, s.same) for s, (k, v) in zip(sets, scores.items())},
+        out / "roc.png",
+        title=config["name"],
+    )
+
+
 def run(args) -> Path:
     from .model import save_checkpoint
 
@@ -186,6 +225,8 @@ def run(args) -> Path:
     (out / "slim.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "progress.pt").unlink(missing_ok=True)
     print(f"wrote {out / 'checkpoint.pt'} in {seconds:.0f} s", flush=True)
+    if args.eval != "none":
+        write_metrics(new_config, method, student, out, args, seconds)
     return out / "checkpoint.pt"
 
 

@@ -1,0 +1,128 @@
+"""A leaner pixel stem (issue 26, item 5): `ppfr-train slim` distils the shipped recognizer's stem into a
+narrower one (train/stem_distill.py); only the stem changes, the checkpoint rebuilds it from its config,
+and a resumed distillation replays the straight one."""
+
+import copy
+
+import pytest
+import torch
+from helpers import REPO, lfw_faces
+from ppfr.train.cli import main
+from ppfr.train.data import load_face_folder
+from ppfr.train.model import load_checkpoint
+from ppfr.train.slim_cli import fit_to_teacher
+from ppfr.train.stem_distill import distill
+from ppfr.train.student import PixelStem
+
+PRETRAINED = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    torch.set_num_threads(2)
+    config, method, recognizer, _ = load_checkpoint(PRETRAINED)
+    return config, method, recognizer.eval()
+
+
+@pytest.fixture(scope="module")
+def faces(shipped):
+    dc = shipped[0]["data"]
+    return load_face_folder(dc["train"], dc["labels_csv"], dc["overlap_json"], dc["cache"], 64).images
+
+
+def _slim(shipped, faces, width=16, depth=1):
+    config, method, teacher = shipped
+    torch.manual_seed(0)  # the residual blocks' initial weights
+    stem = PixelStem(34, 14, width, depth)
+    fit_to_teacher(stem, teacher, method, faces, {"seed": 0, "fit_images": 48, "place": "known"})
+    student = copy.deepcopy(teacher)
+    student.backbone.stem[0] = stem
+    return student, stem
+
+
+def _image_error(shipped, stem, faces) -> float:
+    """Relative MSE of the stem's image against the shipped stem's, held-out LFW faces."""
+    _, method, teacher = shipped
+    x = torch.from_numpy(faces)
+    rand = method.sample_random(len(x), torch.Generator().manual_seed(1))
+    placed = teacher.adapter.place_known(method(x, **rand), rand)
+    with torch.no_grad():
+        want = teacher.backbone.stem[0](placed)
+        return float((stem.eval()(placed) - want).pow(2).mean() / want.var())
+
+
+def test_linear_start_and_distillation_approach_the_shipped_stem(shipped, faces):
+    student, stem = _slim(shipped, faces)
+    held_out = lfw_faces(16)
+    fitted = _image_error(shipped, stem, held_out)
+    assert fitted < 0.5  # the least-squares linear map alone already gives most of the image
+    config, method, teacher = shipped
+    opts = {"steps": 12, "batch_size": 8, "lr": 3e-3, "place": "known", "target": "stem", "log_every": 100}
+    distill(teacher, method, student, method, faces, opts, stem.parameters(), log=lambda *a, **k: None)
+    assert _image_error(shipped, stem, held_out) < fitted
+
+
+def test_resumed_distillation_replays_the_straight_one(shipped, faces):
+    config, method, teacher = shipped
+    opts = {
+        "steps": 4,
+        "batch_size": 4,
+        "place": "known",
+        "target": "stem",
+        "augment": config["train"]["augment"],
+    }
+    quiet = {"log": lambda *a, **k: None}
+    straight, stem_a = _slim(shipped, faces)
+    distill(teacher, method, straight, method, faces, opts, stem_a.parameters(), **quiet)
+
+    halfway = {}
+    resumed, stem_b = _slim(shipped, faces)
+
+    def save(step, state):
+        if step == 2:
+            halfway.update(copy.deepcopy(state), step=step, stem=copy.deepcopy(stem_b.state_dict()))
+
+    distill(
+        teacher,
+        method,
+        resumed,
+        method,
+        faces,
+        dict(opts, save_every=2),
+        stem_b.parameters(),
+        save=save,
+        **quiet,
+    )
+    again, stem_c = _slim(shipped, faces)
+    stem_c.load_state_dict(halfway["stem"])
+    distill(teacher, method, again, method, faces, opts, stem_c.parameters(), resume=halfway, **quiet)
+    for k, v in stem_a.state_dict().items():
+        torch.testing.assert_close(stem_c.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_slim_command_changes_only_the_stem_and_its_config(shipped, tmp_path, capsys):
+    out = tmp_path / "slim"
+    argv = ["slim", "--width", "16", "--depth", "1", "--stem-steps", "2", "--entry-steps", "1"]
+    argv += ["--batch-size", "4", "--max-images", "32", "--fit-images", "32", "--eval", "none"]
+    assert main([*argv, "--threads", "2", "--out", str(out)]) == 0
+    assert "distill step 1/1 embed" in capsys.readouterr().out
+    config, method, slim, _ = load_checkpoint(out / "checkpoint.pt")
+    assert (config["model"]["width"], config["model"]["depth"]) == (16, 1)
+    stem = slim.backbone.stem[0]
+    assert isinstance(stem, PixelStem) and len(stem.context) == 3 + 1 + 1  # conv, BN, ReLU, 1 block, conv
+    source = shipped[2].state_dict()
+    kept = {k: v for k, v in slim.state_dict().items() if not k.startswith("backbone.stem.0.")}
+    assert kept.keys() == {k for k in source if not k.startswith("backbone.stem.0.")}
+    for k, v in kept.items():  # router, dlib front (BN statistics too: frozen parts run in eval) and trunk
+        assert torch.equal(v, source[k]), k
+    emb = slim.eval().embed(method(torch.from_numpy(lfw_faces(4)), **method.sample_random(4)))
+    assert emb.shape == (4, 128) and torch.isfinite(emb).all()
+    assert not (out / "progress.pt").exists()
+
+
+def test_slim_command_errors_are_one_line(tmp_path, capsys):
+    assert main(["slim", "--width", "0"]) == 2
+    assert main(["slim", "--resume", "--out", str(tmp_path / "none"), "--eval", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("ppfr-train slim: error:") == 2 and "Traceback" not in err
+    assert "--resume: no" in err
