@@ -4,9 +4,9 @@ A subject's score is the cosine to the mean of its templates (cloud/matrix.py), 
 score, impostors' too, so one threshold cannot hold the same false accept rate for subjects enrolled from
 one photo and from three. A bundle therefore carries the FAR point for subjects with 1, 2 and 3+
 templates (the manifest's `thresholds_by_templates`: ppfr-export on LFW through the exported graphs, or
-`ppfr-export calibrate` on the site's own photos), at a few false accept rates (`ppfr-cloud serve --far`
-picks one; default the FAR of the manifest's `threshold`); a bundle without them has its one `threshold`
-applied to every subject, as before.
+`ppfr-edge calibrate` on the site's own photos; both through ppfr.bundle.calibration), at a few false
+accept rates (`ppfr-cloud serve --far` picks one; default the FAR of the manifest's `threshold`); a bundle
+without them has its one `threshold` applied to every subject, as before.
 """
 
 import math
@@ -43,7 +43,8 @@ class Thresholds:
         have = sorted({e.threshold.false_accept_rate for e in manifest.thresholds_by_templates})
         raise ThresholdError(
             f"--far {far:g}: the bundle has thresholds at FAR {', '.join(f'{f:g}' for f in have) or 'none'}; "
-            f"`ppfr-export calibrate BUNDLE --photos DIR --far {far:g}` sets them"
+            f"`ppfr-edge calibrate BUNDLE --photos DIR --far {far:g}` sets them from the site's photos "
+            "(`ppfr-export calibrate` from aligned crops)"
         )
 
     def for_count(self, templates: int) -> float:

@@ -104,6 +104,7 @@ def log(message: str) -> None:
 def prepare(pipeline, root: Path, names: list[str], progress, desc: str) -> dict:
     """{name: aligned RGB crop} for the accepted photos, and per photo what happened."""
     import cv2
+    from ppfr.edge.calibrate import refusal_reason
     from ppfr.edge.errors import EdgeError
 
     crops, photos = {}, {}
@@ -112,25 +113,11 @@ def prepare(pipeline, root: Path, names: list[str], progress, desc: str) -> dict
         try:
             done = pipeline.prepare(root / name)
         except EdgeError as err:
-            photos[name] = {"accepted": False, "reason": _reason(str(err)), "error": str(err)}
+            photos[name] = {"accepted": False, "reason": refusal_reason(str(err)), "error": str(err)}
             continue
         crops[name] = cv2.cvtColor(done.face_bgr, cv2.COLOR_BGR2RGB)
         photos[name] = {"accepted": True, "faces_found": done.faces_found}
     return {"crops": crops, "photos": photos, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def _reason(message: str) -> str:
-    for key, reason in (
-        ("no face", "no face found"),
-        ("faces found", "several faces (--strict)"),
-        ("no such file", "missing file"),
-        ("not a readable image", "unreadable image"),
-        ("112x112", "not a 112x112 crop"),
-        ("degenerate landmarks", "cannot align (degenerate landmarks)"),
-    ):
-        if key in message:
-            return reason
-    return "other"
 
 
 # --- the server: enroll every A photo, verify every B photo --------------------------------------
