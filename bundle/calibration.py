@@ -35,8 +35,8 @@ class CalibrationError(ValueError):
 
 
 def people_of(folder) -> dict[str, list[Path]]:
-    """A site's photo folder: per person (sub-folder, sorted by name) its first PHOTOS image files (sorted
-    by name), all a calibration uses."""
+    """A site's photo folder: per person (sub-folder, sorted by name) its image files (sorted by name); a
+    calibration uses the first PHOTOS of them that give a face."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CalibrationError(f"--photos {folder}: not a folder (one sub-folder of photos per person)")
@@ -45,7 +45,7 @@ def people_of(folder) -> dict[str, list[Path]]:
         for person in sorted(folder.iterdir())
         if person.is_dir()
     }
-    return {name: photos[:PHOTOS] for name, photos in people.items() if photos}
+    return {name: photos for name, photos in people.items() if photos}
 
 
 def pooled_point(people: list[np.ndarray], enrolled: int, far: float, where: str = "the photos") -> dict:
@@ -57,7 +57,10 @@ def pooled_point(people: list[np.ndarray], enrolled: int, far: float, where: str
     subject. Needs at least 2 people with more than `enrolled` photos. "Match iff cosine >= threshold":
     at most a fraction `far` of the impostor attempts reach it."""
     if sum(len(p) > enrolled for p in people) < 2:
-        raise CalibrationError(f"{where}: fewer than 2 people with more than {enrolled} photo(s)")
+        raise CalibrationError(
+            f"{where}: fewer than 2 people with more than {enrolled} photo(s) of a face: the threshold for "
+            f"subjects with {enrolled} template(s) needs them (add people or photos)"
+        )
     means, probes, owner = [], [], []
     for person in people:
         first = enrolled if len(person) >= enrolled else 0  # a subject's templates, or none

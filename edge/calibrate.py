@@ -95,10 +95,12 @@ class Progress:
 
 
 def embed_person(pipeline: Pipeline, photos: list[Path], draws: int, skipped: dict, progress) -> np.ndarray:
-    """One person's accepted photos through the edge: [photos, draws, D] embeddings. A refused photo is
-    counted in `skipped` (reason -> [paths]) and left out."""
+    """One person's first PHOTOS accepted photos through the edge: [photos, draws, D] embeddings. A refused
+    photo is counted in `skipped` (reason -> [paths]) and left out; the next one takes its place."""
     crops = []
     for path in photos:
+        if len(crops) == calibration.PHOTOS:
+            break
         try:
             crops.append(cv2.cvtColor(pipeline.prepare(path).face_bgr, cv2.COLOR_BGR2RGB))
         except ImageError as err:
@@ -121,7 +123,8 @@ def embed_site(args, people: dict[str, list[Path]]) -> tuple[list[np.ndarray], d
         args.bundle, aligned=args.aligned, detector=args.detector, score_threshold=args.min_score
     )
     started, skipped = time.perf_counter(), {}
-    progress = Progress(sum(map(len, people.values())), not args.no_progress)
+    looked_at = sum(min(len(p), calibration.PHOTOS) for p in people.values())  # more where one is refused
+    progress = Progress(looked_at, not args.no_progress)
     try:
         embs = [embed_person(pipeline, photos, args.draws, skipped, progress) for photos in people.values()]
     finally:
@@ -129,29 +132,31 @@ def embed_site(args, people: dict[str, list[Path]]) -> tuple[list[np.ndarray], d
     return embs, skipped, time.perf_counter() - started
 
 
-def report_skipped(skipped: dict, total: int) -> None:
+def report_skipped(skipped: dict, used: int) -> None:
+    """One line: how many photos the edge refused, why, and one of them."""
     if not skipped:
         return
     count = sum(map(len, skipped.values()))
     parts = ", ".join(f"{len(paths)} {reason}" for reason, paths in sorted(skipped.items()))
-    print(f"{PROG}: skipped {count} of {total} photos ({parts}), e.g. {next(iter(skipped.values()))[0]}")
+    example = next(iter(skipped.values()))[0]
+    print(f"{PROG}: skipped {count} of {count + used} photos ({parts}), e.g. {example}")
 
 
 def run(args) -> int:
     calibration.check_far(args.far)
     people = calibration.people_of(args.photos)
-    total = sum(map(len, people.values()))
     embs, skipped, seconds = embed_site(args, people)
-    report_skipped(skipped, total)
+    used = sum(map(len, embs))
+    report_skipped(skipped, used)
     kind = "aligned crops" if args.aligned else "raw photos through the edge's detection and alignment"
     where = f"site photos {args.photos} ({kind})"
     found = calibration.entries(embs, [args.far], where)
     calibration.print_entries(found)
     manifest = calibration.write(args.bundle, found, args.enrolled_photos, where)
     print(
-        f"wrote threshold {manifest.threshold.cosine:.4f} (subjects with {args.enrolled_photos} photos; "
-        f"{total - sum(map(len, skipped.values()))} photos of {len(people)} people, {seconds:.0f} s) and "
-        f"the 1/2/3+ template thresholds to {args.bundle}/manifest.json: restart ppfr-cloud serve to apply"
+        f"wrote threshold {manifest.threshold.cosine:.4f} (subjects enrolled from {args.enrolled_photos} "
+        f"photos) and the 1/2/3+ template thresholds to {args.bundle}/manifest.json ({used} faces of "
+        f"{len(people)} people, {args.draws} draws each, {seconds:.0f} s): restart ppfr-cloud serve to apply"
     )
     return 0
 

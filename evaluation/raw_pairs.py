@@ -198,12 +198,25 @@ def _settings(edge: dict) -> str:
     return "edge settings: " + (" ".join(changed) if changed else "default")
 
 
+def _in_force(summary: dict) -> str:
+    """The server's thresholds by template count: each subject here has one template (one photo)."""
+    by_count = summary.get("server_thresholds_by_templates") or [summary["server_threshold"]]
+    shown = ", ".join(
+        f"{i + 1}{'+' if i == len(by_count) - 1 else ''}: {t:.4f}" for i, t in enumerate(by_count)
+    )
+    return (
+        f"the server's thresholds by template count at FAR {summary['server_far']:g}: {shown} (every subject "
+        f"here is enrolled from one photo: {by_count[0]:.4f} decides)"
+    )
+
+
 def render(summary: dict) -> str:
     raw, aligned = summary["raw"], summary["aligned"]
     photos = summary["photos_raw"]
     lines = [
         f"bundle {summary['bundle']} (method {summary['method']}), threshold {summary['threshold']:.4f} "
         f"cosine, calibrated at FAR {summary['threshold_far']:g} on {summary['threshold_set']}",
+        _in_force(summary),
         f"pairs: {raw['pairs']} ({raw['genuine']} genuine, {raw['impostor']} impostor) "
         f"of {summary['pairs_file']}",
         f"raw photos through detection + alignment ({_settings(summary['edge_settings'])}): "
@@ -264,7 +277,8 @@ def server_side(args, frontend, prepared: dict, pairs: list[Pair], progress):
     from ppfr.edge.errors import ServerError
 
     work = Path(args.out).parent / "work"
-    server = LocalServer(args.bundle, workdir=work, extra_args=["--max-delay-ms", "1.0"])
+    far = ["--far", f"{args.far:g}"] if args.far is not None else []  # default: the manifest's FAR
+    server = LocalServer(args.bundle, workdir=work, extra_args=["--max-delay-ms", "1.0", *far])
     log(f"starting the server: {' '.join(server.command())}")
     try:
         with server:
@@ -319,6 +333,8 @@ def check(args) -> dict:
         "threshold": float(manifest.threshold.cosine),
         "server_threshold": float(info.threshold),
         "threshold_far": float(manifest.threshold.false_accept_rate),
+        "server_far": float(info.false_accept_rate),
+        "server_thresholds_by_templates": [float(t) for t in info.thresholds_by_templates],
         "threshold_set": manifest.threshold.evaluation_set or "its evaluation set",
         "pairs_file": str(pairs_file),
         "edge_settings": {"strict": args.strict, "min_score": args.min_score, "detector": str(args.detector)},
@@ -361,6 +377,12 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=4, help="concurrent gRPC calls (default 4)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--far",
+        type=float,
+        help="serve at this false accept rate (ppfr-cloud serve --far; the bundle needs thresholds at it; "
+        "default: the manifest's)",
+    )
     g = p.add_argument_group("edge settings (defaults: the edge's)")
     g.add_argument(
         "--strict", action="store_true", help="refuse photos with several faces (ppfr-edge --strict)"

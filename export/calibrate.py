@@ -27,7 +27,7 @@ def calibrate(bundle_dir, photos, far: float, draws: int = 3, threads: int = 0) 
     bundle = Bundle(bundle_dir, threads)
     embs = []
     for crops in calibration.people_of(photos).values():
-        faces = data.read_faces(crops)
+        faces = data.read_faces(crops[: calibration.PHOTOS])
         embs.append(np.stack([bundle.embed(bundle.protect(faces)) for _ in range(draws)], 1))
     return calibration.entries(embs, [far], f"site photos {photos}")
 
