@@ -34,6 +34,7 @@ def _site(folder, people=SITE_PEOPLE, photos: int = 4):
     return folder
 
 
+@pytest.mark.slow  # about 20 s: 27 raw photos detected and embedded twice, a real server
 def test_edge_calibrate_sets_thresholds_from_raw_photos_and_the_server_reports_them(
     small_bundle, tmp_path, capsys
 ):
