@@ -6,6 +6,8 @@ request carries the edge's ciphertext (sealed edge) or the protected face, embed
 (no match flag, no failed-attempt lock-out: it never learns a decision). An unknown subject is answered
 with an encrypted 0, a non-match, as in plain mode. Identify's answer names every subject of the gallery
 (the slots), so only admin keys may call it. Bad ciphertexts are INVALID_ARGUMENT with one line.
+DeleteSubject, DeleteTemplate, ListSubjects and the counts are the plain service's own RPCs over the sealed
+store (`self.store`), which writes the same audit log.
 """
 
 import grpc
