@@ -15,6 +15,7 @@ import torch
 from google.protobuf import struct_pb2
 from ppfr import data as shared_data
 from ppfr.bundle import data_type, session, write_manifest
+from ppfr.bundle.calibration import threshold_message
 from ppfr.protos import manifest_pb2, tensor_pb2
 from ppfr.train import keys
 
@@ -180,7 +181,7 @@ def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolle
         return threshold, None, threshold
     embed = evaluation.Memo(_graph_embedder(front, recog, method, seed))
     by_templates = None
-    if per_count:  # before the pairs: the 3-template entry then draws exactly as a lone pooled(3) did
+    if per_count:
         by_templates = evaluation.by_template_count(root, embed, eval_pairs, evaluation.FARS)
     pairs = threshold or evaluation.recompute(root, embed, eval_pairs)
     counts = {e["templates"]: e for e in by_templates or [] if e["far"] == evaluation.FAR}
@@ -242,7 +243,7 @@ def _manifest(config, method, recognizer, out: Path, files: dict, dtype: str, th
         protected_tensor=_spec(PROTECTED, (-1, c, h, w), dtype),
         embedding=_spec(EMBEDDING, (-1, emb_size), "float32"),
         embedding_size=emb_size,
-        threshold=threshold_pb(threshold),
+        threshold=threshold_message(threshold),
         payload=manifest_pb2.PayloadSize(
             float16_bytes=method.payload_bytes("float16"),
             float32_bytes=method.payload_bytes("float32"),
@@ -260,22 +261,10 @@ def bundle_name(run: str, method) -> str:
     return run if key is None or key == keys.DEMO_KEY else f"{run}-key{keys.key_id(key)[:8]}"
 
 
-def threshold_pb(entry: dict) -> manifest_pb2.VerificationThreshold:
-    """A threshold entry (export/evaluation.py) as the manifest's message."""
-    return manifest_pb2.VerificationThreshold(
-        cosine=entry["cosine"],
-        false_accept_rate=entry["far"],
-        evaluation_set=entry["set"],
-        num_pairs=entry["num_pairs"],
-        accuracy=entry["accuracy"],
-        true_accept_rate=entry["tar"],
-    )
-
-
 def _record(manifest, out: Path, files: dict, by_templates: list | None) -> None:
     """The per-template-count thresholds and the detector file, in the manifest."""
     for e in by_templates or []:
-        manifest.thresholds_by_templates.add(templates=e["templates"], threshold=threshold_pb(e))
+        manifest.thresholds_by_templates.add(templates=e["templates"], threshold=threshold_message(e))
     if DETECTOR in files:
         manifest.detector.CopyFrom(_model_file(out / DETECTOR, files[DETECTOR]))
 

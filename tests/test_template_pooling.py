@@ -7,7 +7,6 @@ import pytest
 from helpers import DATA
 from ppfr.bench.cli import main as bench_main
 from ppfr.cloud.matrix import TemplateMatrix
-from ppfr.data import read_faces
 from ppfr.evaluation.pooling import RULES
 
 PEOPLE = ["Abdullah_Gul", "Adrien_Brody", "Al_Sharpton", "Alvaro_Uribe", "Amelie_Mauresmo"]
@@ -56,34 +55,6 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys, small_bundle):
 
 
 @pytest.mark.slow
-def test_export_calibrates_the_threshold_for_pooled_subjects():
-    """ppfr-export --enrolled-photos K: the threshold is the FAR 1e-3 point of attempts against subjects
-    enrolled from K real LFW photos, scored by the server's rule (checked here with the bench's `pooled`)."""
-    from ppfr.export import evaluation
-
-    def embed(faces):  # a crude but real descriptor: the face at 8x8, centred and normalised
-        x = faces.reshape(len(faces), 8, 14, 8, 14, 3).mean((2, 4)).reshape(len(faces), -1)
-        x = x - x.mean(1, keepdims=True)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    entry = evaluation.pooled(DATA, embed, 3, base={"accuracy": 0.5}, max_people=6)
-    lfw = DATA / "lfw" / "aligned112"
-    people = [d for d in sorted(lfw.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) > 3][:6]
-    crops = [sorted(d.glob("*.jpg"))[:5] for d in people]
-    emb = [embed(read_faces(c)) for c in crops]
-    genuine = np.concatenate([RULES["pooled"](e[:3], e[3:]) for e in emb])
-    impostor = np.concatenate(
-        [
-            RULES["pooled"](e[:3], np.concatenate([o[3:] for j, o in enumerate(emb) if j != i]))
-            for i, e in enumerate(emb)
-        ]
-    )
-    assert entry["num_pairs"] == genuine.size + impostor.size and entry["far"] == 1e-3
-    assert entry["cosine"] == pytest.approx(np.quantile(impostor, 1 - 1e-3), abs=1e-9)
-    assert entry["tar"] == pytest.approx(np.mean(genuine >= entry["cosine"]))
-    assert entry["accuracy"] == 0.5 and "enrolled from 3 photos" in entry["set"]
-
-
 def test_export_rejects_a_bad_enrolled_count(capsys):
     from ppfr.export.cli import main as export_main
 
