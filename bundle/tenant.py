@@ -277,7 +277,8 @@ class PackedBlock:
         self.diags = [None] * DIM  # level-1 ciphertexts, None while no template contributes
 
     def put(self, slot: int, template, remove: bool = False) -> None:
-        """Adds (or subtracts, to remove) the level-0 replicated template ciphertext at `slot`."""
+        """Adds (or subtracts, to remove) the level-0 replicated template ciphertext at `slot`. Removing a
+        diagonal's last contribution leaves it empty (None) again, as a fresh block's."""
         t = self.t
         if template.parms_id() != t.levels[0]:
             raise SealedError("a packed template must be a level-0 ciphertext")
@@ -294,9 +295,19 @@ class PackedBlock:
                         t.evaluator.negate_inplace(part)
                     self.diags[k] = part
                 elif remove:
-                    t.evaluator.sub_inplace(self.diags[k], part)
+                    self._subtract(k, part)
                 else:
                     t.evaluator.add_inplace(self.diags[k], part)
+
+    def _subtract(self, k: int, part) -> None:
+        # Subtracting the only contribution left gives exact zeros, which SEAL refuses ("result ciphertext
+        # is transparent", a RuntimeError): the diagonal is then empty, exactly as before it was put.
+        try:
+            self.t.evaluator.sub_inplace(self.diags[k], part)
+        except RuntimeError as err:
+            if "transparent" not in str(err):
+                raise
+            self.diags[k] = None
 
     def scores(self, babies, plain: bool):
         """Encrypted scores of all SLOTS templates (slot s = template s) for a query given as its baby
