@@ -88,7 +88,7 @@ def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
     key, path = _secret(tmp_path)
     out = tmp_path / "rekeyed"
     argv = ["rekey", "--key-file", path, "--out", out, "--steps", "2", "--fit-images", "32", "--threads", "2"]
-    argv += ["--views", "1", "--max-images", "64"]
+    argv += ["--read-steps", "2", "--views", "1", "--max-images", "64"]
     run = _cli(*argv)
     assert run.returncode == 0, run.stderr.decode()
     assert keys.key_id(key) in run.stdout.decode()
@@ -197,3 +197,24 @@ def test_router_is_permutation_equivariant():
     want = router.logits.gather(1, perm[:, :, None].expand(-1, -1, 34))
     router(x.gather(1, perm[:, :, None, None].expand(-1, -1, 14, 14)))
     torch.testing.assert_close(router.logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_router_adaptation_trains_the_reader_too():
+    """adapt_router's two stages: comparison layers on tokens read once, then the per-map reader as well;
+    the shipped router's placement under a fresh key rises from chance on the faces it learns from."""
+    from ppfr.train.rekey import adapt_router, placed, router_inputs
+
+    torch.manual_seed(0)
+    faces, method, router = lfw_faces(16), build_method("ppfr_fd", key=os.urandom(32)), _shipped_router()
+    opts = {"seed": 0, "augment": {}, "views": 1, "batch_size": 8, "weight_decay": 0.0, "log_every": 100}
+    opts |= {"router": "compare", "lr": 3e-3, "steps": 30, "read_steps": 10, "read_lr": 1e-3}
+    opts["read_lr_mult"] = 0.3
+    maps, corr = router_inputs(router, method, faces, 1, opts)
+    before, read = placed(router, maps, corr), [p.clone() for p in router.read.parameters()]
+    adapt_router(router, method, faces, opts, log=lambda *a, **k: None)
+    assert placed(router, maps, corr) > max(0.2, 3 * before)
+    assert all(not torch.equal(a, b) for a, b in zip(read, router.read.parameters()))
+
+
+def _shipped_router():
+    return load_checkpoint(PRETRAINED)[2].adapter

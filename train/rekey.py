@@ -2,9 +2,10 @@
 
 A new key changes Shuffle1, so the 34 mixed channels M_j = (E_a + E_b) / 2 the client sends pair other
 DCT frequencies, in another chain order. Two parts of the server read that:
-- the chain router learned to tell the training key's mixes apart: its comparison layers and classifier
-  learn again, cross-entropy against the chain positions (no teacher, no identity labels), on per-map
-  tokens read once per face view by its frozen CNN (`router_inputs` says why the chain order suffices);
+- the chain router learned to tell the training key's mixes apart: it learns again, cross-entropy against
+  the chain positions (no teacher, no identity labels), on chain-order protected maps computed once per
+  face view (`router_inputs` says why the chain order suffices): first its comparison layers and
+  classifier on the maps as its per-map CNN reads them (read once), then all of it, that CNN included;
 - the pixel stem reads the training key's mixes: a 34 x 34 linear translation, new-key chain order ->
   training-key chain order, fitted by least squares on the same training faces protected under both
   keys, is folded into the stem's first layers (`fold_translation`), so the architecture, the config
@@ -81,14 +82,14 @@ def pixel_stem(recognizer: Recognizer) -> PixelStem:
 
 @torch.no_grad()
 def router_inputs(router, method, images: np.ndarray, views: int, opts: dict) -> tuple:
-    """(tokens [N*views, C, dim], correlations [N*views, C, C]) of the faces in chain order, read once.
+    """(maps [N*views, C, H, W] float16, correlations [N*views, C, C]) of the faces in chain order.
 
     The router is permutation-equivariant (each map read on its own, attention without positions,
     correlations permuted with the channels) and a Shuffle2 draw only permutes channels (the second
     self-normalisation is across channels): so training on the chain order with targets 0..C-1 is
-    training on every draw, and the per-map reading, kept frozen, is computed once per face view.
+    training on every draw, and the protected maps are computed once per face view.
     View 0 is the face as it is; the others are flipped and augmented (train.augment)."""
-    tokens, corr, chunk = [], [], 64
+    maps, corr, chunk = [], [], 64
     for v in range(views):
         gen = torch.Generator().manual_seed(opts["seed"] * 7919 + v)
         for i in range(0, len(images), chunk):
@@ -96,47 +97,58 @@ def router_inputs(router, method, images: np.ndarray, views: int, opts: dict) ->
             if v:
                 faces = augment(faces.flip(2) if v % 2 else faces, gen, opts["augment"])
             x = chain_order(method, faces)
-            tokens.append(router.tokens(x))
+            maps.append(x.half())
             corr.append(router.correlation(x))
-    return torch.cat(tokens), torch.cat(corr)
+    return torch.cat(maps), torch.cat(corr)
 
 
-def placed(router, tokens: torch.Tensor, corr: torch.Tensor, chunk: int = 256) -> float:
-    """The fraction of channels whose most likely chain position is their own."""
+@torch.no_grad()
+def read_all(router, maps: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """[N, C, dim]: every map read by the router's per-map CNN as it is now (its tokens)."""
+    return torch.cat([router.tokens(maps[i : i + chunk].float()) for i in range(0, len(maps), chunk)])
+
+
+def placed(router, maps: torch.Tensor, corr: torch.Tensor, chunk: int = 256) -> float:
+    """The fraction of chain-order channels whose most likely chain position is their own."""
+    hits = 0.0
     with torch.no_grad():
-        hits = [
-            (
-                router.chain_logits(tokens[i : i + chunk], corr[i : i + chunk]).argmax(2)
-                == torch.arange(tokens.shape[1])
-            )
-            .float()
-            .mean()
-            * len(tokens[i : i + chunk])
-            for i in range(0, len(tokens), chunk)
-        ]
-    return float(sum(hits) / len(tokens))
+        for i in range(0, len(maps), chunk):
+            logits = router.chain_logits(router.tokens(maps[i : i + chunk].float()), corr[i : i + chunk])
+            hits += (logits.argmax(2) == torch.arange(maps.shape[1])).float().sum().item()
+    return hits / (len(maps) * maps.shape[1])
 
 
-def train_router(router, tokens: torch.Tensor, corr: torch.Tensor, opts: dict, log=print) -> dict:
-    """The router's comparison layers and classifier (opts['router']: 'compare', or 'classify' alone)
-    on precomputed per-map tokens (router_inputs), cross-entropy against the chain positions, steps
-    opts['steps']. Returns the last running loss and placement."""
-    steps, batch, n = opts["steps"], opts["batch_size"], tokens.shape[1]
-    parts = [router.classify] + ([router.compare] if opts["router"] == "compare" else [])
+def _optimizer(router, parts: dict, steps: int, opts: dict):
+    """AdamW with a one-cycle rate over the router's `parts` ({name: learning rate}); the rest frozen."""
     router.requires_grad_(False)
-    params = [p for m in parts for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    router.train()
-    opt = torch.optim.AdamW(params, lr=opts["lr"], weight_decay=opts["weight_decay"])
+    groups = []
+    for name, lr in parts.items():
+        params = list(getattr(router, name).parameters())
+        for p in params:
+            p.requires_grad_(True)
+        groups.append({"params": params, "lr": lr})
+    opt = torch.optim.AdamW(groups, weight_decay=opts["weight_decay"])
+    # 10% warm-up; a short run's (tests) gets 30%, since a warm-up of exactly one step divides by zero
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=opts["lr"], total_steps=max(steps, 1), pct_start=0.1
+        opt, max_lr=list(parts.values()), total_steps=max(steps, 1), pct_start=0.1 if steps >= 20 else 0.3
     )
+    return opt, sched
+
+
+def train_router(router, inputs: tuple, parts: dict, steps: int, opts: dict, log=print) -> dict:
+    """`steps` steps of the router's `parts` ({name: peak learning rate}), cross-entropy against the chain
+    positions. inputs: (maps, correlations) when the per-map reader `read` learns, which then reads every
+    step; else (tokens, correlations), read once (read_all). Returns the last running loss and placement."""
+    data, corr = inputs
+    batch, n, reads = opts["batch_size"], data.shape[1], "read" in parts
+    opt, sched = _optimizer(router, parts, steps, opts)
+    router.train()
     target = torch.arange(n).repeat(batch)
-    avg, t0, gen = {}, time.time(), torch.Generator().manual_seed(opts["seed"])
+    avg, t0, gen = {}, time.time(), torch.Generator().manual_seed(opts["seed"] + reads)
     for step in range(steps):
-        idx = torch.randint(0, len(tokens), (batch,), generator=gen)
-        logits = router.chain_logits(tokens[idx], corr[idx])
+        idx = torch.randint(0, len(data), (batch,), generator=gen)
+        tokens = router.tokens(data[idx].float()) if reads else data[idx]
+        logits = router.chain_logits(tokens, corr[idx])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,17 +159,35 @@ def train_router(router, tokens: torch.Tensor, corr: torch.Tensor, opts: dict, l
             avg[k] = 0.9 * avg.get(k, v) + 0.1 * v
         if (step + 1) % opts["log_every"] == 0 or step + 1 == steps:
             log(
-                f"router step {step + 1}/{steps} route {avg['route']:.3f} placed {100 * avg['placed']:.1f}% "
-                f"({(time.time() - t0) / (step + 1):.2f} s/step)",
+                f"router ({'+'.join(parts)}) step {step + 1}/{steps} route {avg['route']:.3f} "
+                f"placed {100 * avg['placed']:.1f}% ({(time.time() - t0) / (step + 1):.2f} s/step)",
                 flush=True,
             )
     router.eval()
     return avg
 
 
+def adapt_router(router, method_new, images: np.ndarray, opts: dict, log=print) -> dict:
+    """Two stages on the same chain-order maps: the comparison layers and classifier on tokens read once
+    (opts['steps'], cheap), then the whole router, its per-map reader included (opts['read_steps'],
+    each step reads its batch again; the reader at opts['read_lr_mult'] of the rate)."""
+    t0 = time.time()
+    maps, corr = router_inputs(router, method_new, images, opts["views"], opts)
+    log(f"router inputs: {len(maps)} face views ({time.time() - t0:.0f}s)", flush=True)
+    parts = {"classify": opts["lr"]} | ({"compare": opts["lr"]} if opts["router"] == "compare" else {})
+    last = {}
+    if opts["steps"]:
+        last = train_router(router, (read_all(router, maps), corr), parts, opts["steps"], opts, log)
+    if opts["read_steps"]:
+        lr = opts["read_lr"]
+        parts = {"read": lr * opts["read_lr_mult"]} | {k: lr for k in parts}
+        last = train_router(router, (maps, corr), parts, opts["read_steps"], opts, log)
+    return last
+
+
 def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, opts: dict, log=print) -> dict:
     """Adapts `recognizer` (trained under method_old's key) to method_new's key in place: the stem's
-    input translation (least squares on opts['fit_images'] faces), then opts['steps'] router steps."""
+    input translation (least squares on opts['fit_images'] faces), then the router (adapt_router)."""
     t0 = time.time()
     recognizer.eval()
     pick = np.random.default_rng(opts["seed"]).choice(
@@ -174,11 +204,8 @@ def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, op
         f"stem input translation: least squares on {len(faces)} faces, R^2 {r2:.4f} ({time.time() - t0:.0f}s)"
     )
     recognizer.requires_grad_(False)
-    t1 = time.time()
-    router = recognizer.adapter
-    tokens, corr = router_inputs(router, method_new, images, opts["views"], opts)
-    log(f"router inputs: {len(tokens)} face views read ({time.time() - t1:.0f}s)", flush=True)
-    last = train_router(router, tokens, corr, opts, log)
+    last = adapt_router(recognizer.adapter, method_new, images, opts, log)
+    recognizer.requires_grad_(False)
     recognizer.eval()
     return {"translation_r2": float(r2), "router": last, "seconds": round(time.time() - t0, 1)}
 

@@ -23,7 +23,8 @@ from .config import ConfigError
 from .data import DataError, load_face_folder, resolve
 
 DEFAULT_FROM = "pretrained/dlib_ppfr_fd/checkpoint.pt"
-STEPS = 400
+STEPS = 800  # comparison layers and classifier, on tokens read once
+READ_STEPS = 200  # then the whole router, its per-map reader included
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     _key_arg(ap)
     ap.add_argument("--from", dest="src", default=DEFAULT_FROM, help=f"checkpoint to adapt ({DEFAULT_FROM})")
     ap.add_argument("--out", default=None, help="output folder (default runs/<source folder>_rekeyed)")
-    ap.add_argument("--steps", type=int, default=STEPS, help=f"router training steps ({STEPS})")
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"router steps, per-map reader frozen ({STEPS})")
+    ap.add_argument(
+        "--read-steps", type=int, default=READ_STEPS, help=f"then router steps, reader too ({READ_STEPS})"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--read-lr", type=float, default=1e-3, help="peak rate of the second stage (1e-3)")
+    ap.add_argument("--read-lr-mult", type=float, default=0.3, help="the reader's share of it (0.3)")
     ap.add_argument(
         "--router",
         choices=("compare", "classify"),
@@ -77,6 +83,9 @@ def run(args, key: keys.MethodKey) -> Path:
         "seed": args.seed,
         "fit_images": args.fit_images,
         "steps": args.steps,
+        "read_steps": args.read_steps,
+        "read_lr": args.read_lr,
+        "read_lr_mult": args.read_lr_mult,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "weight_decay": 5e-4,
@@ -86,12 +95,17 @@ def run(args, key: keys.MethodKey) -> Path:
         "views": args.views,
     }
     print(
-        f"ppfr-train rekey: {args.src}, {len(faces.labels)} training faces, {args.steps} router steps",
+        f"ppfr-train rekey: {args.src}, {len(faces.labels)} training faces, "
+        f"{args.steps} + {args.read_steps} router steps",
         flush=True,
     )
     report = adapt(method, new_method, recognizer, faces.images, opts)
     out = Path(args.out) if args.out else default_out(args.src)
-    state = {"step": args.steps, "rekeyed_from": str(args.src), "train_seconds": report["seconds"]}
+    state = {
+        "step": args.steps + args.read_steps,
+        "rekeyed_from": str(args.src),
+        "train_seconds": report["seconds"],
+    }
     save_checkpoint(out / "checkpoint.pt", new_config, new_method, recognizer, state=state)
     report |= {
         "cpu_seconds": round(time.process_time(), 1),  # all threads: wall time depends on the machine's load
