@@ -7,9 +7,10 @@
 
 SQLite: backup and restore use SQLite's online backup API (a live gallery copies consistently, its WAL
 included; a plain `cp` does not), the key file `<db>.keys` travelling beside it. PostgreSQL: pg_dump /
-pg_restore of the ppfr_* tables (custom format; the password, if any, passed through the environment,
-never argv). rotate-template-key turns every stored template t into Q_new Q_old^T t in one transaction
-(cloud/template_key.py): no photos needed; stop every server first and start them with the new secret.
+pg_restore of the ppfr_* tables and a sealed gallery's sealed_* ones (custom format, mode 0600; the
+password, if any, passed through the environment, never argv). rotate-template-key turns every stored
+template t into Q_new Q_old^T t in one transaction (cloud/template_key.py): no photos needed; stop every
+server first and start them with the new secret.
 """
 
 import os
@@ -24,7 +25,7 @@ from ppfr.cloud.auth import create_private_file
 from ppfr.cloud.gallery import GalleryError, db_arg, is_url, open_sqlite, subject_hash
 from ppfr.cloud.template_key import TemplateKeyError, load_secret
 
-PG_TABLES = "ppfr_*"
+PG_TABLES = ("ppfr_*", "sealed_*")  # the plain gallery's (keys, audit too) and a sealed gallery's own
 
 
 def add_data_commands(commands) -> None:
@@ -47,7 +48,9 @@ def add_data_commands(commands) -> None:
 # --- backup / restore ----------------------------------------------------------------------------------
 def backup(args) -> int:
     if is_url(args.db):
-        _pg_tool("pg_dump", ["--format=custom", f"--table={PG_TABLES}", "--file", str(args.out)], args.db)
+        tables = [f"--table={pattern}" for pattern in PG_TABLES]
+        create_private_file(args.out)  # pg_dump keeps the mode of the file it writes into: 0600
+        _pg_tool("pg_dump", ["--format=custom", *tables, "--file", str(args.out)], args.db)
     else:
         _copy_gallery_file(Path(args.db), Path(args.out))
     print(f"backed up {args.db if not is_url(args.db) else 'the PostgreSQL gallery'} to {args.out}")
