@@ -58,13 +58,18 @@ rekey: $(SETUP)
 
 # Exports every trained run (runs/*/checkpoint.pt -> artifacts/<run>), parity-checks every config in
 # EXPORT_CONFIGS without a run (default: the small configs, one per method; EXPORT_CONFIGS=configs for
-# all, the paper ones are slow on CPU), prints payload bytes and parity per method. Needs runs/$(RUN).
+# all, the paper ones are slow on CPU), prints payload bytes and parity per method. Without runs/$(RUN)
+# (a fresh clone) it exports the shipped default pretrained/$(RUN) to artifacts/$(RUN), as `make demo` does.
 # PPFR-FD's method key: the public demo key unless PPFR_METHOD_KEY is set or EXPORT_KEY says otherwise
 # (EXPORT_KEY="--key-file method.key"); see docs/privacy.md, "Keys and renewable templates".
 EXPORT_CONFIGS ?= $(wildcard configs/small_*.yaml)
 EXPORT_KEY ?= $(if $(PPFR_METHOD_KEY),,--demo-key)
 export: $(SETUP)
-	@test -f runs/$(RUN)/checkpoint.pt || { echo "no runs/$(RUN)/checkpoint.pt: run make train first" >&2; exit 2; }
+	@if [ ! -f runs/$(RUN)/checkpoint.pt ]; then \
+	  test -f pretrained/$(RUN)/checkpoint.pt || { echo "no runs/$(RUN)/checkpoint.pt: run make train first" >&2; exit 2; }; \
+	  echo "no runs/$(RUN): exporting the shipped default pretrained/$(RUN) (make train trains your own)"; \
+	  $(VENV)/bin/ppfr-export --checkpoint pretrained/$(RUN)/checkpoint.pt --out artifacts/$(RUN) $(EXPORT_KEY) $(EXPORT_ARGS); \
+	fi
 	$(VENV)/bin/ppfr-export --all --runs runs --out artifacts --configs $(EXPORT_CONFIGS) $(EXPORT_KEY) $(EXPORT_ARGS)
 
 serve: $(SETUP)
