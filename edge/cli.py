@@ -4,6 +4,7 @@
     ppfr-edge --server HOST:PORT --bundle artifacts/NAME verify --id ID IMAGE...
     ppfr-edge --server HOST:PORT --bundle artifacts/NAME identify [--top K] IMAGE...
     ppfr-edge --bundle artifacts/NAME protect [--out DIR] IMAGE...
+    ppfr-edge calibrate artifacts/NAME --photos DIR [--far 1e-3]    thresholds from the site's photos
 
 A photo with several faces uses the most prominent one (size x detection score x nearness to the centre)
 and warns; --strict refuses it instead.
@@ -30,6 +31,7 @@ from .pipeline import Pipeline
 from .preview import preview
 
 NEEDS_SERVER = ("enroll", "verify", "identify", "info", "delete")
+CALIBRATE = "calibrate"
 
 
 def _common(parser: argparse.ArgumentParser, default) -> None:
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for tenant.secret (0600) + tenant.public")
     p = command("delete", "remove a subject and all its templates", images=False)
     p.add_argument("--id", required=True, help="subject id")
+    # Listed here for `ppfr-edge --help`; its own options (and --help) are ppfr.edge.calibrate's.
+    sub.add_parser(CALIBRATE, add_help=False, help="set a bundle's thresholds from the site's own photos")
     return parser
 
 
@@ -267,8 +271,24 @@ def _one(
         _request(args, client, subject_id, face, item)
 
 
+def _parse(argv: list[str]):
+    """The arguments; for `calibrate`, those after the command too (ppfr.edge.calibrate parses them)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != CALIBRATE and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == CALIBRATE and argv[0] != CALIBRATE:
+        parser.error("calibrate takes its own options, after it: ppfr-edge calibrate BUNDLE --photos DIR")
+    return args, rest
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = _parse(argv)
+    if args.command == CALIBRATE:
+        from .calibrate import main as calibrate  # cv2 and the calibration math only where used
+
+        return calibrate(rest)
     report = Report(args.command, as_json=args.json)
     try:
         _process(args, report)
