@@ -115,24 +115,19 @@ def test_unkeyed_methods_need_no_key(tmp_path):
     assert cli._method_key([(path, tmp_path / "out")], Args) is None
 
 
+def _quick_export(run, out, *key) -> list[str]:
+    """ppfr-export's arguments for `run` under `key`: 20 LFW pairs, the untrained run's collapse accepted."""
+    return [
+        *("--checkpoint", str(run), "--out", str(out), *key),
+        *("--eval-pairs", "20", "--enrolled-photos", "1", "--accept-degraded"),
+    ]
+
+
 @pytest.mark.slow
 def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
     key, path = _secret(tmp_path)
     out = tmp_path / "bundle"
-    args = [
-        "--checkpoint",
-        str(run),
-        "--out",
-        str(out),
-        "--key-file",
-        str(path),
-        "--eval-pairs",
-        "20",
-        "--enrolled-photos",
-        "1",
-        "--accept-degraded",  # untrained
-    ]
-    assert cli.main(args) == 0
+    assert cli.main(_quick_export(run, out, "--key-file", str(path))) == 0
     printed = capsys.readouterr()
     manifest = read_manifest(out)
     params = dict(manifest.method_params)
@@ -161,19 +156,7 @@ def test_key_file_bundle_holds_the_key_id_never_the_key(run, tmp_path, capsys):
 
     # --demo-key: the same run, marked as demo, another key id and front-end
     demo_out = tmp_path / "demo"
-    args = [
-        "--checkpoint",
-        str(run),
-        "--out",
-        str(demo_out),
-        "--demo-key",
-        "--eval-pairs",
-        "20",
-        "--enrolled-photos",
-        "1",
-        "--accept-degraded",  # untrained
-    ]
-    assert cli.main(args) == 0
+    assert cli.main(_quick_export(run, demo_out, "--demo-key")) == 0
     assert "PUBLIC demo key" in capsys.readouterr().out
     dm = read_manifest(demo_out)
     assert dict(dm.method_params)["demo_key"] is True
