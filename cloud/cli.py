@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ppfr.bundle import BundleError
+from ppfr.bundle.thresholds import ThresholdError
 from ppfr.cloud import config
 from ppfr.cloud.auth import DEFAULT_RATE, SCOPES, KeyStoreError, open_key_store, parse_scopes
 from ppfr.cloud.data_commands import DATA_COMMANDS, add_data_commands
@@ -18,7 +19,6 @@ from ppfr.cloud.logs import setup_logging
 from ppfr.cloud.runtime import PRECISIONS, RUNTIME_KINDS, RuntimeUnavailable
 from ppfr.cloud.server import ConfigError, ServerConfig, serve
 from ppfr.cloud.template_key import TemplateKeyError, file_is_shared, load_secret
-from ppfr.cloud.thresholds import ThresholdError
 
 
 def _port(text: str) -> int:

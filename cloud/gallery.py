@@ -278,7 +278,7 @@ class MatrixGallery:
         return self._matrix.verify(subject_id, unit(embedding))
 
     def templates_of(self, subject_id: str) -> int:
-        """How many templates the subject has (0: none); picks its threshold (cloud/thresholds.py)."""
+        """How many templates the subject has (0: none); picks its threshold (ppfr.bundle.thresholds)."""
         self._refresh()
         return self._matrix.templates_of(subject_id)
 

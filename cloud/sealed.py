@@ -263,7 +263,7 @@ class SealedGallery:
             subject_id, data, slot, _ = row
             # out of the block first, then the row and the block's saved copy go together: no saved
             # block ever holds a template whose row is gone
-            undo = self._take_out(template_id, slot, self.tenant.load(data, level=0))
+            undo = self._take_out(slot, self.tenant.load(data, level=0))
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.execute("DELETE FROM sealed_templates WHERE template_id = ?", (template_id,))
@@ -280,17 +280,12 @@ class SealedGallery:
             self.unsaved.discard(slot // tenant.SLOTS)
             return subject_id
 
-    def _take_out(self, template_id: int, slot: int, ct):
-        """Takes a template out of its packed block; returns what puts it back. The block's last template
-        empties it instead (subtracting would leave exact zeros, which SEAL refuses as transparent)."""
-        b, lo = slot // tenant.SLOTS, slot - slot % tenant.SLOTS
-        q = "SELECT 1 FROM sealed_templates WHERE slot >= ? AND slot < ? AND template_id <> ? LIMIT 1"
-        block = self._block(slot)
-        if not self._fetch(q, (lo, lo + tenant.SLOTS, template_id)):
-            self.blocks[b] = tenant.PackedBlock(self.tenant)
-            return lambda: self.blocks.__setitem__(b, block)
-        block.put(slot % tenant.SLOTS, ct, remove=True)
-        return lambda: block.put(slot % tenant.SLOTS, ct)
+    def _take_out(self, slot: int, ct):
+        """Takes a template out of its packed block (the block's last one leaves it empty: PackedBlock.put);
+        returns what puts it back."""
+        block, s = self._block(slot), slot % tenant.SLOTS
+        block.put(s, ct, remove=True)
+        return lambda: block.put(s, ct)
 
     def templates_of(self, subject_id: str) -> int:
         return self._fetch("SELECT COUNT(*) FROM sealed_templates WHERE subject_id = ?", (subject_id,))[0][0]

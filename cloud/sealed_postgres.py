@@ -298,7 +298,7 @@ class SealedPostgresGallery(SealedGallery):
             self._apply(conn)  # this block up to date before the removal: its snapshot is exact
             subject_id, data, slot, _ = row
             b, seq = slot // tenant.SLOTS, conn.execute(NEXT_SEQ).fetchone()[0]
-            undo = self._take_out(template_id, slot, self.tenant.load(bytes(data), level=0))
+            undo = self._take_out(slot, self.tenant.load(bytes(data), level=0))
             try:
                 conn.execute("DELETE FROM sealed_templates WHERE template_id = %s", (template_id,))
                 conn.execute(

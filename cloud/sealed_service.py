@@ -50,6 +50,14 @@ class SealedVerificationService(FaceVerificationService):
         t = self.sealed.tenant
         return t.dump(t.dot_plain(zero, query) if isinstance(query, np.ndarray) else t.dot(query, zero))
 
+    def _verified(self, subject_id: str, query) -> tuple:
+        """(encrypted q.S, encrypted |S|^2 or None, the subject's template count, by which the tenant
+        picks its threshold); an unknown subject: an encrypted 0, None, 0."""
+        answer = self.sealed.verify(subject_id, query)
+        if answer is None:
+            return self._unknown(query), None, 0
+        return *answer, self.sealed.templates_of(subject_id)
+
     @_rpc
     async def Enroll(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
@@ -69,9 +77,10 @@ class SealedVerificationService(FaceVerificationService):
     async def Verify(self, request, context):
         subject_id = validation.subject_id(request.subject_id)
         query = await self._input(request, context, template=False)
-        answer = await self._read(self.sealed.verify, subject_id, query)
-        score, norm = answer if answer is not None else (self._unknown(query), None)
-        return pb.VerifyResponse(subject_id=subject_id, sealed_score=score, sealed_norm=norm or b"")
+        score, norm, count = await self._read(self._verified, subject_id, query)
+        return pb.VerifyResponse(
+            subject_id=subject_id, sealed_score=score, sealed_norm=norm or b"", template_count=count
+        )
 
     async def Identify(self, request, context):
         if not is_admin(CALLER.get()):

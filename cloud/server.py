@@ -84,7 +84,7 @@ class ServerConfig:
     # Show Verify's score to verify keys too (it helps an attacker hill-climb; admin keys always see it).
     verify_scores: bool = False
     # False accept rate of the thresholds applied (the bundle's per-template-count thresholds at that FAR,
-    # cloud/thresholds.py); None = the FAR of the bundle's threshold.
+    # ppfr.bundle.thresholds); None = the FAR of the bundle's threshold.
     far: float | None = None
     # Operational log: level and format (text, or json: one object per line).
     log_level: str = "INFO"

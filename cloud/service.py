@@ -18,13 +18,13 @@ from importlib import metadata
 
 import grpc
 from google.protobuf import timestamp_pb2
+from ppfr.bundle.thresholds import Thresholds
 from ppfr.cloud import validation
 from ppfr.cloud.auth import FailedAttempts
 from ppfr.cloud.batcher import BatcherClosed, DynamicBatcher
 from ppfr.cloud.gallery import Gallery, GalleryUnavailable, SubjectTaken
 from ppfr.cloud.interceptor import CALLER, REQUEST_ID, LogSampler
 from ppfr.cloud.template_key import TemplateTransform
-from ppfr.cloud.thresholds import Thresholds
 from ppfr.cloud.validation import FaceValidator, InvalidRequest
 from ppfr.protos import manifest_pb2, verification_pb2, verification_pb2_grpc
 

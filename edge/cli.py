@@ -170,16 +170,26 @@ def _output_paths(out_dir: Path | None, image: Path, used: set) -> tuple[Path, P
     return folder / f"{stem}.protected.npy", folder / f"{stem}.preview.png"
 
 
+def enrolled(r) -> dict:
+    """Enroll's answer for the report. The server answers template_count 0 to keys without the admin scope
+    (an enrolled subject holds at least one template): left out then, never shown as 0."""
+    count = {"template_count": r.template_count} if r.template_count else {}
+    return {"template_id": r.template_id, **count}
+
+
+def verified(r) -> dict:
+    """Verify's answer for the report. The score is left out where the server hides it: 0.0 to keys without
+    the admin scope (unless it runs with --verify-scores), and for a subject not enrolled, which has none."""
+    score = {"score": round(float(r.score), 6)} if r.score else {}
+    return {"match": r.match, **score, "threshold": round(float(r.threshold), 6)}
+
+
 def _request(args, client, subject_id, face, report_item) -> None:
     start = time.perf_counter()
     if args.command == "enroll":
-        r = client.enroll(subject_id, face)
-        report_item.update(template_id=r.template_id, template_count=r.template_count)
+        report_item.update(enrolled(client.enroll(subject_id, face)))
     elif args.command == "verify":
-        r = client.verify(subject_id, face)
-        report_item.update(
-            match=r.match, score=round(float(r.score), 6), threshold=round(float(r.threshold), 6)
-        )
+        report_item.update(verified(client.verify(subject_id, face)))
     else:
         r = client.identify(face, args.top)
         report_item.update(

@@ -70,13 +70,15 @@ class Report:
 
     # --- formatting -----------------------------------------------------------------------------
     def _verdict(self, r: dict) -> str:
+        # template_count and score are absent where the server keeps them from the caller's key
         if self.command == "enroll":
-            count = r["template_count"]
-            plural = "" if count == 1 else "s"
-            return f"enrolled as {r['subject_id']} (template {r['template_id']}, {count} template{plural})"
+            count = r.get("template_count")
+            held = f", {count} template{'' if count == 1 else 's'}" if count else ""
+            return f"enrolled as {r['subject_id']} (template {r['template_id']}{held})"
         if self.command == "verify":
             verdict = "MATCH" if r["match"] else "NO MATCH"
-            return f"{r['subject_id']}: {verdict}  score {r['score']:.3f}  threshold {r['threshold']:.3f}"
+            score = f"  score {r['score']:.3f}" if "score" in r else ""
+            return f"{r['subject_id']}: {verdict}{score}  threshold {r['threshold']:.3f}"
         if self.command == "identify":
             best = (
                 ", ".join(

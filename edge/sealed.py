@@ -3,7 +3,8 @@
 The tenant (the deployer) holds the secret CKKS context on its devices; the server is given only the public
 evaluation context. In sealed-edge mode the edge runs the `rgb` bundle's recognizer itself (the shared
 ppfr.bundle runner: its "protected tensor" is the scaled face, which never leaves the device), encrypts the
-embedding and sends only that ciphertext; it decrypts the server's encrypted scores and thresholds them.
+embedding and sends only that ciphertext; it decrypts the server's encrypted scores and thresholds them,
+at the bundle's threshold for the subject's template count, as the plain server does (ppfr.bundle.thresholds).
 
     ppfr-edge tenant keygen --out DIR     # DIR/tenant.secret (0600, never sent) + DIR/tenant.public
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from ppfr.bundle import Bundle, BundleError, tenant
+from ppfr.bundle.thresholds import Thresholds
 
 from .errors import EdgeError
 
@@ -77,7 +79,7 @@ class SealedEdge:
         except BundleError as err:
             raise EdgeError(str(err)) from None
         self.tenant = load_secret(secret_path)
-        self.threshold = self.bundle.threshold
+        self.thresholds = Thresholds.from_manifest(self.bundle.manifest)
 
     def embed(self, face_rgb: np.ndarray) -> np.ndarray:
         """One aligned 112x112 RGB face (uint8 HWC) -> its unit embedding, all on the device."""
@@ -87,15 +89,23 @@ class SealedEdge:
         """The ciphertext to send: a template to enroll (level 0) or a query (level 1, smaller)."""
         return self.tenant.dump(self.tenant.encrypt(embedding, level=1 if query else 0))
 
-    def verify_result(self, score: bytes, norm: bytes | None) -> tuple[float, bool]:
-        """(pooled cosine, match) from the server's encrypted q.S and |S|^2 (None: one template)."""
+    def threshold_for(self, templates: int, norm: bytes | None = None) -> float:
+        """The threshold for a subject with `templates` templates; 0 (a server that does not say): one
+        without |S|^2, else the one for the most templates (the highest: never laxer than asked)."""
+        if not templates:
+            templates = 1 if norm is None else len(self.thresholds.cosines)
+        return self.thresholds.for_count(templates)
+
+    def verify_result(self, score: bytes, norm: bytes | None, templates: int = 0) -> tuple[float, bool]:
+        """(pooled cosine, match) from the server's encrypted q.S and |S|^2 (None: one template), matched
+        at the threshold for the subject's template count."""
         try:
             qs = self.tenant.decrypt_bytes(score)[0]
             ss = 1.0 if norm is None else self.tenant.decrypt_bytes(norm)[0]
         except tenant.SealedError as err:
             raise EdgeError(f"the server's answer: {err}", 1) from None
         cosine = tenant.pooled(qs, ss)
-        return cosine, cosine >= self.threshold
+        return cosine, cosine >= self.threshold_for(templates, norm)
 
     def identify_result(self, blocks: list[bytes], owners: list[list[str]], norms: dict, top_k: int):
         """Candidates (subject, pooled score, match), best first, from the server's encrypted per-template
@@ -103,6 +113,7 @@ class SealedEdge:
         decrypted |S|^2 of the subjects with several templates. Ranked as the plain server ranks."""
         sums: dict[str, float] = {}
         best: dict[str, float] = {}
+        counts: dict[str, int] = {}  # the subject's templates: its slots
         for data, names in zip(blocks, owners):
             try:
                 values = self.tenant.decrypt_bytes(data)
@@ -112,9 +123,10 @@ class SealedEdge:
                 if name:
                     sums[name] = sums.get(name, 0.0) + values[s]
                     best[name] = max(best.get(name, -2.0), values[s])
+                    counts[name] = counts.get(name, 0) + 1
         wide = sorted(best, key=lambda n: -best[n])[: max(4 * top_k, 16)]  # matrix.POOL_CANDIDATES
         scored = sorted(((n, tenant.pooled(sums[n], norms.get(n, 1.0))) for n in wide), key=lambda c: -c[1])
-        return [(n, s, s >= self.threshold) for n, s in scored[:top_k]]
+        return [(n, s, s >= self.threshold_for(counts[n])) for n, s in scored[:top_k]]
 
 
 def sealed_request(args, pipeline, client, subject_id, image, item: dict) -> None:
@@ -135,19 +147,22 @@ def sealed_request(args, pipeline, client, subject_id, image, item: dict) -> Non
     item["timings_ms"]["recognize_and_encrypt"] = round((t1 - t0) * 1000, 3)
     item["payload_bytes"] = len(sealed.ciphertext)
     if args.command == "enroll":
-        r = client._call("Enroll", pb.EnrollRequest(subject_id=subject_id, sealed=sealed))
-        item.update(template_id=r.template_id, template_count=r.template_count)
+        from .cli import enrolled
+
+        item.update(enrolled(client._call("Enroll", pb.EnrollRequest(subject_id=subject_id, sealed=sealed))))
     elif args.command == "verify":
         r = client._call("Verify", pb.VerifyRequest(subject_id=subject_id, sealed=sealed))
-        score, match = edge.verify_result(r.sealed_score, r.sealed_norm or None)
-        item.update(match=bool(match), score=round(score, 6), threshold=round(edge.threshold, 6))
+        norm = r.sealed_norm or None
+        score, match = edge.verify_result(r.sealed_score, norm, r.template_count)
+        threshold = edge.threshold_for(r.template_count, norm)
+        item.update(match=bool(match), score=round(score, 6), threshold=round(threshold, 6))
     else:
         r = client._call("Identify", pb.IdentifyRequest(sealed=sealed, top_k=args.top))
         norms = {s: edge.tenant.decrypt_bytes(n)[0] for s, n in r.sealed_norms.items()}
         owners = [list(b.slot_subjects) for b in r.sealed_blocks]
         found = edge.identify_result([b.ciphertext for b in r.sealed_blocks], owners, norms, args.top)
         item.update(
-            threshold=round(edge.threshold, 6),
+            threshold=round(edge.bundle.threshold, 6),  # the main one, as the plain server's Identify says
             candidates=[{"subject_id": n, "score": round(s, 6), "match": bool(m)} for n, s, m in found if m],
         )
     item["timings_ms"]["round_trip"] = round((time.perf_counter() - t1) * 1000, 3)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from ppfr.protos import tensor_pb2 as tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12verification.proto\x12\x07ppfr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0ctensor.proto\"g\n\rProtectedFace\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\tdata_type\x18\x03 \x01(\x0e\x32\x11.ppfr.v1.DataType\x12\x13\n\x0b\x66rontend_id\x18\x04 \x01(\t\"%\n\x0fSealedEmbedding\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\"\x8c\x01\n\rEnrollRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12(\n\x06sealed\x18\x04 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"\x82\x01\n\x0e\x45nrollResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\x12\x16\n\x0etemplate_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\rVerifyRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12(\n\x06sealed\x18\x03 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"\x80\x01\n\x0eVerifyResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x14\n\x0csealed_score\x18\x05 \x01(\x0c\x12\x13\n\x0bsealed_norm\x18\x06 \x01(\x0c\"p\n\x0fIdentifyRequest\x12$\n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12(\n\x06sealed\x18\x03 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"9\n\x0cSealedScores\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\x15\n\rslot_subjects\x18\x02 \x03(\t\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\"\xf1\x01\n\x10IdentifyResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.ppfr.v1.Candidate\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12,\n\rsealed_blocks\x18\x03 \x03(\x0b\x32\x15.ppfr.v1.SealedScores\x12@\n\x0csealed_norms\x18\x04 \x03(\x0b\x32*.ppfr.v1.IdentifyResponse.SealedNormsEntry\x1a\x32\n\x10SealedNormsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"*\n\x14\x44\x65leteSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"K\n\x15\x44\x65leteSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x1e\n\x16\x64\x65leted_template_count\x18\x02 \x01(\x05\",\n\x15\x44\x65leteTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\x03\"A\n\x16\x44\x65leteTemplateResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\"<\n\x13ListSubjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"5\n\x07Subject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x16\n\x0etemplate_count\x18\x02 \x01(\x05\"S\n\x14ListSubjectsResponse\x12\"\n\x08subjects\x18\x01 \x03(\x0b\x32\x10.ppfr.v1.Subject\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\xff\x02\n\nServerInfo\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0b\x66rontend_id\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12-\n\x10protected_tensor\x18\x05 \x01(\x0b\x32\x13.ppfr.v1.TensorSpec\x12\x16\n\x0e\x65mbedding_size\x18\x06 \x01(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x15\n\rsubject_count\x18\x08 \x01(\x03\x12\x16\n\x0etemplate_count\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x14\n\x0cppfr_version\x18\x0b \x01(\t\x12\x14\n\x0cgallery_mode\x18\x0c \x01(\t\x12\x1d\n\x15tenant_context_sha256\x18\r \x01(\t\x12\x1f\n\x17thresholds_by_templates\x18\x0e \x03(\x02\x12\x19\n\x11\x66\x61lse_accept_rate\x18\x0f \x01(\x01\x32\xfe\x03\n\x10\x46\x61\x63\x65Verification\x12\x39\n\x06\x45nroll\x12\x16.ppfr.v1.EnrollRequest\x1a\x17.ppfr.v1.EnrollResponse\x12\x39\n\x06Verify\x12\x16.ppfr.v1.VerifyRequest\x1a\x17.ppfr.v1.VerifyResponse\x12?\n\x08Identify\x12\x18.ppfr.v1.IdentifyRequest\x1a\x19.ppfr.v1.IdentifyResponse\x12N\n\rDeleteSubject\x12\x1d.ppfr.v1.DeleteSubjectRequest\x1a\x1e.ppfr.v1.DeleteSubjectResponse\x12Q\n\x0e\x44\x65leteTemplate\x12\x1e.ppfr.v1.DeleteTemplateRequest\x1a\x1f.ppfr.v1.DeleteTemplateResponse\x12K\n\x0cListSubjects\x12\x1c.ppfr.v1.ListSubjectsRequest\x1a\x1d.ppfr.v1.ListSubjectsResponse\x12\x43\n\rGetServerInfo\x12\x1d.ppfr.v1.GetServerInfoRequest\x1a\x13.ppfr.v1.ServerInfoB8\n\x07ppfr.v1B\x11VerificationProtoP\x01Z\x0eppfr/v1;ppfrv1\xaa\x02\x07Ppfr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12verification.proto\x12\x07ppfr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0ctensor.proto\"g\n\rProtectedFace\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\tdata_type\x18\x03 \x01(\x0e\x32\x11.ppfr.v1.DataType\x12\x13\n\x0b\x66rontend_id\x18\x04 \x01(\t\"%\n\x0fSealedEmbedding\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\"\x8c\x01\n\rEnrollRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12(\n\x06sealed\x18\x04 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"\x82\x01\n\x0e\x45nrollResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\x12\x16\n\x0etemplate_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"s\n\rVerifyRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12$\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12(\n\x06sealed\x18\x03 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"\x98\x01\n\x0eVerifyResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x14\n\x0csealed_score\x18\x05 \x01(\x0c\x12\x13\n\x0bsealed_norm\x18\x06 \x01(\x0c\x12\x16\n\x0etemplate_count\x18\x07 \x01(\x05\"p\n\x0fIdentifyRequest\x12$\n\x04\x66\x61\x63\x65\x18\x01 \x01(\x0b\x32\x16.ppfr.v1.ProtectedFace\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12(\n\x06sealed\x18\x03 \x01(\x0b\x32\x18.ppfr.v1.SealedEmbedding\"9\n\x0cSealedScores\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\x15\n\rslot_subjects\x18\x02 \x03(\t\"=\n\tCandidate\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05match\x18\x03 \x01(\x08\"\xf1\x01\n\x10IdentifyResponse\x12&\n\ncandidates\x18\x01 \x03(\x0b\x32\x12.ppfr.v1.Candidate\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12,\n\rsealed_blocks\x18\x03 \x03(\x0b\x32\x15.ppfr.v1.SealedScores\x12@\n\x0csealed_norms\x18\x04 \x03(\x0b\x32*.ppfr.v1.IdentifyResponse.SealedNormsEntry\x1a\x32\n\x10SealedNormsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"*\n\x14\x44\x65leteSubjectRequest\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"K\n\x15\x44\x65leteSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x1e\n\x16\x64\x65leted_template_count\x18\x02 \x01(\x05\",\n\x15\x44\x65leteTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\x03\"A\n\x16\x44\x65leteTemplateResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\x03\"<\n\x13ListSubjectsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"5\n\x07Subject\x12\x12\n\nsubject_id\x18\x01 \x01(\t\x12\x16\n\x0etemplate_count\x18\x02 \x01(\x05\"S\n\x14ListSubjectsResponse\x12\"\n\x08subjects\x18\x01 \x03(\x0b\x32\x10.ppfr.v1.Subject\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetServerInfoRequest\"\xff\x02\n\nServerInfo\x12\x13\n\x0b\x62undle_name\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x13\n\x0b\x66rontend_id\x18\x03 \x01(\t\x12\x0f\n\x07runtime\x18\x04 \x01(\t\x12-\n\x10protected_tensor\x18\x05 \x01(\x0b\x32\x13.ppfr.v1.TensorSpec\x12\x16\n\x0e\x65mbedding_size\x18\x06 \x01(\x05\x12\x11\n\tthreshold\x18\x07 \x01(\x02\x12\x15\n\rsubject_count\x18\x08 \x01(\x03\x12\x16\n\x0etemplate_count\x18\t \x01(\x03\x12\x16\n\x0emax_batch_size\x18\n \x01(\x05\x12\x14\n\x0cppfr_version\x18\x0b \x01(\t\x12\x14\n\x0cgallery_mode\x18\x0c \x01(\t\x12\x1d\n\x15tenant_context_sha256\x18\r \x01(\t\x12\x1f\n\x17thresholds_by_templates\x18\x0e \x03(\x02\x12\x19\n\x11\x66\x61lse_accept_rate\x18\x0f \x01(\x01\x32\xfe\x03\n\x10\x46\x61\x63\x65Verification\x12\x39\n\x06\x45nroll\x12\x16.ppfr.v1.EnrollRequest\x1a\x17.ppfr.v1.EnrollResponse\x12\x39\n\x06Verify\x12\x16.ppfr.v1.VerifyRequest\x1a\x17.ppfr.v1.VerifyResponse\x12?\n\x08Identify\x12\x18.ppfr.v1.IdentifyRequest\x1a\x19.ppfr.v1.IdentifyResponse\x12N\n\rDeleteSubject\x12\x1d.ppfr.v1.DeleteSubjectRequest\x1a\x1e.ppfr.v1.DeleteSubjectResponse\x12Q\n\x0e\x44\x65leteTemplate\x12\x1e.ppfr.v1.DeleteTemplateRequest\x1a\x1f.ppfr.v1.DeleteTemplateResponse\x12K\n\x0cListSubjects\x12\x1c.ppfr.v1.ListSubjectsRequest\x1a\x1d.ppfr.v1.ListSubjectsResponse\x12\x43\n\rGetServerInfo\x12\x1d.ppfr.v1.GetServerInfoRequest\x1a\x13.ppfr.v1.ServerInfoB8\n\x07ppfr.v1B\x11VerificationProtoP\x01Z\x0eppfr/v1;ppfrv1\xaa\x02\x07Ppfr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,35 +47,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_start=498
   _globals['_VERIFYREQUEST']._serialized_end=613
   _globals['_VERIFYRESPONSE']._serialized_start=616
-  _globals['_VERIFYRESPONSE']._serialized_end=744
-  _globals['_IDENTIFYREQUEST']._serialized_start=746
-  _globals['_IDENTIFYREQUEST']._serialized_end=858
-  _globals['_SEALEDSCORES']._serialized_start=860
-  _globals['_SEALEDSCORES']._serialized_end=917
-  _globals['_CANDIDATE']._serialized_start=919
-  _globals['_CANDIDATE']._serialized_end=980
-  _globals['_IDENTIFYRESPONSE']._serialized_start=983
-  _globals['_IDENTIFYRESPONSE']._serialized_end=1224
-  _globals['_IDENTIFYRESPONSE_SEALEDNORMSENTRY']._serialized_start=1174
-  _globals['_IDENTIFYRESPONSE_SEALEDNORMSENTRY']._serialized_end=1224
-  _globals['_DELETESUBJECTREQUEST']._serialized_start=1226
-  _globals['_DELETESUBJECTREQUEST']._serialized_end=1268
-  _globals['_DELETESUBJECTRESPONSE']._serialized_start=1270
-  _globals['_DELETESUBJECTRESPONSE']._serialized_end=1345
-  _globals['_DELETETEMPLATEREQUEST']._serialized_start=1347
-  _globals['_DELETETEMPLATEREQUEST']._serialized_end=1391
-  _globals['_DELETETEMPLATERESPONSE']._serialized_start=1393
-  _globals['_DELETETEMPLATERESPONSE']._serialized_end=1458
-  _globals['_LISTSUBJECTSREQUEST']._serialized_start=1460
-  _globals['_LISTSUBJECTSREQUEST']._serialized_end=1520
-  _globals['_SUBJECT']._serialized_start=1522
-  _globals['_SUBJECT']._serialized_end=1575
-  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=1577
-  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=1660
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1662
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1684
-  _globals['_SERVERINFO']._serialized_start=1687
-  _globals['_SERVERINFO']._serialized_end=2070
-  _globals['_FACEVERIFICATION']._serialized_start=2073
-  _globals['_FACEVERIFICATION']._serialized_end=2583
+  _globals['_VERIFYRESPONSE']._serialized_end=768
+  _globals['_IDENTIFYREQUEST']._serialized_start=770
+  _globals['_IDENTIFYREQUEST']._serialized_end=882
+  _globals['_SEALEDSCORES']._serialized_start=884
+  _globals['_SEALEDSCORES']._serialized_end=941
+  _globals['_CANDIDATE']._serialized_start=943
+  _globals['_CANDIDATE']._serialized_end=1004
+  _globals['_IDENTIFYRESPONSE']._serialized_start=1007
+  _globals['_IDENTIFYRESPONSE']._serialized_end=1248
+  _globals['_IDENTIFYRESPONSE_SEALEDNORMSENTRY']._serialized_start=1198
+  _globals['_IDENTIFYRESPONSE_SEALEDNORMSENTRY']._serialized_end=1248
+  _globals['_DELETESUBJECTREQUEST']._serialized_start=1250
+  _globals['_DELETESUBJECTREQUEST']._serialized_end=1292
+  _globals['_DELETESUBJECTRESPONSE']._serialized_start=1294
+  _globals['_DELETESUBJECTRESPONSE']._serialized_end=1369
+  _globals['_DELETETEMPLATEREQUEST']._serialized_start=1371
+  _globals['_DELETETEMPLATEREQUEST']._serialized_end=1415
+  _globals['_DELETETEMPLATERESPONSE']._serialized_start=1417
+  _globals['_DELETETEMPLATERESPONSE']._serialized_end=1482
+  _globals['_LISTSUBJECTSREQUEST']._serialized_start=1484
+  _globals['_LISTSUBJECTSREQUEST']._serialized_end=1544
+  _globals['_SUBJECT']._serialized_start=1546
+  _globals['_SUBJECT']._serialized_end=1599
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_start=1601
+  _globals['_LISTSUBJECTSRESPONSE']._serialized_end=1684
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1686
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1708
+  _globals['_SERVERINFO']._serialized_start=1711
+  _globals['_SERVERINFO']._serialized_end=2094
+  _globals['_FACEVERIFICATION']._serialized_start=2097
+  _globals['_FACEVERIFICATION']._serialized_end=2607
 # @@protoc_insertion_point(module_scope)

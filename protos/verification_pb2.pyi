@@ -63,20 +63,22 @@ class VerifyRequest(_message.Message):
     def __init__(self, subject_id: _Optional[str] = ..., face: _Optional[_Union[ProtectedFace, _Mapping]] = ..., sealed: _Optional[_Union[SealedEmbedding, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("subject_id", "score", "match", "threshold", "sealed_score", "sealed_norm")
+    __slots__ = ("subject_id", "score", "match", "threshold", "sealed_score", "sealed_norm", "template_count")
     SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SEALED_SCORE_FIELD_NUMBER: _ClassVar[int]
     SEALED_NORM_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_COUNT_FIELD_NUMBER: _ClassVar[int]
     subject_id: str
     score: float
     match: bool
     threshold: float
     sealed_score: bytes
     sealed_norm: bytes
-    def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ..., match: _Optional[bool] = ..., threshold: _Optional[float] = ..., sealed_score: _Optional[bytes] = ..., sealed_norm: _Optional[bytes] = ...) -> None: ...
+    template_count: int
+    def __init__(self, subject_id: _Optional[str] = ..., score: _Optional[float] = ..., match: _Optional[bool] = ..., threshold: _Optional[float] = ..., sealed_score: _Optional[bytes] = ..., sealed_norm: _Optional[bytes] = ..., template_count: _Optional[int] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
     __slots__ = ("face", "top_k", "sealed")

@@ -144,11 +144,13 @@ def new_tenant():
 
 
 def decrypting_edge(edge_tenant, threshold: float = 0.5):
-    """The decrypting half of ppfr.edge.sealed.SealedEdge only (no recognizer needed)."""
+    """The decrypting half of ppfr.edge.sealed.SealedEdge only (no recognizer needed): one threshold for
+    every template count."""
+    from ppfr.bundle.thresholds import Thresholds
     from ppfr.edge.sealed import SealedEdge
 
     edge = SealedEdge.__new__(SealedEdge)
-    edge.tenant, edge.threshold = edge_tenant, threshold
+    edge.tenant, edge.thresholds = edge_tenant, Thresholds((threshold,), 1e-3)
     return edge
 
 

@@ -9,8 +9,8 @@ import torch
 from helpers import Protector, lfw_faces
 from keys import keyed_channel, new_key
 from ppfr.bundle import read_manifest, write_manifest
+from ppfr.bundle.thresholds import ThresholdError, Thresholds
 from ppfr.cloud.server import ServerConfig, ServerThread
-from ppfr.cloud.thresholds import ThresholdError, Thresholds
 from ppfr.protos import manifest_pb2
 from ppfr.protos import verification_pb2 as pb
 from ppfr.protos import verification_pb2_grpc as pb_grpc

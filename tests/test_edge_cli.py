@@ -16,8 +16,8 @@ import pytest
 from helpers import BUSH, BUSH_2, DATA, LFW_RAW, SERENA, SERENA_2, edge_command
 from keys import new_key
 from ppfr.bundle import numpy_dtype, read_manifest
+from ppfr.bundle.thresholds import Thresholds
 from ppfr.cloud.server import ServerConfig, ServerThread
-from ppfr.cloud.thresholds import Thresholds
 from ppfr.edge.cli import main as edge_main
 
 ABEL = LFW_RAW / "Abel_Pacheco_0001.jpg"

@@ -64,9 +64,9 @@ def test_sealed_edge_matches_the_plain_server_on_real_faces(keys, small_bundle):
     norm_a = server.dump(server.dot(total_a, total_a))
     for q in emb[8:]:
         query = server.load(edge.seal(q, query=True), level=1)
-        score, match = edge.verify_result(server.dump(server.dot(query, total_a)), norm_a)
+        score, match = edge.verify_result(server.dump(server.dot(query, total_a)), norm_a, 3)
         expect = plain.verify("a", q.astype(np.float32))
-        assert abs(score - expect) <= 1e-4 and match == (expect >= edge.threshold)
+        assert abs(score - expect) <= 1e-4 and match == (expect >= edge.threshold_for(3))
         scores = server.dump(block.scores(tenant.query_babies(server, query), plain=False))
         names = owners + [""] * (tenant.SLOTS - len(owners))
         got = edge.identify_result([scores], [names], {"a": edge.tenant.decrypt_bytes(norm_a)[0]}, 3)

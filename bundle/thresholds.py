@@ -1,4 +1,5 @@
-"""The threshold a subject's pooled score must reach, by how many templates the subject has.
+"""The threshold a subject's pooled score must reach, by how many templates the subject has: the plain
+server (ppfr.cloud) and the sealed edge (ppfr.edge.sealed, which decrypts the scores) pick with it.
 
 A subject's score is the cosine to the mean of its templates (cloud/matrix.py), and pooling raises every
 score, impostors' too, so one threshold cannot hold the same false accept rate for subjects enrolled from
