@@ -23,6 +23,12 @@ def share(part: int, whole: int) -> str:
     return f"{part:4d} / {whole:<4d} ({part / max(1, whole):.1%})"
 
 
+def scores_of(records) -> np.ndarray:
+    """The scores the server showed: absent (or 0.0) where it hides them from a key without the admin
+    scope, as ppfr-edge leaves them out; the demo's own key is an admin key and sees them all."""
+    return np.array([r["score"] for r in records if r.get("score")])
+
+
 def best_split(g_scores, i_scores) -> tuple[float, float]:
     """(threshold, accuracy) that best separates these probes; chosen after the fact, for reference."""
     from ppfr.train.evaluate import best_threshold  # the one the 10-fold evaluation uses
@@ -48,8 +54,7 @@ def print_verification(genuine, impostor, calibration: dict) -> dict:
     accepted = sum(r["match"] for r in genuine)
     rejected = sum(not r["match"] for r in impostor)
     accuracy = (accepted + rejected) / max(1, len(genuine) + len(impostor))
-    g_scores = np.array([r["score"] for r in genuine])
-    i_scores = np.array([r["score"] for r in impostor])
+    g_scores, i_scores = scores_of(genuine), scores_of(impostor)
     both = len(g_scores) and len(i_scores)
     separation = float((g_scores[:, None] > i_scores[None, :]).mean()) if both else 0.0
     print("\nsample decisions (probe -> claimed identity: score, decision):")
@@ -57,7 +62,8 @@ def print_verification(genuine, impostor, calibration: dict) -> dict:
         verdict = "ACCEPT" if r["match"] else "reject"
         right = "correct" if r["match"] == (r["kind"] == "genuine") else "WRONG"
         name, claim = Path(r["image"]).name, r["subject_id"]
-        print(f"  {r['kind']:8s} {name:34s} -> {claim:24s} {r['score']:6.3f} {verdict} ({right})")
+        score = f"{r['score']:6.3f}" if r.get("score") else "     -"
+        print(f"  {r['kind']:8s} {name:34s} -> {claim:24s} {score} {verdict} ({right})")
     print("\nverification at the bundle's threshold:")
     print(f"  genuine probes accepted   {share(accepted, len(genuine))}")
     print(f"  impostor probes rejected  {share(rejected, len(impostor))}")
@@ -124,5 +130,5 @@ def report(people, enrolled, verified, identified, calibration: dict, started: f
     summary |= print_costs(enrolled + verified + identified, started)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     keys = ("kind", "image", "subject_id", "score", "match")
-    summary["decisions"] = [{k: r[k] for k in keys} for r in genuine + impostor]
+    summary["decisions"] = [{k: r[k] for k in keys if k in r} for r in genuine + impostor]
     return summary

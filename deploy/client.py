@@ -145,7 +145,9 @@ class Session:
 
         request = pb.EnrollRequest(subject_id=name, face=self.face(image), idempotency_key=f"{image.stem}")
         reply = self.stub.Enroll(request, metadata=self.metadata, timeout=60, wait_for_ready=True)
-        log(f"enroll {name:<22} template {reply.template_id} ({reply.template_count} held)")
+        # the server answers template_count 0 to keys without the admin scope: left out, as ppfr-edge does
+        held = f" ({reply.template_count} held)" if reply.template_count else ""
+        log(f"enroll {name:<22} template {reply.template_id}{held}")
 
     def verify(self, name: str, image: Path, genuine: bool) -> None:
         from ppfr.protos import verification_pb2 as pb
@@ -157,9 +159,10 @@ class Session:
         self.correct += right
         self.last_verify = (request, reply)
         kind = "genuine " if genuine else "impostor"
+        score = f"score={reply.score:.3f} " if reply.score else ""  # 0.0: hidden from this key
         log(
             f"verify {name:<22} {kind} {image.stem:<26} match={str(reply.match):<5} "
-            f"score={reply.score:.3f} threshold={reply.threshold:.3f}{'' if right else '  WRONG'}"
+            f"{score}threshold={reply.threshold:.3f}{'' if right else '  WRONG'}"
         )
 
     def identify(self, name: str, image: Path) -> None:
