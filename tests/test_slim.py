@@ -103,7 +103,8 @@ def test_resumed_distillation_replays_the_straight_one(shipped, faces):
 def test_slim_command_changes_only_the_stem_and_its_config(shipped, tmp_path, capsys):
     out = tmp_path / "slim"
     argv = ["slim", "--width", "16", "--depth", "1", "--stem-steps", "2", "--entry-steps", "1"]
-    argv += ["--batch-size", "4", "--max-images", "32", "--fit-images", "32", "--eval", "none"]
+    argv += ["--batch-size", "4", "--entry-batch-size", "4", "--max-images", "32", "--fit-images", "32"]
+    argv += ["--eval", "none"]
     assert main([*argv, "--threads", "2", "--out", str(out)]) == 0
     assert "distill step 1/1 embed" in capsys.readouterr().out
     config, method, slim, _ = load_checkpoint(out / "checkpoint.pt")

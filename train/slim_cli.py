@@ -12,6 +12,9 @@ recognizer's entry activation and embedding through the router, as deployed (--e
 stem learns; faces are the config's training faces, augmented as in training, protected under the
 source's (demo) key. The checkpoint's config says the new width and depth, so every tool rebuilds it.
 Slim before re-keying: `ppfr-train rekey --from runs/dlib_ppfr_fd_slim/checkpoint.pt`.
+
+Measured (the defaults, width 48 depth 2, from the width-96 depth-3 default; ~35 min on the shared 2-core
+machine): LFW 97.63 +- 0.50, TAR@1e-3 85.13 on all 6,000 pairs single view (the source: 97.70, 83.20).
 """
 
 import argparse
@@ -40,9 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="output folder (default runs/<source folder>_slim)")
     ap.add_argument("--width", type=int, default=48, help="the new stem's width (48)")
     ap.add_argument("--depth", type=int, default=2, help="the new stem's residual blocks (2)")
-    ap.add_argument("--stem-steps", type=int, default=1500, help="steps matching the stem's image (1500)")
-    ap.add_argument("--entry-steps", type=int, default=0, help="then steps at entry + embedding (0)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--stem-steps", type=int, default=600, help="steps matching the stem's image (600)")
+    ap.add_argument("--entry-steps", type=int, default=150, help="then steps at entry + embedding (150)")
+    ap.add_argument("--batch-size", type=int, default=32, help="faces per stem step (32)")
+    ap.add_argument("--entry-batch-size", type=int, default=16, help="faces per entry step (16)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--fit-images", type=int, default=1024, help="faces for the linear init (1024)")
     ap.add_argument("--max-images", type=int, default=None, help="training faces (default: all; tests)")
@@ -100,7 +104,7 @@ def _stage_opts(augment: dict, args, target: str) -> dict:
     return {
         "seed": args.seed,
         "steps": args.stem_steps if target == "stem" else args.entry_steps,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size if target == "stem" else args.entry_batch_size,
         "lr": args.lr if target == "stem" else args.lr / 4,
         "augment": augment,
         "place": "known" if target == "stem" else "router",
@@ -165,37 +169,32 @@ def distill_stages(teacher, method, images, args, augment: dict, out: Path) -> t
 
 
 def write_metrics(config: dict, method, recognizer, out: Path, args, seconds: float) -> None:
-    """OUT/metrics.json and roc.png as training writes them (trainer.write_results: export and
-    `python -m ppfr.train.release` read them), on the config's evaluation sets (--eval), the source's
-    figures beside them."""
+    """OUT/metrics.json and roc.png in training's layout (trainer.write_results: export and `python -m
+    ppfr.train.release` read them) on the config's evaluation sets (--eval), single view as deployed
+    (no flip-sum: half the time), the source's figures beside them."""
     from .data import load_eval_set
-    from .evaluate import format_row, plot_roc
+    from .evaluate import evaluate_pairs, format_row, plot_roc
     from .keys import seal
-    from .trainer import evaluate_sets
 
-    specs = [s for s in config["data"].get("eval", []) if args.eval == "all" or s["name"] == args.eval]
-    if not specs:
-        return
+    specs = [s for s in config["data"].get("eval", []) if args.eval in ("all", s["name"])]
     t0, ec = time.time(), config["eval"]
-    sets = [load_eval_set(s, config["data"].get("cache")) for s in specs]
-    trained, scores = evaluate_sets(method, recognizer, sets, ec)
     src = resolve(args.src).parent / "metrics.json"
     source = json.loads(src.read_text()) if src.is_file() else {}
-    results = {}
-    for ps in sets:
-        print(format_row(f"{ps.name} slim", trained[ps.name]), flush=True)
+    results, curves = {}, {}
+    for spec in specs:
+        ps = load_eval_set(spec, config["data"].get("cache"))
+        m, scores = evaluate_pairs(method, recognizer, ps, ec["seed"], 64, flip=False)
+        print(format_row(f"{ps.name} slim", m), flush=True)
         before = (source.get("results", {}).get(ps.name) or {}).get("trained")
-        results[ps.name] = {"trained": trained[ps.name]} | ({"source": before} if before else {})
+        results[ps.name] = {"trained": m} | ({"source": before} if before else {})
+        curves[f"{ps.name} slim"] = (scores, ps.same)
     slim = {"from": str(args.src), "width": args.width, "depth": args.depth, "seconds": seconds}
     metrics = {k: v for k, v in source.items() if k not in ("results", "history")}
     metrics |= {"slim": slim, "eval_seconds": round(time.time() - t0, 1), "results": results}
     metrics["config"] = seal(config, method)[0]  # a deployment key: its id only
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_roc(
-        {f"{k} slim": (v, s.same) for s, (k, v) in zip(sets, scores.items())},
-        out / "roc.png",
-        title=config["name"],
-    )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if curves:
+        plot_roc(curves, out / "roc.png", title=config["name"])
 
 
 def run(args) -> Path:
@@ -234,7 +233,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if min(args.width, args.depth + 1, args.stem_steps + 1, args.entry_steps + 1, args.batch_size) < 1:
+    sizes = (args.width, args.batch_size, args.entry_batch_size)
+    if min(*sizes, args.depth + 1, args.stem_steps + 1, args.entry_steps + 1) < 1:
         print(
             "ppfr-train slim: error: width and batch size must be >= 1, depth and steps >= 0", file=sys.stderr
         )
