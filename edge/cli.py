@@ -301,6 +301,14 @@ def main(argv=None) -> int:
         return calibrate(rest)
     report = Report(args.command, as_json=args.json)
     try:
+        return _run(args, report)
+    except BrokenPipeError:  # `ppfr-edge ... | head`: the reader left; no traceback, none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return report.status
+
+
+def _run(args, report: Report) -> int:
+    try:
         _process(args, report)
     except EdgeError as err:
         report.fatal(err)
