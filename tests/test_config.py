@@ -75,7 +75,10 @@ def test_the_shipped_checkpoint_config_passes_the_schema_unchanged():
     stored = ck["config"]
     assert full_config(stored) == stored
     composed = full_config(load_config(CONFIGS / "dlib_ppfr_fd.yaml"))
-    assert composed == dict(stored, train=dict(stored["train"], threads=None))  # trained with threads 2
+    # trained with threads 2, then slimmed (ppfr-train slim: its pixel stem width 96 depth 3 -> 48, 2)
+    assert stored["model"]["width"] == 48 and stored["model"]["depth"] == 2
+    slimmed = dict(stored, model=dict(stored["model"], width=96, depth=3))
+    assert composed == dict(slimmed, train=dict(stored["train"], threads=None))
 
 
 def test_a_users_config_on_a_recipe(tmp_path):
