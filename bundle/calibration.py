@@ -34,6 +34,22 @@ class CalibrationError(ValueError):
     """Too little data to calibrate on, or a folder that is not one sub-folder per person (one line)."""
 
 
+def add_options(parser, photos: str) -> None:
+    """The options `ppfr-edge calibrate` and `ppfr-export calibrate` share; `photos` says what a person's
+    folder holds."""
+    parser.add_argument("bundle", type=Path, help="bundle folder written by ppfr-export (artifacts/NAME)")
+    parser.add_argument("--photos", type=Path, required=True, help=f"one sub-folder of {photos} per person")
+    parser.add_argument("--far", type=float, default=1e-3, help="false accept rate to calibrate at (1e-3)")
+    parser.add_argument(
+        "--enrolled-photos",
+        type=int,
+        default=3,
+        choices=TEMPLATE_COUNTS,
+        help="photos a subject is enrolled from: picks the manifest's main `threshold` (default 3)",
+    )
+    parser.add_argument("--draws", type=int, default=3, help="fresh random draws per face (default 3)")
+
+
 def people_of(folder) -> dict[str, list[Path]]:
     """A site's photo folder: per person (sub-folder, sorted by name) its image files (sorted by name); a
     calibration uses the first PHOTOS of them that give a face."""

@@ -46,17 +46,7 @@ def parse_args(argv) -> argparse.Namespace:
         description="Set a bundle's thresholds from the site's own enrollment photos (raw or aligned).",
         epilog="Exit status: 0 done, 2 bad input. See docs/edge.md.",
     )
-    p.add_argument("bundle", type=Path, help="bundle folder written by ppfr-export (artifacts/NAME)")
-    p.add_argument("--photos", type=Path, required=True, help="one sub-folder of photos per person")
-    p.add_argument("--far", type=float, default=1e-3, help="false accept rate to calibrate at (1e-3)")
-    p.add_argument(
-        "--enrolled-photos",
-        type=int,
-        default=3,
-        choices=calibration.TEMPLATE_COUNTS,
-        help="photos a subject is enrolled from: picks the manifest's main `threshold` (default 3)",
-    )
-    p.add_argument("--draws", type=int, default=3, help="fresh random draws per face (default 3)")
+    calibration.add_options(p, "photos")
     p.add_argument("--aligned", action="store_true", help="the photos are aligned 112x112 crops")
     detector_help = f"YuNet ONNX model (default: the bundle's {BUNDLE_DETECTOR}, else {DEFAULT_DETECTOR})"
     p.add_argument("--detector", help=detector_help.replace("%", "%%"))

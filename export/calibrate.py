@@ -15,7 +15,6 @@ picks by each subject's template count from its next start. Exit status 0 done, 
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 from ppfr import data
@@ -38,19 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Set a bundle's threshold from the site's own aligned crops (raw photos: ppfr-edge "
         "calibrate).",
     )
-    p.add_argument("bundle", type=Path, help="bundle folder written by ppfr-export")
-    p.add_argument(
-        "--photos", type=Path, required=True, help="one sub-folder of aligned 112x112 crops per person"
-    )
-    p.add_argument("--far", type=float, default=1e-3, help="false accept rate to calibrate at (default 1e-3)")
-    p.add_argument(
-        "--enrolled-photos",
-        type=int,
-        default=3,
-        choices=calibration.TEMPLATE_COUNTS,
-        help="photos a subject is enrolled from: picks the threshold written to the manifest (default 3)",
-    )
-    p.add_argument("--draws", type=int, default=3, help="fresh random draws per face (default 3)")
+    calibration.add_options(p, "aligned 112x112 crops")
     return p
 
 
