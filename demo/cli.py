@@ -63,7 +63,8 @@ def run(cmd: list, what: str) -> None:
 
 # --- model: train or reuse, export or reuse ----------------------------------------------------------
 def checkpoint_for(config: Path, run_name: str, overrides: list[str]) -> Path:
-    """runs/<run>/checkpoint.pt from a finished training run (metrics.json written after it); else the
+    """runs/<run>/checkpoint.pt from a finished training run (metrics.json written after it), or its slimmed
+    copy runs/<run>_slim/ where `make train` made one after it; else the
     shipped pretrained default pretrained/<run>/ (made by `make train`, see pretrained/README.md); else
     trained or resumed here."""
     out = Path("runs") / run_name
@@ -72,6 +73,10 @@ def checkpoint_for(config: Path, run_name: str, overrides: list[str]) -> Path:
     finished = (
         checkpoint.is_file() and metrics.is_file() and metrics.stat().st_mtime >= checkpoint.stat().st_mtime
     )
+    slim = Path("runs") / f"{run_name}_slim" / "checkpoint.pt"  # make train's last step for the default
+    if finished and slim.is_file() and slim.stat().st_mtime >= checkpoint.stat().st_mtime:
+        log(f"reusing the finished run {out}, slimmed: {slim} (delete them to train again)")
+        return slim
     if finished:
         log(f"reusing the finished run {out} (delete it to train again)")
         return checkpoint
