@@ -210,8 +210,8 @@ def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, op
     return {"translation_r2": float(r2), "router": last, "seconds": round(time.time() - t0, 1)}
 
 
-def default_out(src: Path) -> Path:
-    """runs/<the source's folder>_rekeyed, in the repository like ppfr-train's runs/<name>."""
+def default_out(src: Path, suffix: str = "rekeyed") -> Path:
+    """runs/<the source's folder>_<suffix>, in the repository like ppfr-train's runs/<name>."""
     from .data import resolve
 
-    return resolve("runs") / f"{Path(src).parent.name}_rekeyed"
+    return resolve("runs") / f"{Path(src).parent.name}_{suffix}"

@@ -30,6 +30,7 @@ import torch
 from . import keys
 from .config import ConfigError
 from .data import DataError, load_face_folder, resolve
+from .rekey import default_out, pixel_stem
 from .rekey_cli import DEFAULT_FROM
 from .stem_distill import distill, placed
 from .student import PixelStem
@@ -63,9 +64,10 @@ def _source(path: str):
     from .model import load_checkpoint
 
     config, method, recognizer, ckpt = load_checkpoint(resolve(path))
-    stem = getattr(recognizer.backbone, "stem", None)
-    if not (isinstance(stem, torch.nn.Sequential) and isinstance(stem[0], PixelStem)):
-        raise ConfigError(f"{path}: slimming replaces a pixel stem (model.pixel_stem: true)")
+    try:
+        pixel_stem(recognizer)
+    except ValueError:
+        raise ConfigError(f"{path}: slimming replaces a pixel stem (model.pixel_stem: true)") from None
     if keys.sealed_key_id(config["method"]) is not None:
         raise ConfigError(f"{path} is adapted to a deployment key: slim the one it came from, then re-key")
     return config, method, recognizer.eval(), ckpt.get("state", {})
@@ -89,15 +91,6 @@ def fit_to_teacher(stem: PixelStem, teacher, method, images: np.ndarray, opts: d
             yield x, teacher.backbone.stem[0](x).permute(0, 2, 3, 1)
 
     stem.fit(batches)
-
-
-def _student(teacher, method, images, args, opts):
-    c, s, _ = method.server_shape()
-    stem = PixelStem(c, s, args.width, args.depth)
-    fit_to_teacher(stem, teacher, method, images, opts)
-    student = copy.deepcopy(teacher)
-    student.backbone.stem[0] = stem
-    return student, stem
 
 
 def _stage_opts(augment: dict, args, target: str) -> dict:
@@ -206,7 +199,7 @@ def run(args) -> Path:
     faces = load_face_folder(
         dc["train"], dc.get("labels_csv"), dc.get("overlap_json"), dc.get("cache"), args.max_images
     )
-    out = Path(args.out) if args.out else resolve("runs") / f"{Path(args.src).parent.name}_slim"
+    out = Path(args.out) if args.out else default_out(args.src, "slim")
     print(
         f"ppfr-train slim: {args.src} -> width {args.width} depth {args.depth}, {len(faces.labels)} training "
         f"faces, {args.stem_steps} stem + {args.entry_steps} entry steps",
