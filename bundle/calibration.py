@@ -177,6 +177,14 @@ def write(bundle_dir, found: list[dict], enrolled: int, where: str) -> manifest_
     return manifest
 
 
-def check_far(far: float) -> None:
-    if not (0 < far < 1) or math.isnan(far):
-        raise CalibrationError(f"--far must be between 0 and 1, not {far:g}")
+def check_options(args) -> None:
+    """The shared options (add_options) a calibration can run with, or one line why not."""
+    if not (0 < args.far < 1) or math.isnan(args.far):
+        raise CalibrationError(f"--far must be between 0 and 1, not {args.far:g}")
+    if not 1 <= args.draws <= 16:
+        raise CalibrationError(f"--draws must be between 1 and 16, not {args.draws}")
+
+
+def embed_draws(bundle, faces: np.ndarray, draws: int) -> np.ndarray:
+    """[faces, draws, D]: each face protected `draws` times with fresh random inputs, then embedded."""
+    return np.stack([bundle.embed(bundle.protect(faces)) for _ in range(draws)], 1)

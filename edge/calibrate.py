@@ -52,10 +52,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--detector", help=detector_help.replace("%", "%%"))
     p.add_argument("--min-score", type=float, default=0.6, help="face detection score threshold (0.6)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if not 1 <= args.draws <= 16:
-        p.error(f"--draws must be between 1 and 16, not {args.draws}")
-    return args
+    return p.parse_args(argv)
 
 
 class Progress:
@@ -98,8 +95,7 @@ def embed_person(pipeline: Pipeline, photos: list[Path], draws: int, skipped: di
         progress.step()
     if not crops:
         return np.zeros((0, draws, pipeline.frontend.manifest.embedding_size), np.float32)
-    faces, bundle = np.stack(crops), pipeline.frontend
-    return np.stack([bundle.embed(bundle.protect(faces)) for _ in range(draws)], 1)
+    return calibration.embed_draws(pipeline.frontend, np.stack(crops), draws)
 
 
 def refusal_reason(message: str) -> str:
@@ -133,7 +129,7 @@ def report_skipped(skipped: dict, used: int) -> None:
 
 
 def run(args) -> int:
-    calibration.check_far(args.far)
+    calibration.check_options(args)
     people = calibration.people_of(args.photos)
     embs, skipped, seconds = embed_site(args, people)
     used = sum(map(len, embs))

@@ -16,7 +16,6 @@ picks by each subject's template count from its next start. Exit status 0 done, 
 import argparse
 import sys
 
-import numpy as np
 from ppfr import data
 from ppfr.bundle import Bundle, BundleError, calibration
 
@@ -27,7 +26,7 @@ def calibrate(bundle_dir, photos, far: float, draws: int = 3, threads: int = 0) 
     embs = []
     for crops in calibration.people_of(photos).values():
         faces = data.read_faces(crops[: calibration.PHOTOS])
-        embs.append(np.stack([bundle.embed(bundle.protect(faces)) for _ in range(draws)], 1))
+        embs.append(calibration.embed_draws(bundle, faces, draws))
     return calibration.entries(embs, [far], f"site photos {photos}")
 
 
@@ -44,9 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv) -> int:
     args = _parser().parse_args(argv)
     try:
-        calibration.check_far(args.far)
-        if not 1 <= args.draws <= 16:
-            raise calibration.CalibrationError(f"--draws must be between 1 and 16, not {args.draws}")
+        calibration.check_options(args)
         found = calibrate(args.bundle, args.photos, args.far, args.draws)
         manifest = calibration.write(
             args.bundle, found, args.enrolled_photos, f"site photos {args.photos} (aligned crops)"
