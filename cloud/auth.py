@@ -170,9 +170,10 @@ class KeyStore(_CachedKeys):
             db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as err:
             raise KeyStoreError(f"cannot open the key file {self.path}: {err}") from None
-        old, self._db, self._inode, self._version = self._db, db, inode, None
-        if old is not None:
-            old.close()
+        with self._lock:  # never close the connection under a thread that is reading through it
+            old, self._db, self._inode, self._version = self._db, db, inode, None
+            if old is not None:
+                old.close()
         self._reload()
 
     def _reload(self) -> None:

@@ -40,6 +40,7 @@ MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 # with a bare CANCELLED; this high, every call reaches the gate and beyond --max-concurrent-calls gets a
 # clear RESOURCE_EXHAUSTED. HTTP/2 flow control still bounds the bytes they hold.
 MAX_PENDING_CALLS = 20_000  # the default of ServerConfig.max_pending_calls
+START_LIMIT_S = 600.0  # ServerThread: a start that takes longer raises (a hang fails, not blocks)
 ENROLL_DRAIN_S = 60.0  # on shutdown, Enrolls still running after the grace get this much longer
 
 
@@ -511,7 +512,8 @@ class ServerThread:
     def start(self) -> "ServerThread":
         self._thread.start()
         try:
-            self.running = asyncio.run_coroutine_threadsafe(start(self.config), self._loop).result()
+            starting = asyncio.run_coroutine_threadsafe(start(self.config), self._loop)
+            self.running = starting.result(timeout=START_LIMIT_S)  # TimeoutError past it
         except BaseException:
             self._shutdown_loop()
             raise
@@ -526,15 +528,21 @@ class ServerThread:
         return self.running.address
 
     def stop(self, grace: float | None = None) -> None:
+        """Stops the server (RunningServer.stop); a stop that outlasts its drain by a minute raises
+        TimeoutError instead of blocking its caller (a test, the bench) forever."""
         if self.running is not None:
-            asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result()
+            drain = (self.config.grace_s if grace is None else grace) + ENROLL_DRAIN_S
+            stopping = asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop)
             self.running = None
+            stopping.result(timeout=drain + 60)  # TimeoutError past it
         self._shutdown_loop()
 
     def _shutdown_loop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+            self._thread.join(timeout=60)
+            if self._thread.is_alive():  # its loop is blocked: leave the daemon thread, keep the loop open
+                return
         if not self._loop.is_closed():
             self._loop.close()
 

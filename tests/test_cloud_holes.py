@@ -124,7 +124,9 @@ def test_keyless_calls_are_refused_with_sampled_log_lines(server, protect, faces
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.FaceVerificationStub(channel)
         t0 = time.monotonic()
-        futures = [stub.Verify.future(pb.VerifyRequest(subject_id="x", face=face)) for _ in range(400)]
+        futures = [
+            stub.Verify.future(pb.VerifyRequest(subject_id="x", face=face), timeout=120) for _ in range(400)
+        ]
         codes = [f.exception().code() for f in futures]
         took = time.monotonic() - t0
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
@@ -141,7 +143,7 @@ def test_a_burst_beyond_the_stream_limit_waits_in_the_client(bundle, tmp_path):
     with ServerThread(ServerConfig(bundle=bundle, db=db, port=0)) as running:
         stub = stub_for(running, "verify")
         calls = 6 * STREAMS_PER_CONNECTION
-        futures = [stub.GetServerInfo.future(pb.GetServerInfoRequest()) for _ in range(calls)]
+        futures = [stub.GetServerInfo.future(pb.GetServerInfoRequest(), timeout=120) for _ in range(calls)]
         codes = [f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures]
     assert set(codes) == {grpc.StatusCode.OK}, {c: codes.count(c) for c in set(codes)}
 
@@ -178,5 +180,5 @@ def test_shutdown_drains_admitted_calls(bundle, protect, faces, tmp_path, monkey
         calls = [pool.submit(stub.Enroll, pb.EnrollRequest(subject_id=f"s{i}", face=face)) for i in range(14)]
         time.sleep(0.5)  # every call admitted; the engine works through them one at a time (~7 s)
         running.stop()
-        answered = [c.exception() is None for c in calls]
+        answered = [c.exception(timeout=120) is None for c in calls]
     assert all(answered), answered
