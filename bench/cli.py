@@ -126,13 +126,13 @@ def run(
         workdir = out_dir / "work"
         workdir.mkdir(parents=True, exist_ok=True)
         log(f"end to end: gRPC server + separate load generator, concurrency {list(cfg.concurrency)}")
+        served = {}
         for name, (d, _) in bundles.items():
             fe = frontend(d)
             reqs = [wire_request(fe, fe.protect(faces[i % len(faces)])) for i in range(cfg.distinct_faces)]
-            log(f" {name}")
-            methods[name]["e2e"] = bench_e2e(
-                d, name, reqs, enroll_request(fe, protected[name][0]), cfg, workdir, log
-            )
+            served[name] = (d, reqs, enroll_request(fe, protected[name][0]))
+        for name, e2e in bench_e2e(served, cfg, workdir, log).items():
+            methods[name]["e2e"] = e2e
     return {"methods": methods, "edge_detection": det, "gpu": gpu_info}
 
 

@@ -1,10 +1,11 @@
 """End-to-end Verify through the real gRPC server on loopback, driven by the separate load generator.
 
-For each bundle and batching mode: a local server (ppfr.cloud.local) with a fresh gallery, the bench
-subject enrolled, `python -m ppfr.bench.loadgen` over the concurrency sweep. Dynamic batching "off" is the
-same server with --max-batch 1.
+For every bundle and batching mode at once: a local server (ppfr.cloud.local) with a fresh gallery and
+the bench subject enrolled; then one `python -m ppfr.bench.loadgen` over the concurrency sweep, visiting
+every server at each level in turn. Dynamic batching "off" is the same server with --max-batch 1.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -41,12 +42,12 @@ def enroll(server: LocalServer, request: bytes) -> None:
             raise ServerError(f"Enroll failed: {err.code().name}: {err.details()}") from None
 
 
-def run_loadgen(targets: dict, requests_file, cfg, api_key: str | None = None) -> list[dict]:
-    """Run the load-generator process over the sweep ({label: host:port}, interleaved per level);
-    one result dict per (level, target), streamed as the levels finish. `api_key`: the servers' key."""
-    cmd = [sys.executable, "-m", "ppfr.bench.loadgen", "--requests", str(requests_file)]
-    for label, target in targets.items():
-        cmd += ["--target", f"{label}={target}"]
+def run_loadgen(targets: dict, cfg, api_key: str | None = None) -> list[dict]:
+    """Run the load-generator process over the sweep ({label: (host:port, requests file)}, interleaved per
+    level); one result dict per (level, target), streamed as the levels finish. api_key: the servers' key."""
+    cmd = [sys.executable, "-m", "ppfr.bench.loadgen"]
+    for label, (target, requests_file) in targets.items():
+        cmd += ["--target", f"{label}={target}", "--requests", str(requests_file)]
     cmd += ["--concurrency", ",".join(str(c) for c in cfg.concurrency), "--seconds", str(cfg.e2e_seconds)]
     cmd += ["--warmup-s", str(cfg.e2e_warmup_s), "--max-requests", str(cfg.e2e_max_requests)]
     cmd += ["--max-window-s", str(cfg.e2e_max_window_s)]
@@ -78,45 +79,54 @@ def run_loadgen(targets: dict, requests_file, cfg, api_key: str | None = None) -
 MODES = (("on", "batching_on"), ("off", "batching_off"))
 
 
-def bench_e2e(bundle_dir, name: str, verify_requests: list[bytes], request: bytes, cfg, workdir, log) -> dict:
-    """{"batching_on": {...}, "batching_off": {...}}: both servers run at once and the load generator
-    alternates between them level by level, so the two modes see the same background load. Both take
-    one key (one key file), the load generator's."""
-    workdir = Path(workdir)
-    requests_file = write_requests(workdir / f"requests_{name}.bin", verify_requests)
-    batches = {"batching_on": cfg.max_batch, "batching_off": 1}
-    keys = fresh(workdir / f"{name}.keys")
-
-    def server(mode: str, api_key=None) -> LocalServer:
-        flags = ["--max-batch", str(batches[mode]), "--max-delay-ms", str(cfg.max_delay_ms)]
-        log_path = workdir / "logs" / f"{name}_{mode}.log"
-        return LocalServer(
-            bundle_dir, workdir=workdir, keys=keys, api_key=api_key, extra_args=flags, log_path=log_path
-        )
-
-    log(
-        f"  e2e: batching on (max batch {cfg.max_batch}, max delay {cfg.max_delay_ms} ms) vs off, interleaved"
-    )
-    out = {}
-    with server("batching_on") as on, server("batching_off", on.api_key) as off:
-        servers = {"batching_on": on, "batching_off": off}
-        for srv in (on, off):
-            enroll(srv, request)
-        cpu0 = {mode: cpu_seconds(s.process.pid) for mode, s in servers.items()}
-        t0 = time.perf_counter()
-        targets = {label: servers[mode].address for label, mode in MODES}
-        sweep = run_loadgen(targets, requests_file, cfg, on.api_key)
-        wall = time.perf_counter() - t0
+def _servers(stack, bundles: dict, cfg, workdir: Path) -> tuple[dict, dict]:
+    """({(name, label, mode): LocalServer}, load-generator targets {name/label: (address, requests)}):
+    two servers per bundle, batching on and off, all started with one key file and one key, each with
+    the bench subject enrolled."""
+    keys, api_key = fresh(workdir / "bench.keys"), None
+    servers, targets = {}, {}
+    for name, (bundle_dir, verify_requests, request) in bundles.items():
+        requests_file = write_requests(workdir / f"requests_{name}.bin", verify_requests)
         for label, mode in MODES:
-            srv = servers[mode]
-            rows = [r for r in sweep if r["target"] == label]
+            flags = ["--max-batch", str(cfg.max_batch if label == "on" else 1)]
+            flags += ["--max-delay-ms", str(cfg.max_delay_ms)]
+            log_path = workdir / "logs" / f"{name}_{mode}.log"
+            srv = LocalServer(
+                bundle_dir, workdir=workdir, keys=keys, api_key=api_key, extra_args=flags, log_path=log_path
+            )
+            stack.enter_context(srv)
+            api_key = srv.api_key
+            enroll(srv, request)
+            servers[name, label, mode] = srv
+            targets[f"{name}/{label}"] = (srv.address, requests_file)
+    return servers, targets
+
+
+def bench_e2e(bundles: dict, cfg, workdir, log) -> dict:
+    """{name: {"batching_on": {...}, "batching_off": {...}}} for bundles {name: (bundle folder, serialized
+    VerifyRequests, one EnrollRequest)}. Every bundle's two servers run at once and the load generator
+    alternates between all of them level by level, so bundles and modes see the same background load:
+    their ratios are measured side by side, not minutes apart."""
+    workdir = Path(workdir)
+    log(
+        f"  e2e: batching on (max batch {cfg.max_batch}, max delay {cfg.max_delay_ms} ms) vs off, "
+        f"{len(bundles)} bundle(s), all interleaved"
+    )
+    with contextlib.ExitStack() as stack:
+        servers, targets = _servers(stack, bundles, cfg, workdir)
+        cpu0 = {k: cpu_seconds(s.process.pid) for k, s in servers.items()}
+        t0 = time.perf_counter()
+        sweep = run_loadgen(targets, cfg, next(iter(servers.values())).api_key)
+        wall = time.perf_counter() - t0
+        out = {name: {} for name in bundles}
+        for (name, label, mode), srv in servers.items():
+            rows = [r for r in sweep if r["target"] == f"{name}/{label}"]
             answered = sum(r["requests"] for r in rows)
             cpu1 = cpu_seconds(srv.process.pid)  # includes warm-up calls: an upper bound per answer
-            cpu = (
-                None if cpu0[mode] is None or cpu1 is None or not answered else (cpu1 - cpu0[mode]) / answered
-            )
-            out[mode] = {
-                "max_batch": batches[mode],
+            before = cpu0[name, label, mode]
+            cpu = None if None in (before, cpu1) or not answered else (cpu1 - before) / answered
+            out[name][mode] = {
+                "max_batch": cfg.max_batch if mode == "batching_on" else 1,
                 "max_delay_ms": cfg.max_delay_ms,
                 "runtime": srv.info().runtime,
                 "sweep": rows,
@@ -125,8 +135,5 @@ def bench_e2e(bundle_dir, name: str, verify_requests: list[bytes], request: byte
             }
             bad = [r for r in rows if r["errors"]]
             if bad:
-                log(
-                    f"  WARNING: errors with batching {label}: {bad[0]['errors']}"
-                    f" first: {bad[0]['first_error']}"
-                )
+                log(f"  WARNING: errors at {name}/{label}: {bad[0]['errors']} first: {bad[0]['first_error']}")
     return out

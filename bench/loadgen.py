@@ -2,7 +2,8 @@
 
     python -m ppfr.bench.loadgen --target 127.0.0.1:PORT --requests FILE --concurrency 1,4,16,64
 
-FILE holds pre-serialized VerifyRequest messages (see `write_requests`); they are sent as raw bytes
+FILE holds pre-serialized VerifyRequest messages (see `write_requests`), one file for all targets or one
+per target (`--target a=HOST:PORT --requests A --target b=HOST:PORT --requests B`); they are sent as raw bytes
 (no per-request protobuf work in the client) and cycled. Each concurrency level runs `--concurrency`
 closed-loop workers on one HTTP/2 channel: a warm-up, then a measured window bounded both by time
 (`--seconds`) and by request count (`--max-requests`). One JSON line per level goes to stdout;
@@ -126,7 +127,8 @@ async def run_level(channel, payloads, concurrency, seconds, warmup_s, max_reque
 async def main_async(args) -> None:
     import grpc
 
-    payloads = read_requests(args.requests)
+    files = args.requests * len(args.target) if len(args.requests) == 1 else args.requests
+    payloads = {label: read_requests(f) for (label, _), f in zip(args.target, files)}
     channels = {}
     try:
         for label, target in args.target:
@@ -136,7 +138,7 @@ async def main_async(args) -> None:
             for label, channel in channels.items():
                 res = await run_level(
                     channel,
-                    payloads,
+                    payloads[label],
                     c,
                     args.seconds,
                     args.warmup_s,
@@ -174,7 +176,12 @@ def parse_args(argv=None):
         required=True,
         help="[label=]host:port on loopback (repeatable)",
     )
-    p.add_argument("--requests", required=True, help="file of length-prefixed VerifyRequest bytes")
+    p.add_argument(
+        "--requests",
+        action="append",
+        required=True,
+        help="length-prefixed VerifyRequest bytes: one file for all targets, or one per --target, in order",
+    )
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels")
     p.add_argument("--seconds", type=float, default=2.0, help="measured window per level")
     p.add_argument("--warmup-s", type=float, default=0.3, help="unmeasured warm-up per level")
@@ -183,6 +190,8 @@ def parse_args(argv=None):
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-request deadline")
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    if len(args.requests) not in (1, len(args.target)):
+        p.error(f"give one --requests for every target or one per --target ({len(args.target)})")
     return args
 
 

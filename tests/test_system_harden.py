@@ -106,7 +106,7 @@ def test_a_soak_at_concurrency_64_has_no_errors(bundle, faces, tmp_path):
     with LocalServer(bundle, workdir=tmp_path) as server:
         enroll = pb.EnrollRequest(subject_id="soak", face=faces[0]).SerializeToString()
         assert asyncio.run(send_all(server.address, [("Enroll", enroll)], server.metadata, 1, 30)) == ["OK"]
-        (result,) = run_loadgen({"soak": server.address}, requests, cfg, server.api_key)
+        (result,) = run_loadgen({"soak": (server.address, requests)}, cfg, server.api_key)
         assert server.alive
     print(
         f"soak: {result['requests']} Verify calls at c=64, {result['throughput_rps']} req/s,"
