@@ -104,7 +104,7 @@ def test_slim_command_changes_only_the_stem_and_its_config(shipped, tmp_path, ca
     out = tmp_path / "slim"
     argv = ["slim", "--width", "16", "--depth", "1", "--stem-steps", "2", "--entry-steps", "1"]
     argv += ["--batch-size", "4", "--entry-batch-size", "4", "--max-images", "32", "--fit-images", "32"]
-    argv += ["--eval", "none"]
+    argv += ["--eval", "none", "--router-reader", "0"]
     assert main([*argv, "--threads", "2", "--out", str(out)]) == 0
     assert "distill step 1/1 embed" in capsys.readouterr().out
     config, method, slim, _ = load_checkpoint(out / "checkpoint.pt")
@@ -119,6 +119,27 @@ def test_slim_command_changes_only_the_stem_and_its_config(shipped, tmp_path, ca
     emb = slim.eval().embed(method(torch.from_numpy(lfw_faces(4)), **method.sample_random(4)))
     assert emb.shape == (4, 128) and torch.isfinite(emb).all()
     assert not (out / "progress.pt").exists()
+
+
+def test_lean_router_stage_changes_only_the_router(shipped, tmp_path, capsys):
+    out = tmp_path / "lean"
+    argv = ["slim", "--keep-stem", "--router-reader", "8", "--router-steps", "3", "--max-images", "32"]
+    assert main([*argv, "--eval", "none", "--threads", "2", "--out", str(out)]) == 0
+    assert "router (read+compare+classify) step 3/3" in capsys.readouterr().out
+    config, method, lean, _ = load_checkpoint(out / "checkpoint.pt")
+    assert config["method"]["router_reader"] == 8 and config["model"] == shipped[0]["model"]
+    assert (
+        lean.adapter.read[0].out_channels == 8 and len(lean.adapter.read) == 4
+    )  # conv, ReLU, flatten, linear
+    source = shipped[2].state_dict()
+    for k, v in lean.state_dict().items():  # stem, dlib front and trunk as they were; the router learned
+        if not k.startswith("adapter."):
+            assert torch.equal(v, source[k]), k
+    assert not torch.equal(
+        lean.state_dict()["adapter.classify.1.weight"], source["adapter.classify.1.weight"]
+    )
+    emb = lean.eval().embed(method(torch.from_numpy(lfw_faces(4)), **method.sample_random(4)))
+    assert emb.shape == (4, 128) and torch.isfinite(emb).all()
 
 
 def test_slim_command_errors_are_one_line(tmp_path, capsys):

@@ -104,10 +104,12 @@ class PPFRFD(ProtectionMethod):
         lam: float = 1.0,
         image_size: int = 112,
         route: bool = False,
+        router_reader: int = 0,
     ):
         super().__init__(image_size)
         self.frontend = FrequencyFrontEnd("gray", 1)
         self.route = bool(route)
+        self.router_reader = int(router_reader)  # server side only: ChainRouter's per-map reader
         chosen = list(channels) if channels is not None else zigzag_order()[:num_channels]
         self.selected = chosen
         self.eps = eps
@@ -159,7 +161,7 @@ class PPFRFD(ProtectionMethod):
     def server_adapter(self):
         if self.analysis:
             return nn.Identity()
-        return ChainRouter(self.mixed_channels) if self.route else EnergySort()
+        return ChainRouter(self.mixed_channels, reader=self.router_reader) if self.route else EnergySort()
 
     def forward(self, image: torch.Tensor, shuffle2: torch.Tensor | None = None) -> torch.Tensor:
         x = self.frontend(image)[:, self.keep]
@@ -190,18 +192,32 @@ class ChainRouter(nn.Module):
     logits [received, chain position] into a soft permutation: the graph stays differentiable and
     exportable (matmuls, logsumexp). Trained with `aux_loss`: cross-entropy against the draw."""
 
-    def __init__(self, channels: int, size: int = 14, dim: int = 128, heads: int = 4, sinkhorn: int = 10):
+    def __init__(
+        self,
+        channels: int,
+        size: int = 14,
+        dim: int = 128,
+        heads: int = 4,
+        sinkhorn: int = 10,
+        reader: int = 0,
+    ):
+        """reader: 0, the per-map CNN trained with the router (two 32-wide convolutions); N > 0, a lean one
+        (one stride-2 convolution N wide, a third of the router's time), trained on its own afterwards
+        (`ppfr-train slim --router-reader N`; docs/results.md, "The lean router")."""
         super().__init__()
         self.sinkhorn = sinkhorn
         half = (size + 1) // 2
-        self.read = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * half * half, dim),
-        )
+        if reader:
+            convs = [nn.Conv2d(1, reader, 3, stride=2, padding=1), nn.ReLU()]
+        else:
+            reader = 32
+            convs = [
+                nn.Conv2d(1, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(32, 32, 3, stride=2, padding=1),
+                nn.ReLU(),
+            ]
+        self.read = nn.Sequential(*convs, nn.Flatten(), nn.Linear(reader * half * half, dim))
         self.compare = nn.ModuleList([CorrelationAttention(dim, heads) for _ in range(2)])
         self.classify = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
         self.logits = None  # the last forward's, for aux_loss
