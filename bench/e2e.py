@@ -79,6 +79,11 @@ def run_loadgen(targets: dict, cfg, api_key: str | None = None) -> list[dict]:
 MODES = (("on", "batching_on"), ("off", "batching_off"))
 
 
+def _max_batch(cfg, label: str) -> int:
+    """Dynamic batching on: the configured batch; off: the same server with --max-batch 1."""
+    return cfg.max_batch if label == "on" else 1
+
+
 def _servers(stack, bundles: dict, cfg, workdir: Path) -> tuple[dict, dict]:
     """({(name, label, mode): LocalServer}, load-generator targets {name/label: (address, requests)}):
     two servers per bundle, batching on and off, all started with one key file and one key, each with
@@ -88,7 +93,7 @@ def _servers(stack, bundles: dict, cfg, workdir: Path) -> tuple[dict, dict]:
     for name, (bundle_dir, verify_requests, request) in bundles.items():
         requests_file = write_requests(workdir / f"requests_{name}.bin", verify_requests)
         for label, mode in MODES:
-            flags = ["--max-batch", str(cfg.max_batch if label == "on" else 1)]
+            flags = ["--max-batch", str(_max_batch(cfg, label))]
             flags += ["--max-delay-ms", str(cfg.max_delay_ms)]
             log_path = workdir / "logs" / f"{name}_{mode}.log"
             srv = LocalServer(
@@ -126,7 +131,7 @@ def bench_e2e(bundles: dict, cfg, workdir, log) -> dict:
             before = cpu0[name, label, mode]
             cpu = None if None in (before, cpu1) or not answered else (cpu1 - before) / answered
             out[name][mode] = {
-                "max_batch": cfg.max_batch if mode == "batching_on" else 1,
+                "max_batch": _max_batch(cfg, label),
                 "max_delay_ms": cfg.max_delay_ms,
                 "runtime": srv.info().runtime,
                 "sweep": rows,

@@ -125,7 +125,7 @@ def test_lean_router_stage_changes_only_the_router(shipped, tmp_path, capsys):
     out = tmp_path / "lean"
     argv = ["slim", "--keep-stem", "--router-reader", "8", "--router-steps", "3", "--max-images", "32"]
     assert main([*argv, "--eval", "none", "--threads", "2", "--out", str(out)]) == 0
-    assert "router (read+compare+classify) step 3/3" in capsys.readouterr().out
+    assert "router (read+classify+compare) step 3/3" in capsys.readouterr().out
     config, method, lean, _ = load_checkpoint(out / "checkpoint.pt")
     assert config["method"]["router_reader"] == 8 and config["model"] == shipped[0]["model"]
     assert (
@@ -144,7 +144,9 @@ def test_lean_router_stage_changes_only_the_router(shipped, tmp_path, capsys):
 
 def test_slim_command_errors_are_one_line(tmp_path, capsys):
     assert main(["slim", "--width", "0"]) == 2
+    assert main(["slim", "--keep-stem"]) == 2
     assert main(["slim", "--resume", "--out", str(tmp_path / "none"), "--eval", "none"]) == 2
     err = capsys.readouterr().err
-    assert err.count("ppfr-train slim: error:") == 2 and "Traceback" not in err
+    assert err.count("ppfr-train slim: error:") == 3 and "Traceback" not in err
+    assert "--keep-stem leaves nothing to do" in err
     assert "--resume: no" in err

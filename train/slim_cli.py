@@ -180,16 +180,18 @@ def lean_router(recognizer, method, images: np.ndarray, args, augment: dict) -> 
     positions under the source's key, each face as it is and flipped + augmented); its comparison layers
     and classifier start from the source's, nothing else changes."""
     from .ppfr_fd import ChainRouter
-    from .rekey import router_inputs, train_router
+    from .rekey import adapt_router
 
     router = recognizer.adapter
     if not isinstance(router, ChainRouter):
         raise ConfigError(f"{args.src}: --router-reader needs a chain-router recognizer (method.route: true)")
     router.read = ChainRouter(method.mixed_channels, reader=args.router_reader).read
-    opts = {"seed": args.seed, "augment": augment, "batch_size": 64, "weight_decay": 5e-4, "log_every": 100}
-    maps, corr = router_inputs(router, method, images, 2, opts)
-    parts = {"read": 3e-3, "compare": 1e-3, "classify": 1e-3}
-    report = train_router(router, (maps, corr), parts, args.router_steps, opts)
+    # only re-keying's second stage (a fresh reader has no tokens worth reading once): the reader at 3e-3,
+    # the comparison layers and classifier at 1e-3
+    opts = {"seed": args.seed, "augment": augment, "views": 2, "router": "compare", "steps": 0}
+    opts |= {"read_steps": args.router_steps, "read_lr": 1e-3, "read_lr_mult": 3.0, "lr": 1e-3}
+    opts |= {"batch_size": 64, "weight_decay": 5e-4, "log_every": 100}
+    report = adapt_router(router, method, images, opts)
     recognizer.eval().requires_grad_(False)
     return report
 
@@ -233,13 +235,11 @@ def run(args) -> Path:
         dc["train"], dc.get("labels_csv"), dc.get("overlap_json"), dc.get("cache"), args.max_images
     )
     out = Path(args.out) if args.out else default_out(args.src, "slim")
-    print(
-        f"ppfr-train slim: {args.src}, {len(faces.labels)} training faces: "
-        + ("stem kept" if args.keep_stem else f"width {args.width} depth {args.depth}, ")
-        + ("" if args.keep_stem else f"{args.stem_steps} stem + {args.entry_steps} entry steps")
-        + (f"; router reader {args.router_reader}, {args.router_steps} steps" if args.router_reader else ""),
-        flush=True,
-    )
+    stem = f"width {args.width} depth {args.depth}, {args.stem_steps} stem + {args.entry_steps} entry steps"
+    stages = "stem kept" if args.keep_stem else stem
+    if args.router_reader:
+        stages += f"; router reader {args.router_reader}, {args.router_steps} steps"
+    print(f"ppfr-train slim: {args.src}, {len(faces.labels)} training faces: {stages}", flush=True)
     augment = config.get("train", {}).get("augment", {})
     new_config = copy.deepcopy(config)
     if args.keep_stem:
@@ -272,6 +272,12 @@ def main(argv=None) -> int:
     if min(*sizes, args.depth + 1, *(n + 1 for n in steps)) < 1:
         print(
             "ppfr-train slim: error: width and batch size must be >= 1, depth, steps and reader >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    if args.keep_stem and not args.router_reader:
+        print(
+            "ppfr-train slim: error: --keep-stem leaves nothing to do without --router-reader",
             file=sys.stderr,
         )
         return 2
