@@ -88,7 +88,7 @@ def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
     key, path = _secret(tmp_path)
     out = tmp_path / "rekeyed"
     argv = ["rekey", "--key-file", path, "--out", out, "--steps", "2", "--fit-images", "32", "--threads", "2"]
-    argv += ["--read-steps", "2", "--views", "1", "--max-images", "64"]
+    argv += ["--read-steps", "2", "--entry-steps", "2", "--views", "1", "--max-images", "64"]
     run = _cli(*argv)
     assert run.returncode == 0, run.stderr.decode()
     assert keys.key_id(key) in run.stdout.decode()

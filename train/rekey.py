@@ -9,8 +9,9 @@ DCT frequencies, in another chain order. Two parts of the server read that:
 - the pixel stem reads the training key's mixes: a 34 x 34 linear translation, new-key chain order ->
   training-key chain order, fitted by least squares on the same training faces protected under both
   keys, is folded into the stem's first layers (`fold_translation`), so the architecture, the config
-  and the export stay as they were.
-Everything after the stem's first layers (its body, the dlib front, the trunk) is kept.
+  and the export stay as they were; then the stem learns, through the new router as deployed, to land
+  where the source lands under its own key (`refine_stem`: distillation, same faces and draws, no labels).
+The dlib front and the trunk are kept.
 
     ppfr-train rekey --key-file method.key            # pretrained/dlib_ppfr_fd -> runs/dlib_ppfr_fd_rekeyed
 
@@ -18,6 +19,7 @@ The checkpoint written holds the key id, never the key (keys.seal); export and e
 again from --key-file or $PPFR_METHOD_KEY. Measured: docs/results.md, "Re-keying".
 """
 
+import copy
 import time
 from pathlib import Path
 
@@ -187,7 +189,8 @@ def adapt_router(router, method_new, images: np.ndarray, opts: dict, log=print) 
 
 def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, opts: dict, log=print) -> dict:
     """Adapts `recognizer` (trained under method_old's key) to method_new's key in place: the stem's
-    input translation (least squares on opts['fit_images'] faces), then the router (adapt_router)."""
+    input translation (least squares on opts['fit_images'] faces), the router (adapt_router), then
+    opts['entry_steps'] of the stem (refine_stem; 0: none)."""
     t0 = time.time()
     recognizer.eval()
     pick = np.random.default_rng(opts["seed"]).choice(
@@ -199,15 +202,33 @@ def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, op
         x_new, x_old = (chain_order(m, faces[:64]) for m in (method_new, method_old))
         pred = torch.einsum("ij,bjhw->bihw", a, x_new) + c[None, :, None, None]
         r2 = 1 - (pred - x_old).pow(2).sum() / (x_old - x_old.mean((0, 2, 3), keepdim=True)).pow(2).sum()
+    teacher = copy.deepcopy(recognizer) if opts.get("entry_steps") else None  # still the training key's
     fold_translation(pixel_stem(recognizer), a, c)
     log(
         f"stem input translation: least squares on {len(faces)} faces, R^2 {r2:.4f} ({time.time() - t0:.0f}s)"
     )
     recognizer.requires_grad_(False)
     last = adapt_router(recognizer.adapter, method_new, images, opts, log)
+    report = {"translation_r2": float(r2), "router": last}
+    if teacher is not None:
+        report["entry"] = refine_stem(teacher, method_old, recognizer, method_new, images, opts, log)
     recognizer.requires_grad_(False)
     recognizer.eval()
-    return {"translation_r2": float(r2), "router": last, "seconds": round(time.time() - t0, 1)}
+    return report | {"seconds": round(time.time() - t0, 1)}
+
+
+def refine_stem(teacher, method_old, recognizer, method_new, images: np.ndarray, opts: dict, log=print):
+    """The translated stem learns, through the adapted router as deployed, to land where the source lands
+    under its training key (entry activation and embedding, train/stem_distill.py; the same faces and
+    Shuffle2 draws on both sides): what the least-squares translation and the new router's
+    misplacements leave. Its BatchNorm statistics stay frozen (fold_translation)."""
+    from .stem_distill import distill
+
+    dopts = {"seed": opts["seed"], "steps": opts["entry_steps"], "batch_size": 16, "lr": opts["entry_lr"]}
+    dopts |= {"augment": opts["augment"], "place": "router", "target": "entry", "freeze_bn": True}
+    dopts |= {"log_every": 25, "save_every": opts["entry_steps"] + 1}
+    params = list(pixel_stem(recognizer).parameters())
+    return distill(teacher, method_old, recognizer, method_new, images, dopts, params, log=log)
 
 
 def default_out(src: Path, suffix: str = "rekeyed") -> Path:

@@ -25,6 +25,7 @@ from .data import DataError, load_face_folder, resolve
 DEFAULT_FROM = "pretrained/dlib_ppfr_fd/checkpoint.pt"
 STEPS = 800  # comparison layers and classifier, on tokens read once
 READ_STEPS = 200  # then the whole router, its per-map reader included
+ENTRY_STEPS = 400  # then the stem, through the new router, towards the source (docs/results.md)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--read-steps", type=int, default=READ_STEPS, help=f"then router steps, reader too ({READ_STEPS})"
     )
+    ap.add_argument(
+        "--entry-steps",
+        type=int,
+        default=ENTRY_STEPS,
+        help=f"then stem steps towards the source's entry activation and embedding, batch 16 ({ENTRY_STEPS})",
+    )
+    ap.add_argument("--entry-lr", type=float, default=5e-4, help="their peak rate (5e-4)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--read-lr", type=float, default=1e-3, help="peak rate of the second stage (1e-3)")
@@ -86,6 +94,8 @@ def run(args, key: keys.MethodKey) -> Path:
         "read_steps": args.read_steps,
         "read_lr": args.read_lr,
         "read_lr_mult": args.read_lr_mult,
+        "entry_steps": args.entry_steps,
+        "entry_lr": args.entry_lr,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "weight_decay": 5e-4,
@@ -96,13 +106,13 @@ def run(args, key: keys.MethodKey) -> Path:
     }
     print(
         f"ppfr-train rekey: {args.src}, {len(faces.labels)} training faces, "
-        f"{args.steps} + {args.read_steps} router steps",
+        f"{args.steps} + {args.read_steps} router steps, {args.entry_steps} stem steps",
         flush=True,
     )
     report = adapt(method, new_method, recognizer, faces.images, opts)
     out = Path(args.out) if args.out else default_out(args.src)
     state = {
-        "step": args.steps + args.read_steps,
+        "step": args.steps + args.read_steps + args.entry_steps,
         "rekeyed_from": str(args.src),
         "train_seconds": report["seconds"],
     }
