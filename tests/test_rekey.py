@@ -145,6 +145,9 @@ def test_key_is_never_an_argument():
     assert (
         rekey.returncode == 2 and keys.ENV_VAR.encode() in rekey.stderr and b"Traceback" not in rekey.stderr
     )
+    negative = _cli("rekey", "--entry-steps", "-1")
+    assert negative.returncode == 2 and negative.stderr.count(b"\n") == 1
+    assert b"steps must be" in negative.stderr
 
 
 def test_training_under_a_key_writes_its_id_only_and_resumes(tmp_path, monkeypatch, capsys):
@@ -218,3 +221,36 @@ def test_router_adaptation_trains_the_reader_too():
 
 def _shipped_router():
     return load_checkpoint(PRETRAINED)[2].adapter
+
+
+def test_stem_stage_brings_the_translated_model_towards_the_source():
+    """refine_stem: after the translation, the stem learns (through the recognizer's router, as deployed)
+    to give under the new key the embeddings the source gives under its own key, on the same faces and
+    Shuffle2 draws; nothing but the stem changes."""
+    import copy
+
+    from ppfr.train.rekey import refine_stem
+
+    config, old, source, _ = load_checkpoint(PRETRAINED)
+    _, new = keys.rekey(config, old, os.urandom(32))
+    faces, student = lfw_faces(48), copy.deepcopy(source.eval())
+    a, c = fit_translation(old, new, torch.from_numpy(faces[:32]))
+    fold_translation(student.backbone.stem[0], a, c)
+    held = torch.from_numpy(faces[32:])
+
+    @torch.no_grad()
+    def agreement() -> float:
+        rand = new.sample_random(len(held), torch.Generator().manual_seed(5))
+        return (
+            torch.nn.functional.cosine_similarity(
+                student.embed(new(held, **rand)), source.embed(old(held, **rand))
+            )
+            .mean()
+            .item()
+        )
+
+    before, trunk = agreement(), copy.deepcopy(student.backbone.trunk.state_dict())
+    opts = {"seed": 0, "entry_steps": 12, "entry_lr": 5e-4, "augment": {}}
+    refine_stem(source, old, student, new, faces[:32], opts, log=lambda *a, **k: None)
+    assert agreement() > before
+    assert all(torch.equal(v, student.backbone.trunk.state_dict()[k]) for k, v in trunk.items())

@@ -134,6 +134,9 @@ def run(args, key: keys.MethodKey) -> Path:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if min(args.steps, args.read_steps, args.entry_steps, args.batch_size - 1, args.views - 1) < 0:
+        print("ppfr-train rekey: error: steps must be >= 0, batch size and views >= 1", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
