@@ -226,7 +226,6 @@ def refine_stem(teacher, method_old, recognizer, method_new, images: np.ndarray,
 
     dopts = {"seed": opts["seed"], "steps": opts["entry_steps"], "batch_size": 16, "lr": opts["entry_lr"]}
     dopts |= {"augment": opts["augment"], "place": "router", "target": "entry", "freeze_bn": True}
-    dopts |= {"log_every": 25, "save_every": opts["entry_steps"] + 1}
     params = list(pixel_stem(recognizer).parameters())
     return distill(teacher, method_old, recognizer, method_new, images, dopts, params, log=log)
 
