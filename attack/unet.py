@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FULL_WIDTHS = (64, 128, 256, 512, 1024)
 SIZE = 112
 
 

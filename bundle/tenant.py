@@ -253,16 +253,6 @@ class Tenant:
         self.encoder.encode(list(v), self.levels[level], SCALE, pt)
         return pt
 
-    def masked(self, ct, slot: int):
-        """ct with every slot but `slot` zeroed (one level down)."""
-        out = self._sa.Ciphertext()
-        self.evaluator.multiply_plain(ct, self.one_hot(slot, self.levels.index(ct.parms_id())), out)
-        self.evaluator.rescale_to_next_inplace(out)
-        return out
-
-    def slot_value(self, ct, slot: int) -> float:
-        return float(self.decrypt(ct)[slot])
-
 
 def _short(err: Exception) -> str:
     text = str(err).strip().splitlines()

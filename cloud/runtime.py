@@ -6,7 +6,6 @@ with the export issue) is imported lazily, only when asked for or when `auto` fi
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -81,10 +80,6 @@ def tensorrt_engine(bundle_dir) -> Path | None:
         if engine.path and path.is_file():
             return path
     return None
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
 
 
 def int8_model(bundle_dir, manifest=None) -> Path:
