@@ -75,7 +75,8 @@ def test_ppfr_fd_chain_router_learns_the_order_on_real_faces(data_dir):
     """Shuffle2 is not sent, but each channel's pattern and its correlation with its chain neighbours give
     it away: after a short training the router puts far more channels of held-out faces in their place
     than the energy sort keeps in a stable place (a fact about PPFR-FD's privacy, too). The lean per-map
-    reader (`--router-reader 16`) learns it as well as the wide one, at a third of the time."""
+    reader (`--router-reader 16`) learns it nearly as well as the wide one (72.9% of channels placed
+    against 75.7%) in under a third of the time."""
     from helpers import read_rgb
 
     torch.manual_seed(0)
