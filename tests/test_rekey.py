@@ -74,9 +74,9 @@ def test_translation_recovers_the_training_keys_channels():
     assert r2 > 0.9 > 0.5 > r2_as_is  # held-out faces
 
 
-def _cli(*args, env=None) -> subprocess.CompletedProcess:
+def _cli(*args, env=None, module="ppfr.train.cli") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ppfr.train.cli", *map(str, args)],
+        [sys.executable, "-m", module, *map(str, args)],
         cwd=REPO,
         capture_output=True,
         env={**os.environ, **(env or {})},
@@ -125,13 +125,7 @@ def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
 
 
 def _cli_eval(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ppfr.train.evaluate", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+    return _cli(*args, env=env, module="ppfr.train.evaluate")
 
 
 def _help(module: str) -> str:
