@@ -55,7 +55,8 @@ def find_bundles(methods, artifacts: Path, explicit: list[str], log) -> tuple[di
     if explicit:
         for d in explicit:
             m = read_manifest(d)  # an explicitly named bundle that is not one is an error
-            found[m.name or Path(d).name] = (Path(d), m)
+            name = m.name or Path(d).name  # two bundles of one name (two exports of a run) both stay
+            found[name if name not in found else f"{name} ({d})"] = (Path(d), m)
         return found, skipped
     candidates = {}
     for d in sorted(artifacts.glob("*/")) if artifacts.is_dir() else []:

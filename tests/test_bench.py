@@ -28,6 +28,15 @@ def test_no_bundles_is_a_clear_error(tmp_path, capsys):
     assert "no bundles to bench" in capsys.readouterr().err
 
 
+def test_two_bundles_of_one_name_are_both_benched(tmp_path, small_bundle):
+    from ppfr.bench.cli import find_bundles
+
+    for copy in ("a", "b"):  # two exports of one run: the same manifest name
+        (tmp_path / copy).symlink_to(small_bundle("ppfr_fd"), target_is_directory=True)
+    found, _ = find_bundles([], tmp_path, [str(tmp_path / "a"), str(tmp_path / "b")], print)
+    assert [str(d) for d, _ in found.values()] == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory, small_bundle):
     root = tmp_path_factory.mktemp("artifacts")
