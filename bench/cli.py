@@ -55,8 +55,10 @@ def find_bundles(methods, artifacts: Path, explicit: list[str], log) -> tuple[di
     if explicit:
         for d in explicit:
             m = read_manifest(d)  # an explicitly named bundle that is not one is an error
-            name = m.name or Path(d).name  # two bundles of one name (two exports of a run) both stay
-            found[name if name not in found else f"{name} ({d})"] = (Path(d), m)
+            name = m.name or Path(d).name
+            while name in found:  # two bundles of one name (two exports of a run) both stay
+                name = f"{name}@{Path(d).name}"
+            found[name] = (Path(d), m)
         return found, skipped
     candidates = {}
     for d in sorted(artifacts.glob("*/")) if artifacts.is_dir() else []:

@@ -35,6 +35,7 @@ def test_two_bundles_of_one_name_are_both_benched(tmp_path, small_bundle):
         (tmp_path / copy).symlink_to(small_bundle("ppfr_fd"), target_is_directory=True)
     found, _ = find_bundles([], tmp_path, [str(tmp_path / "a"), str(tmp_path / "b")], print)
     assert [str(d) for d, _ in found.values()] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert list(found)[1].endswith("@b")  # the name labels files the bench writes: no path separator
 
 
 @pytest.fixture(scope="module")
