@@ -15,7 +15,7 @@ from ppfr.train import keys
 from ppfr.train.methods import build_method
 from ppfr.train.model import load_checkpoint
 from ppfr.train.rekey import chain_order, fit_translation, fold_translation
-from ppfr.train.student import PixelStem
+from ppfr.train.student import FrequencyStem, PixelStem
 from ppfr.train.trainer import train
 
 PRETRAINED = REPO / "pretrained" / "dlib_ppfr_fd" / "checkpoint.pt"
@@ -44,15 +44,21 @@ def _nowhere(key: bytes, *blobs: bytes) -> None:
 
 
 @torch.no_grad()
-def test_folded_translation_is_the_translation():
+@pytest.mark.parametrize("kind", ["pixel", "frequency"])
+def test_folded_translation_is_the_translation(kind):
     torch.manual_seed(0)
-    stem = PixelStem(34, 14, 16, 1)
-    for bn in (stem.norm, stem.context[1]):
+    if kind == "pixel":
+        stem = PixelStem(34, 14, 16, 1)
+        norms, last = (stem.norm, stem.context[1]), stem.context[-1]
+    else:  # into the trunk at conv64_1: 64 x 17 x 17
+        stem = FrequencyStem(34, 14, 64, torch.rand(1, 17, 17, 2) * 2 - 1, 16, 1)
+        norms, last = (stem.norm, stem.inp[1]), stem.out[-1]
+    for bn in norms:
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2.0)
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.normal_()
-    torch.nn.init.normal_(stem.context[-1].weight, std=0.1)
+    torch.nn.init.normal_(last.weight, std=0.1)
     stem.eval()
     a, c = torch.eye(34) + 0.2 * torch.randn(34, 34), 0.1 * torch.randn(34)
     x = torch.randn(2, 34, 14, 14)

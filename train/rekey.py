@@ -6,9 +6,10 @@ DCT frequencies, in another chain order. Two parts of the server read that:
   the chain positions (no teacher, no identity labels), on chain-order protected maps computed once per
   face view (`router_inputs` says why the chain order suffices): first its comparison layers and
   classifier on the maps as its per-map CNN reads them (read once), then all of it, that CNN included;
-- the pixel stem reads the training key's mixes: a 34 x 34 linear translation, new-key chain order ->
-  training-key chain order, fitted by least squares on the same training faces protected under both
-  keys, is folded into the stem's first layers (`fold_translation`), so the architecture, the config
+- the stem (a pixel stem, or a `FrequencyStem` straight into the trunk) reads the training key's mixes:
+  a 34 x 34 linear translation, new-key chain order -> training-key chain order, fitted by least squares
+  on the same training faces protected under both keys, is folded into the stem's first layers
+  (`fold_translation`), so the architecture, the config
   and the export stay as they were; then the stem learns, through the new router as deployed, to land
   where the source lands under its own key (`refine_stem`: distillation, same faces and draws, no labels).
 The dlib front and the trunk are kept.
@@ -29,7 +30,7 @@ from torch import nn
 
 from .augment import augment
 from .model import Recognizer
-from .student import PixelStem
+from .student import FrequencyStem, PixelStem
 
 
 def chain_order(method, images: torch.Tensor) -> torch.Tensor:
@@ -53,22 +54,24 @@ def fit_translation(old, new, images: torch.Tensor, chunk: int = 64) -> tuple[to
 
 
 @torch.no_grad()
-def fold_translation(stem: PixelStem, a: torch.Tensor, c: torch.Tensor) -> None:
+def fold_translation(stem: PixelStem | FrequencyStem, a: torch.Tensor, c: torch.Tensor) -> None:
     """Makes `stem` read x through x_old = A x + c: its input BatchNorm (an affine map in eval mode)
-    and A, c go into the two 1x1 convolutions that read the normalised input; the BatchNorm becomes
-    the identity. The stem must then stay in eval mode (its statistics are frozen)."""
+    and A, c go into the 1x1 convolutions that read the normalised input (the pixel stem's linear map
+    and context path, the FrequencyStem's `inp`); the BatchNorm becomes the identity. The stem must then
+    stay in eval mode (its statistics are frozen)."""
     bn = stem.norm
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     t = bn.bias - bn.running_mean * s
     g, h = s[:, None] * a, s * c + t  # BN(A x + c) = G x + h
-    lin = stem.linear
-    w1 = lin.weight[:, :, 0, 0]
-    lin.bias.add_(w1 @ h)
-    lin.weight.copy_((w1 @ g)[:, :, None, None])
-    conv, after = stem.context[0], stem.context[1]  # 1x1 conv without bias, then BatchNorm
-    w0 = conv.weight[:, :, 0, 0]
-    after.running_mean.sub_(w0 @ h)
-    conv.weight.copy_((w0 @ g)[:, :, None, None])
+    readers = [(stem.inp[0], stem.inp[1])] if isinstance(stem, FrequencyStem) else []
+    readers = readers or [(stem.linear, None), (stem.context[0], stem.context[1])]
+    for conv, after in readers:  # a 1x1 conv with a bias, or without one and then a BatchNorm
+        w = conv.weight[:, :, 0, 0]
+        if after is None:
+            conv.bias.add_(w @ h)
+        else:
+            after.running_mean.sub_(w @ h)
+        conv.weight.copy_((w @ g)[:, :, None, None])
     bn.weight.fill_(1.0)
     bn.bias.zero_()
     bn.running_mean.zero_()
@@ -78,8 +81,14 @@ def fold_translation(stem: PixelStem, a: torch.Tensor, c: torch.Tensor) -> None:
 def pixel_stem(recognizer: Recognizer) -> PixelStem:
     stem = getattr(recognizer.backbone, "stem", None)
     if not (isinstance(stem, nn.Sequential) and isinstance(stem[0], PixelStem)):
-        raise ValueError("re-keying needs a pixel-stem recognizer (model.pixel_stem: true)")
+        raise ValueError("re-keying needs a dlib-trunk recognizer with a pixel stem or a FrequencyStem")
     return stem[0]
+
+
+def keyed_stem(recognizer: Recognizer) -> PixelStem | FrequencyStem:
+    """The layers that read the protected channels: the pixel stem, or a FrequencyStem into the trunk."""
+    stem = getattr(recognizer.backbone, "stem", None)
+    return stem if isinstance(stem, FrequencyStem) else pixel_stem(recognizer)
 
 
 @torch.no_grad()
@@ -203,7 +212,7 @@ def adapt(method_old, method_new, recognizer: Recognizer, images: np.ndarray, op
         pred = torch.einsum("ij,bjhw->bihw", a, x_new) + c[None, :, None, None]
         r2 = 1 - (pred - x_old).pow(2).sum() / (x_old - x_old.mean((0, 2, 3), keepdim=True)).pow(2).sum()
     teacher = copy.deepcopy(recognizer) if opts.get("entry_steps") else None  # still the training key's
-    fold_translation(pixel_stem(recognizer), a, c)
+    fold_translation(keyed_stem(recognizer), a, c)
     log(
         f"stem input translation: least squares on {len(faces)} faces, R^2 {r2:.4f} ({time.time() - t0:.0f}s)"
     )
@@ -226,7 +235,7 @@ def refine_stem(teacher, method_old, recognizer, method_new, images: np.ndarray,
 
     dopts = {"seed": opts["seed"], "steps": opts["entry_steps"], "batch_size": 16, "lr": opts["entry_lr"]}
     dopts |= {"augment": opts["augment"], "place": "router", "target": "entry", "freeze_bn": True}
-    params = list(pixel_stem(recognizer).parameters())
+    params = list(keyed_stem(recognizer).parameters())
     return distill(teacher, method_old, recognizer, method_new, images, dopts, params, log=log)
 
 
