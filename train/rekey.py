@@ -9,9 +9,9 @@ DCT frequencies, in another chain order. Two parts of the server read that:
 - the stem (a pixel stem, or a `FrequencyStem` straight into the trunk) reads the training key's mixes:
   a 34 x 34 linear translation, new-key chain order -> training-key chain order, fitted by least squares
   on the same training faces protected under both keys, is folded into the stem's first layers
-  (`fold_translation`), so the architecture, the config
-  and the export stay as they were; then the stem learns, through the new router as deployed, to land
-  where the source lands under its own key (`refine_stem`: distillation, same faces and draws, no labels).
+  (`fold_translation`), so the architecture, the config and the export stay as they were; then the
+  stem learns, through the new router as deployed, to land where the source lands under its own key
+  (`refine_stem`: distillation, same faces and draws, no labels).
 The dlib front and the trunk are kept.
 
     ppfr-train rekey --key-file method.key            # pretrained/dlib_ppfr_fd -> runs/dlib_ppfr_fd_rekeyed
@@ -63,8 +63,10 @@ def fold_translation(stem: PixelStem | FrequencyStem, a: torch.Tensor, c: torch.
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     t = bn.bias - bn.running_mean * s
     g, h = s[:, None] * a, s * c + t  # BN(A x + c) = G x + h
-    readers = [(stem.inp[0], stem.inp[1])] if isinstance(stem, FrequencyStem) else []
-    readers = readers or [(stem.linear, None), (stem.context[0], stem.context[1])]
+    if isinstance(stem, FrequencyStem):
+        readers = [(stem.inp[0], stem.inp[1])]
+    else:
+        readers = [(stem.linear, None), (stem.context[0], stem.context[1])]
     for conv, after in readers:  # a 1x1 conv with a bias, or without one and then a BatchNorm
         w = conv.weight[:, :, 0, 0]
         if after is None:
@@ -81,14 +83,18 @@ def fold_translation(stem: PixelStem | FrequencyStem, a: torch.Tensor, c: torch.
 def pixel_stem(recognizer: Recognizer) -> PixelStem:
     stem = getattr(recognizer.backbone, "stem", None)
     if not (isinstance(stem, nn.Sequential) and isinstance(stem[0], PixelStem)):
-        raise ValueError("re-keying needs a dlib-trunk recognizer with a pixel stem or a FrequencyStem")
+        raise ValueError("needs a pixel-stem recognizer (model.pixel_stem: true)")
     return stem[0]
 
 
 def keyed_stem(recognizer: Recognizer) -> PixelStem | FrequencyStem:
     """The layers that read the protected channels: the pixel stem, or a FrequencyStem into the trunk."""
     stem = getattr(recognizer.backbone, "stem", None)
-    return stem if isinstance(stem, FrequencyStem) else pixel_stem(recognizer)
+    if isinstance(stem, FrequencyStem):
+        return stem
+    if isinstance(stem, nn.Sequential) and isinstance(stem[0], PixelStem):
+        return stem[0]
+    raise ValueError("re-keying needs a dlib-trunk recognizer with a pixel stem or a FrequencyStem")
 
 
 @torch.no_grad()
