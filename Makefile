@@ -50,7 +50,7 @@ clean:
 # --- the system's jobs (each target's recipe belongs to the issue that built it) ---
 train: $(SETUP)
 	$(VENV)/bin/ppfr-train --config $(CONFIG)
-	$(if $(filter dlib_ppfr_fd,$(RUN)),$(VENV)/bin/ppfr-train slim --from runs/$(RUN)/checkpoint.pt --out runs/$(RUN)_slim)
+	$(if $(filter dlib_ppfr_fd,$(RUN)),$(VENV)/bin/ppfr-train slim --from runs/$(RUN)/checkpoint.pt --out runs/$(RUN)_slim --dlib-steps 1500)
 
 # The shipped default adapted to your own PPFR-FD key (docs/results.md, "Re-keying"), the key from
 # KEY_FILE or PPFR_METHOD_KEY: make rekey KEY_FILE=method.key -> runs/dlib_ppfr_fd_rekeyed/

@@ -18,6 +18,12 @@ and trains the router again on its own (`lean_router`); `--keep-stem` skips the 
 (docs/results.md, "The lean router"): `--keep-stem --router-reader 16` on the shipped default, 115 s,
 LFW 97.57, TAR@1e-3 84.03, recognizer throughput 0.85x rgb against 0.79x (not shipped).
 
+`--dlib-steps N` then teaches the pixel stem for N steps with dlib itself on the clean face
+(`stem_distill.DlibTeacher`: what the wide default was trained against; the slim stem alone learned from
+the wide one, a student of a student), through the router, on every training face with the leak filter as
+training runs it. The shipped default is the previous one after `--keep-stem --dlib-steps 1500` (14 min):
+LFW 97.60, one-template TAR@1e-3 79.8% against 97.58 and 79.0% (pretrained/README.md).
+
 Measured (the defaults, width 48 depth 2, from the width-96 depth-3 default; ~35 min on the shared 2-core
 machine): LFW 97.63 +- 0.50, TAR@1e-3 85.13 on all 6,000 pairs single view (the source: 97.70, 83.20).
 """
@@ -35,9 +41,9 @@ import torch
 from . import keys
 from .config import ConfigError
 from .data import DataError, load_face_folder, resolve
-from .rekey import default_out, pixel_stem
+from .rekey import default_out, keyed_stem, pixel_stem
 from .rekey_cli import DEFAULT_FROM
-from .stem_distill import distill, placed
+from .stem_distill import CleanFaces, DlibTeacher, distill, placed
 from .student import PixelStem
 
 
@@ -59,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a lean per-map reader for the router, its width (0: keep the router as it is)",
     )
     ap.add_argument("--router-steps", type=int, default=1500, help="router steps with that reader (1500)")
+    ap.add_argument(
+        "--dlib-steps",
+        type=int,
+        default=0,
+        help="then steps with dlib itself on the clean face as the stem's teacher, every training face (0)",
+    )
+    ap.add_argument("--dlib-lr", type=float, default=3e-4, help="their peak learning rate (3e-4)")
     ap.add_argument("--batch-size", type=int, default=32, help="faces per stem step (32)")
     ap.add_argument("--entry-batch-size", type=int, default=16, help="faces per entry step (16)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -148,13 +161,12 @@ def _start(teacher, method, images, args, augment: dict, resume: dict | None):
     return student, stem
 
 
-def distill_stages(teacher, method, images, args, augment: dict, out: Path) -> tuple:
+def distill_stages(teacher, method, images, args, augment: dict, out: Path, resume) -> tuple:
     """(student, {stage: distill report}): the stem stage, then the entry stage, each resumable from
     OUT/progress.pt (written every 100 steps)."""
     progress = out / "progress.pt"
-    resume = _resume_state(args, progress)
     student, stem = _start(teacher, method, images, args, augment, resume)
-    done = ("stem",) if resume and resume["stage"] == "entry" else ()
+    done = {"entry": ("stem",), "dlib": ("stem", "entry")}.get(resume["stage"], ()) if resume else ()
     reports = {}
     for target in ("stem", "entry"):
         opts = _stage_opts(augment, args, target)
@@ -174,11 +186,12 @@ def distill_stages(teacher, method, images, args, augment: dict, out: Path) -> t
     return student, reports
 
 
-def lean_router(recognizer, method, images: np.ndarray, args, augment: dict) -> dict:
+def lean_router(recognizer, method, images: np.ndarray, args, augment: dict, train: bool = True) -> dict:
     """The chain router with a lean per-map reader (ChainRouter reader=N, a third of the router's time),
     trained as `ppfr-train rekey` trains a router (train/rekey.py: cross-entropy against the chain
     positions under the source's key, each face as it is and flipped + augmented); its comparison layers
-    and classifier start from the source's, nothing else changes."""
+    and classifier start from the source's, nothing else changes. train=False only swaps the reader in
+    (a --resume of the dlib stage: its saved recognizer holds the trained one)."""
     from .ppfr_fd import ChainRouter
     from .rekey import adapt_router
 
@@ -186,6 +199,8 @@ def lean_router(recognizer, method, images: np.ndarray, args, augment: dict) -> 
     if not isinstance(router, ChainRouter):
         raise ConfigError(f"{args.src}: --router-reader needs a chain-router recognizer (method.route: true)")
     router.read = ChainRouter(method.mixed_channels, reader=args.router_reader).read
+    if not train:
+        return {}
     # only re-keying's second stage (a fresh reader has no tokens worth reading once): the reader at 3e-3,
     # the comparison layers and classifier at 1e-3
     opts = {"seed": args.seed, "augment": augment, "views": 2, "router": "compare", "steps": 0}
@@ -194,6 +209,33 @@ def lean_router(recognizer, method, images: np.ndarray, args, augment: dict) -> 
     report = adapt_router(router, method, images, opts)
     recognizer.eval().requires_grad_(False)
     return report
+
+
+def dlib_stage(student, method, config: dict, args, augment: dict, out: Path, resume) -> dict:
+    """--dlib-steps: the stem learns from dlib itself on the clean face (stem_distill.DlibTeacher, what
+    the wide default was trained against: a student of that student inherits both approximations),
+    through the recognizer's own router as deployed, BatchNorm frozen, on every training face (the
+    labeled folder and the leak-filtered unlabeled ones, as training uses). OUT/progress.pt holds the
+    whole recognizer, so --resume continues this stage without the ones before it."""
+    from .trainer import load_training_faces
+
+    faces = load_training_faces(config["data"] | {"max_images": args.max_images}, print)
+    opts = {"seed": args.seed, "steps": args.dlib_steps, "batch_size": args.batch_size, "lr": args.dlib_lr}
+    opts |= {"augment": augment, "place": "router", "target": "entry", "feature_weight": 0.25}
+    opts |= {"freeze_bn": True, "log_every": 50, "save_every": 100}
+
+    def save(step, optim):
+        out.mkdir(parents=True, exist_ok=True)
+        body = {"stage": "dlib", "step": step, "width": args.width, "depth": args.depth}
+        stems = {"stem": keyed_stem(student).state_dict(), "model": student.state_dict()}
+        torch.save(body | stems | optim, out / "progress.pt")
+
+    again = resume if resume and resume["stage"] == "dlib" else None
+    if again:
+        student.load_state_dict(again["model"])
+    teacher, params = DlibTeacher(config["model"]["entry"]), list(keyed_stem(student).parameters())
+    clean = CleanFaces(method)
+    return distill(teacher, clean, student, method, faces.images, opts, params, save=save, resume=again)
 
 
 def write_metrics(config: dict, method, recognizer, out: Path, args, seconds: float) -> None:
@@ -239,17 +281,23 @@ def run(args) -> Path:
     stages = "stem kept" if args.keep_stem else stem
     if args.router_reader:
         stages += f"; router reader {args.router_reader}, {args.router_steps} steps"
+    if args.dlib_steps:
+        stages += f"; {args.dlib_steps} steps taught by dlib"
     print(f"ppfr-train slim: {args.src}, {len(faces.labels)} training faces: {stages}", flush=True)
     augment = config.get("train", {}).get("augment", {})
     new_config = copy.deepcopy(config)
+    resume = _resume_state(args, out / "progress.pt")
     if args.keep_stem:
         student, reports = copy.deepcopy(teacher), {}
     else:
-        student, reports = distill_stages(teacher, method, faces.images, args, augment, out)
+        student, reports = distill_stages(teacher, method, faces.images, args, augment, out, resume)
         new_config["model"] |= {"width": args.width, "depth": args.depth}
     if args.router_reader:
-        reports["router"] = lean_router(student, method, faces.images, args, augment)
+        at_dlib = bool(resume) and resume["stage"] == "dlib"
+        reports["router"] = lean_router(student, method, faces.images, args, augment, train=not at_dlib)
         new_config["method"]["router_reader"] = args.router_reader
+    if args.dlib_steps:
+        reports["dlib"] = dlib_stage(student, method, config, args, augment, out, resume)
     seconds = round(time.time() - t0, 1)
     state = dict(state) | {"slimmed_from": str(args.src), "slim_seconds": seconds}
     save_checkpoint(out / "checkpoint.pt", new_config, method, student, state=state)
@@ -268,16 +316,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = (args.width, args.batch_size, args.entry_batch_size)
-    steps = (args.stem_steps, args.entry_steps, args.router_steps, args.router_reader)
+    steps = (args.stem_steps, args.entry_steps, args.router_steps, args.router_reader, args.dlib_steps)
     if min(*sizes, args.depth + 1, *(n + 1 for n in steps)) < 1:
         print(
             "ppfr-train slim: error: width and batch size must be >= 1, depth, steps and reader >= 0",
             file=sys.stderr,
         )
         return 2
-    if args.keep_stem and not args.router_reader:
+    if args.keep_stem and not (args.router_reader or args.dlib_steps):
         print(
-            "ppfr-train slim: error: --keep-stem leaves nothing to do without --router-reader",
+            "ppfr-train slim: error: --keep-stem leaves nothing to do without --router-reader or "
+            "--dlib-steps",
             file=sys.stderr,
         )
         return 2

@@ -85,6 +85,46 @@ def stem_loss(s_image, _s_emb, t_image, _t_emb, _mean) -> dict[str, torch.Tensor
     return {"stem": F.mse_loss(s_image, t_image) / t_image.var().clamp_min(1e-6)}
 
 
+class DlibTeacher(nn.Module):
+    """dlib itself on the clean face as a teacher in a recognizer's shape (`adapter`, `backbone`,
+    `forward_with_entry`): its activation before the student's entry block and its descriptor. The
+    default's own training distilled from dlib; a student of a distilled student inherits both
+    approximations (docs/results.md, "The conv64_1 stem, continued"). Its method is `CleanFaces`."""
+
+    def __init__(self, entry: str):
+        super().__init__()
+        from .student import OnlineTeacher
+
+        self.adapter, self.dlib = _AsIs(), OnlineTeacher(entry)
+
+    @property
+    def backbone(self):
+        return self
+
+    def forward_with_entry(self, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dlib(faces)
+
+
+class _AsIs(nn.Module):
+    """The teacher's placement: clean faces have no channels to place."""
+
+    def forward(self, x):
+        return x
+
+    def place_known(self, x, _rand):
+        return x
+
+
+class CleanFaces:
+    """The teacher's "method" beside DlibTeacher: the face as it is (the student's draws pass through)."""
+
+    def __init__(self, method):
+        self.sample_random = method.sample_random
+
+    def __call__(self, faces: torch.Tensor, **_rand) -> torch.Tensor:
+        return faces
+
+
 def set_modes(model: nn.Module, params: list[torch.Tensor], freeze_bn: bool) -> None:
     """Train mode only for modules that hold a trained parameter (BatchNorm too unless freeze_bn)."""
     ids = {id(p) for p in params}
