@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment
-from .student import OnlineDistillLoss
+from .student import OnlineDistillLoss, OnlineTeacher
 
 DEFAULTS = {
     "seed": 0,
@@ -93,8 +93,6 @@ class DlibTeacher(nn.Module):
 
     def __init__(self, entry: str):
         super().__init__()
-        from .student import OnlineTeacher
-
         self.adapter, self.dlib = _AsIs(), OnlineTeacher(entry)
 
     @property
