@@ -26,12 +26,17 @@ $(STAMP): pyproject.toml
 $(PRETRAINED): | $(STAMP)
 	$(PY) -m ppfr.train.pretrained fetch
 
+# One pytest worker per core (pytest-xdist; tests/conftest.py pins each to its own), a test module on one
+# worker, modules with slow tests first (conftest.py); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(SETUP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # Everything but the tests marked slow (end-to-end runs, training, system tests): under 2 minutes.
 test-fast: $(SETUP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(SETUP)
 	$(VENV)/bin/ruff check .

@@ -146,9 +146,7 @@ def export_model(
     front32, front, recog = _graphs(method, recognizer, faces, random, dtype)
     result = parity.check(front32, front, recog, method, recognizer, faces, random, dtype)
     figures = (threshold, eval_pairs, enrolled_photos, template_thresholds)
-    pairs, by_templates, threshold = _thresholds(root, front, recog, method, seed, *figures)
-    if min_tar is not None and pairs["tar"] < min_tar:
-        raise DegradedError(_degraded(method, pairs, min_tar))
+    pairs, by_templates, threshold = _thresholds(root, front, recog, method, seed, *figures, min_tar)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,20 +168,24 @@ def _files(front, recog) -> dict:
     return files
 
 
-def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolled, per_count):
+def _thresholds(root, front, recog, method, seed, threshold, eval_pairs, enrolled, per_count, min_tar):
     """(single-pair entry, [1, 2, 3+ template entries] or None, the manifest's main threshold entry).
 
     ONNX Runtime sessions are opened only when something is computed here. The main threshold is the
     single-pair one for enrolled == 1, else the pooled point for `enrolled` photos (the server's default
-    before it picks by template count)."""
+    before it picks by template count). A single-pair TAR below min_tar raises DegradedError before the
+    pooled thresholds are computed (a refused export returns early)."""
     per_count = enrolled > 1 if per_count is None else per_count
-    if threshold is not None and enrolled == 1 and not per_count:
-        return threshold, None, threshold
-    embed = evaluation.Memo(_graph_embedder(front, recog, method, seed))
+    given = threshold is not None and enrolled == 1 and not per_count  # nothing to compute
+    embed = None if given else evaluation.Memo(_graph_embedder(front, recog, method, seed))
+    pairs = threshold or evaluation.recompute(root, embed, eval_pairs)
+    if min_tar is not None and pairs["tar"] < min_tar:
+        raise DegradedError(_degraded(method, pairs, min_tar))
+    if given:
+        return pairs, None, pairs
     by_templates = None
     if per_count:
         by_templates = evaluation.by_template_count(root, embed, eval_pairs, evaluation.FARS)
-    pairs = threshold or evaluation.recompute(root, embed, eval_pairs)
     counts = {e["templates"]: e for e in by_templates or [] if e["far"] == evaluation.FAR}
     if enrolled == 1:
         main = pairs

@@ -56,7 +56,8 @@ def test_metrics_scrapes_open_no_database_connection(bundle, postgres, tmp_path)
         before = connections(url)
         for _ in range(40):
             assert b"ppfr_gallery_templates" in urllib.request.urlopen(metrics, timeout=5).read()
-        assert connections(url) <= before
+        # a leak opens one per scrape; +1: on a loaded machine the ping's own may open after `before`
+        assert connections(url) <= before + 1
 
 
 def test_an_enroll_key_can_neither_find_nor_delete_templates_it_did_not_enroll(server, protect, faces):

@@ -156,12 +156,10 @@ class PixelStem(nn.Module):
         for x, images in batches():
             xn = self.norm(x)
             image = (images.permute(0, 3, 1, 2).float() - 128.0) / 64.0
-            if self.fine:
-                a = (
-                    F.unfold(xn, 3, padding=1)[:, :, keep]
-                    .permute(0, 2, 1)
-                    .reshape(-1, self.linear.in_channels * 9)
-                )
+            if self.fine:  # F.unfold's layout, read at the kept pixels only (not the whole unfolded image)
+                pad, ys, xs = F.pad(xn, (1, 1, 1, 1)), keep // 112, keep % 112
+                a = torch.stack([pad[:, :, ys + dy, xs + dx] for dy in range(3) for dx in range(3)], 2)
+                a = a.flatten(1, 2).permute(0, 2, 1).reshape(-1, self.linear.in_channels * 9)
                 b = image.flatten(2)[:, :, keep].permute(0, 2, 1).reshape(-1, 3)
             else:
                 a = xn.permute(0, 2, 3, 1).reshape(-1, xn.shape[1])
