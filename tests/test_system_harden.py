@@ -27,7 +27,7 @@ from ppfr.cloud.local import LocalServer
 from ppfr.protos import verification_pb2 as pb
 
 pytestmark = pytest.mark.slow
-SIZES = {"fuzz": 1200, "kills": 2, "burst": 1000, "soak": 1500}
+SIZES = {"fuzz": 1200, "kills": 2, "burst": 2000, "soak": 3000}
 SIZES = {k: int(os.environ.get(f"PPFR_HARDEN_{k.upper()}", v)) for k, v in SIZES.items()}
 
 
