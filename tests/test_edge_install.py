@@ -38,9 +38,11 @@ def edge_venv(tmp_path_factory) -> Path:
         shutil.copy2(REPO / name, source / name)
     venv = root / "venv"
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # no pip of its own (ensurepip takes seconds): this interpreter's pip installs into it (--python)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     made = time.monotonic()
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    pip.append("--disable-pip-version-check")
     done = subprocess.run([*pip, f"{source}[edge]"], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"\nedge install: venv {made - started:.1f} s, pip install .[edge] {time.monotonic() - made:.1f} s")

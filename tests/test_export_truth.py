@@ -34,23 +34,11 @@ def test_shipped_default_under_a_fresh_key_prints_the_collapse_and_is_refused(tm
     errors = [line for line in refused.stderr.splitlines() if line.startswith("ppfr-export: error:")]
     assert len(errors) == 1 and "TAR" in errors[0] and "--accept-degraded" in errors[0]
     assert "Traceback" not in refused.stderr and not (out / "manifest.json").exists()
-
-    written = subprocess.run(
-        [*cmd, "--accept-degraded"], capture_output=True, text=True, env=env, timeout=1200
-    )
-    assert written.returncode == 0, written.stderr
-    manifest = read_manifest(out)
-    threshold = manifest.threshold
-    assert threshold.accuracy != pytest.approx(0.977)  # not the training run's figure (demo key)
-    assert (
-        "exported graphs" in threshold.evaluation_set
-        and "training evaluation" not in threshold.evaluation_set
-    )
-    assert "DEGRADED" in written.stdout and f"accuracy {threshold.accuracy:.2%}" in written.stdout
-    assert "subjects with 1 template(s)" in written.stdout
-    assert dict(manifest.method_params)["key_id"] != keys.key_id(keys.DEMO_KEY)
-    pair_tar = float(written.stdout.split("LFW pairs:")[1].split("TAR ")[1].split("%")[0]) / 100
-    assert pair_tar < MIN_TAR
+    # the figures are the exported graphs' under this key (the training run's LFW 97.6% is not copied)
+    accuracy = float(errors[0].split("accuracy ")[1].split("%")[0])
+    assert accuracy < 90 and float(errors[0].split("TAR ")[1].split("%")[0]) < MIN_TAR * 100
+    # --accept-degraded writing such a bundle, with the figures measured on its graphs in the manifest:
+    # tests/test_rekey.py (a checkpoint adapted for 2 steps, exported under its own key)
 
 
 def _site_photos(folder, people: int = 40):
