@@ -151,9 +151,10 @@ def test_pixel_stem_reads_x8_partialface_through_the_clients_layout():
     stem = rec.backbone.stem[0].eval()
     with torch.no_grad():
         rand = method.sample_random(len(faces), torch.Generator().manual_seed(0))  # calibrate's draws
+        rand, faces = {k: v[:16] for k, v in rand.items()}, faces[:16]  # 16 of the faces it was fitted on
         placed = rec.adapter.place_known(method(faces, **rand), rand)
         image = stem(placed)
-        assert placed.shape == (64, 162, 112, 112) and image.shape == (64, 3, 112, 112)
+        assert placed.shape == (16, 162, 112, 112) and image.shape == (16, 3, 112, 112)
         truth = faces.permute(0, 3, 1, 2).float()
         assert ((image - truth) ** 2).mean() < ((truth - truth.mean()) ** 2).mean()
         assert rec(method(faces[:2], **method.sample_random(2))).shape == (2, 128)

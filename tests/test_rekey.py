@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import DATA, REPO, lfw_faces
 from ppfr.bundle import read_manifest
-from ppfr.train import keys
+from ppfr.train import evaluate, keys
 from ppfr.train.methods import build_method
 from ppfr.train.model import load_checkpoint
 from ppfr.train.rekey import chain_order, fit_translation, fold_translation
@@ -91,7 +91,7 @@ def _cli(*args, env=None, module="ppfr.train.cli") -> subprocess.CompletedProces
     )
 
 
-def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
+def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path, capsys, monkeypatch):
     key, path = _secret(tmp_path)
     out = tmp_path / "rekeyed"
     argv = ["rekey", "--key-file", path, "--out", out, "--steps", "2", "--fit-images", "32", "--threads", "2"]
@@ -106,17 +106,18 @@ def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
     _nowhere(key, " ".join(map(str, argv)).encode(), run.stdout, run.stderr, ckpt.read_bytes())
     _nowhere(key, (out / "rekey.json").read_bytes(), json.dumps(raw["config"], default=str).encode())
 
-    # evaluation needs the key; with it, the method is the key's again
-    pairs = ["--checkpoint", ckpt, "--max-pairs", "20", "--out", tmp_path / "eval.json"]
-    refused = _cli_eval(*pairs)
-    assert refused.returncode == 2 and keys.key_id(key) in refused.stderr.decode()
-    assert b"Traceback" not in refused.stderr
+    # evaluation needs the key; with it, the method is the key's again (ppfr-eval's main, in this process)
+    pairs = ["--checkpoint", str(ckpt), "--max-pairs", "20", "--out", str(tmp_path / "eval.json")]
+    monkeypatch.delenv(keys.ENV_VAR, raising=False)
+    assert evaluate.main(pairs) == 2 and keys.key_id(key) in capsys.readouterr().err
     other, other_path = _secret(tmp_path / "..")
-    wrong = _cli_eval(*pairs, "--key-file", other_path)
-    assert wrong.returncode == 2 and b"adapted to method key id" in wrong.stderr
-    ok = _cli_eval(*pairs, env={keys.ENV_VAR: key.decode()})
-    assert ok.returncode == 0, ok.stderr.decode()
-    _nowhere(key, ok.stdout, ok.stderr, (tmp_path / "eval.json").read_bytes())
+    assert evaluate.main([*pairs, "--key-file", str(other_path)]) == 2
+    assert "adapted to method key id" in capsys.readouterr().err
+    monkeypatch.setenv(keys.ENV_VAR, key.decode())
+    assert evaluate.main(pairs) == 0
+    ok = capsys.readouterr()
+    _nowhere(key, ok.out.encode(), ok.err.encode(), (tmp_path / "eval.json").read_bytes())
+    monkeypatch.delenv(keys.ENV_VAR)
 
     # the bundle exported from it: the key id, never the key
     bundle = tmp_path / "bundle"
@@ -132,10 +133,6 @@ def test_rekey_keeps_the_key_out_of_argv_logs_checkpoint_and_manifest(tmp_path):
     threshold = read_manifest(bundle).threshold
     assert "exported graphs" in threshold.evaluation_set and "training" not in threshold.evaluation_set
     assert f"accuracy {threshold.accuracy:.2%}" in done.stdout.decode()
-
-
-def _cli_eval(*args, env=None) -> subprocess.CompletedProcess:
-    return _cli(*args, env=env, module="ppfr.train.evaluate")
 
 
 def test_key_is_never_an_argument():
