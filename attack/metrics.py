@@ -6,7 +6,6 @@ statistics, mean over the positions whose window lies inside the image, then ove
 """
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def _nhwc(x) -> np.ndarray:
@@ -27,6 +26,8 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 def psnr(a, b, data_range: float = 1.0) -> np.ndarray:
     """Per-image PSNR in dB; identical images give +inf."""
+    from skimage.metrics import peak_signal_noise_ratio  # here: scikit-image (and SciPy) take ~1 s to import
+
     a, b = _pair(a, b)
     with np.errstate(divide="ignore"):
         return np.array([peak_signal_noise_ratio(x, y, data_range=data_range) for x, y in zip(a, b)])
@@ -34,6 +35,8 @@ def psnr(a, b, data_range: float = 1.0) -> np.ndarray:
 
 def ssim(a, b, data_range: float = 1.0, sigma: float = 1.5) -> np.ndarray:
     """Per-image mean SSIM."""
+    from skimage.metrics import structural_similarity
+
     a, b = _pair(a, b)
     if min(a.shape[1:3]) < 11:
         raise ValueError(f"images {a.shape[1:3]} are smaller than the 11x11 SSIM window")
