@@ -77,6 +77,12 @@ def faces(data_dir) -> np.ndarray:
     return np.stack([read_rgb(p) for p in paths])
 
 
+def _run_folder(tmp_path_factory) -> Path:
+    """The test run's temporary folder, shared by its xdist workers (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, data_dir):
     """Factory: small_bundle(method) -> a small real exported bundle (untrained MobileFaceNet, real
@@ -85,8 +91,7 @@ def small_bundle(tmp_path_factory, data_dir):
     from bundles import make_bundle
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = _run_folder(tmp_path_factory)
 
     def get(method: str = "ppfr_fd") -> Path:
         out = root / f"small_{method}"
@@ -96,6 +101,19 @@ def small_bundle(tmp_path_factory, data_dir):
         return out
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory):
+    """Each distinct ONNX graph exported once per test run (tests/export_cache.py says why it is sound)."""
+    from export_cache import cached
+    from ppfr.export import onnx_export
+
+    folder = _run_folder(tmp_path_factory) / "onnx-graphs"
+    folder.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "_export", cached(onnx_export._export, folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
