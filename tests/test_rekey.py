@@ -81,9 +81,9 @@ def test_translation_recovers_the_training_keys_channels():
     assert r2 > 0.9 > 0.5 > r2_as_is  # held-out faces
 
 
-def _cli(*args, env=None, module="ppfr.train.cli") -> subprocess.CompletedProcess:
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
+        [sys.executable, "-m", "ppfr.train.cli", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         env={**os.environ, **(env or {})},
