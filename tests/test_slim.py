@@ -142,6 +142,25 @@ def test_lean_router_stage_changes_only_the_router(shipped, tmp_path, capsys):
     assert emb.shape == (4, 128) and torch.isfinite(emb).all()
 
 
+def test_fewer_blocks_layers_and_rounds_rebuild_from_the_config(shipped, tmp_path):
+    """--keep-stem --depth N keeps the stem's first N residual blocks; --router-layers / --router-sinkhorn
+    keep the router's first attention layers and set its rounds; every tool rebuilds that from the config."""
+    out = tmp_path / "lean"
+    argv = ["slim", "--keep-stem", "--depth", "0", "--router-layers", "1", "--router-sinkhorn", "2"]
+    argv += ["--router-steps", "2", "--max-images", "32", "--eval", "none", "--threads", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    config, method, lean, _ = load_checkpoint(out / "checkpoint.pt")
+    assert config["model"]["depth"] == 0 and config["method"]["router_layers"] == 1
+    assert config["method"]["router_sinkhorn"] == 2
+    stem, router = lean.backbone.stem[0], lean.adapter
+    assert len(stem.context) == 3 + 1 and len(router.compare) == 1 and router.sinkhorn == 2
+    source = shipped[2].state_dict()  # the context's last 1x1 convolution moved up, unchanged
+    last = len(shipped[2].backbone.stem[0].context) - 1
+    assert torch.equal(stem.context[3].weight, source[f"backbone.stem.0.context.{last}.weight"])
+    soft = router(method(torch.from_numpy(lfw_faces(2)), **method.sample_random(2)))
+    assert soft.shape == (2, 34, 14, 14) and torch.isfinite(soft).all()
+
+
 def test_dlib_as_the_teacher_moves_the_stem_towards_dlibs_descriptor(shipped, faces):
     """--dlib-steps: the stem (and nothing else) learns dlib's own descriptor of the clean face, centred,
     through the router as deployed; measured on the faces it learns from, one fixed draw."""

@@ -105,11 +105,14 @@ class PPFRFD(ProtectionMethod):
         image_size: int = 112,
         route: bool = False,
         router_reader: int = 0,
+        router_layers: int = 2,
+        router_sinkhorn: int = 10,
     ):
         super().__init__(image_size)
         self.frontend = FrequencyFrontEnd("gray", 1)
         self.route = bool(route)
-        self.router_reader = int(router_reader)  # server side only: ChainRouter's per-map reader
+        # server side only: ChainRouter's per-map reader, attention layers and Sinkhorn rounds
+        self.router = {"reader": router_reader, "layers": router_layers, "sinkhorn": router_sinkhorn}
         chosen = list(channels) if channels is not None else zigzag_order()[:num_channels]
         self.selected = chosen
         self.eps = eps
@@ -161,7 +164,7 @@ class PPFRFD(ProtectionMethod):
     def server_adapter(self):
         if self.analysis:
             return nn.Identity()
-        return ChainRouter(self.mixed_channels, reader=self.router_reader) if self.route else EnergySort()
+        return ChainRouter(self.mixed_channels, **self.router) if self.route else EnergySort()
 
     def forward(self, image: torch.Tensor, shuffle2: torch.Tensor | None = None) -> torch.Tensor:
         x = self.frontend(image)[:, self.keep]
@@ -200,10 +203,12 @@ class ChainRouter(nn.Module):
         heads: int = 4,
         sinkhorn: int = 10,
         reader: int = 0,
+        layers: int = 2,
     ):
         """reader: 0, the per-map CNN trained with the router (two 32-wide convolutions); N > 0, a lean one
         (one stride-2 convolution N wide, a third of the router's time), trained on its own afterwards
-        (`ppfr-train slim --router-reader N`; docs/results.md, "The lean router")."""
+        (`ppfr-train slim --router-reader N`; docs/results.md, "The lean router"). layers: attention
+        layers; sinkhorn: rounds (at batch 1 each layer or round is op overhead, not arithmetic)."""
         super().__init__()
         self.sinkhorn = sinkhorn
         half = (size + 1) // 2
@@ -218,7 +223,7 @@ class ChainRouter(nn.Module):
                 nn.ReLU(),
             ]
         self.read = nn.Sequential(*convs, nn.Flatten(), nn.Linear(reader * half * half, dim))
-        self.compare = nn.ModuleList([CorrelationAttention(dim, heads) for _ in range(2)])
+        self.compare = nn.ModuleList([CorrelationAttention(dim, heads) for _ in range(layers)])
         self.classify = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, channels))
         self.logits = None  # the last forward's, for aux_loss
 

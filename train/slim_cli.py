@@ -13,10 +13,12 @@ stem learns; faces are the config's training faces, augmented as in training, pr
 source's (demo) key. The checkpoint's config says the new width and depth, so every tool rebuilds it.
 Slim before re-keying: `ppfr-train rekey --from runs/dlib_ppfr_fd_slim/checkpoint.pt`.
 
-`--router-reader N` then gives the chain router a lean per-map reader (one stride-2 convolution N wide)
-and trains the router again on its own (`lean_router`); `--keep-stem` skips the stem stages. Measured
-(docs/results.md, "The lean router"): `--keep-stem --router-reader 16` on the shipped default, 115 s,
-LFW 97.57, TAR@1e-3 84.03, recognizer throughput 0.85x rgb against 0.79x (not shipped).
+`--router-reader N` then gives the chain router a lean per-map reader (one stride-2 convolution N wide),
+`--router-layers N` keeps its first N attention layers, `--router-sinkhorn N` sets its Sinkhorn rounds,
+and the router is trained again on its own (`lean_router`); `--keep-stem` skips the stem stages, and
+with it `--depth N` keeps the stem's first N residual blocks (`--dlib-steps` then retrains the stem).
+At batch 1 the router's cost is op overhead, not arithmetic: each attention layer or Sinkhorn round
+costs what a layer of dlib's trunk does (docs/results.md, "The lean default").
 
 `--dlib-steps N` then teaches the pixel stem for N steps with dlib itself on the clean face
 (`stem_distill.DlibTeacher`: what the wide default was trained against; the slim stem alone learned from
@@ -44,7 +46,7 @@ from .data import DataError, load_face_folder, resolve
 from .rekey import default_out, keyed_stem, pixel_stem
 from .rekey_cli import DEFAULT_FROM
 from .stem_distill import CleanFaces, DlibTeacher, distill, placed
-from .student import PixelStem
+from .student import PixelStem, ResBlock
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--from", dest="src", default=DEFAULT_FROM, help=f"checkpoint to slim ({DEFAULT_FROM})")
     ap.add_argument("--out", default=None, help="output folder (default runs/<source folder>_slim)")
     ap.add_argument("--width", type=int, default=48, help="the new stem's width (48)")
-    ap.add_argument("--depth", type=int, default=2, help="the new stem's residual blocks (2)")
+    ap.add_argument(
+        "--depth", type=int, default=None, help="the new stem's residual blocks (2; --keep-stem: keep N)"
+    )
     ap.add_argument("--stem-steps", type=int, default=600, help="steps matching the stem's image (600)")
     ap.add_argument("--entry-steps", type=int, default=150, help="then steps at entry + embedding (150)")
     ap.add_argument("--keep-stem", action="store_true", help="keep the source's stem: no stem stages")
@@ -64,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="a lean per-map reader for the router, its width (0: keep the router as it is)",
     )
-    ap.add_argument("--router-steps", type=int, default=1500, help="router steps with that reader (1500)")
+    ap.add_argument("--router-layers", type=int, default=0, help="keep the router's first N attention layers")
+    ap.add_argument("--router-sinkhorn", type=int, default=0, help="the router's Sinkhorn rounds (0: keep)")
+    ap.add_argument("--router-steps", type=int, default=1500, help="router steps after a change (1500)")
     ap.add_argument(
         "--dlib-steps",
         type=int,
@@ -147,6 +153,15 @@ def _resume_state(args, progress: Path) -> dict | None:
     return resume
 
 
+def keep_blocks(stem: PixelStem, depth: int) -> int:
+    """--keep-stem --depth N: the stem's first N residual blocks stay (the later ones go: each is x + f(x),
+    so the image changes little and --dlib-steps retrains it); the stem's depth after."""
+    blocks = [i for i, m in enumerate(stem.context) if isinstance(m, ResBlock)]
+    drop = set(blocks[depth:]) if depth is not None else set()
+    stem.context = torch.nn.Sequential(*[m for i, m in enumerate(stem.context) if i not in drop])
+    return len(blocks) - len(drop)
+
+
 def _start(teacher, method, images, args, augment: dict, resume: dict | None):
     """(student, its new stem): fitted afresh, or as --resume left it."""
     c, s, _ = method.server_shape()
@@ -186,19 +201,29 @@ def distill_stages(teacher, method, images, args, augment: dict, out: Path, resu
     return student, reports
 
 
+def router_changes(args) -> dict:
+    """The router options given: ChainRouter's reader, layers and sinkhorn (method.router_* in the config)."""
+    given = {"reader": args.router_reader, "layers": args.router_layers, "sinkhorn": args.router_sinkhorn}
+    return {k: v for k, v in given.items() if v}
+
+
 def lean_router(recognizer, method, images: np.ndarray, args, augment: dict, train: bool = True) -> dict:
-    """The chain router with a lean per-map reader (ChainRouter reader=N, a third of the router's time),
-    trained as `ppfr-train rekey` trains a router (train/rekey.py: cross-entropy against the chain
-    positions under the source's key, each face as it is and flipped + augmented); its comparison layers
-    and classifier start from the source's, nothing else changes. train=False only swaps the reader in
-    (a --resume of the dlib stage: its saved recognizer holds the trained one)."""
+    """The chain router made leaner (router_changes: a lean per-map reader, ChainRouter reader=N, a third
+    of the router's time; fewer attention layers; fewer Sinkhorn rounds), trained as `ppfr-train rekey`
+    trains a router (train/rekey.py: cross-entropy against the chain positions under the source's key,
+    each face as it is and flipped + augmented); the layers kept and the classifier start from the
+    source's, nothing else changes. train=False only makes the change (a --resume of the dlib stage: its
+    saved recognizer holds the trained router)."""
     from .ppfr_fd import ChainRouter
     from .rekey import adapt_router
 
-    router = recognizer.adapter
+    router, change = recognizer.adapter, router_changes(args)
     if not isinstance(router, ChainRouter):
-        raise ConfigError(f"{args.src}: --router-reader needs a chain-router recognizer (method.route: true)")
-    router.read = ChainRouter(method.mixed_channels, reader=args.router_reader).read
+        raise ConfigError(f"{args.src}: --router-* needs a chain-router recognizer (method.route: true)")
+    if "reader" in change:
+        router.read = ChainRouter(method.mixed_channels, reader=change["reader"]).read
+    router.compare = router.compare[: change.get("layers", len(router.compare))]
+    router.sinkhorn = change.get("sinkhorn", router.sinkhorn)
     if not train:
         return {}
     # only re-keying's second stage (a fresh reader has no tokens worth reading once): the reader at 3e-3,
@@ -258,7 +283,8 @@ def write_metrics(config: dict, method, recognizer, out: Path, args, seconds: fl
         before = (source.get("results", {}).get(ps.name) or {}).get("trained")
         results[ps.name] = {"trained": m} | ({"source": before} if before else {})
         curves[f"{ps.name} slim"] = (scores, ps.same)
-    slim = {"from": str(args.src), "width": args.width, "depth": args.depth, "seconds": seconds}
+    stem = {k: config["model"].get(k) for k in ("width", "depth")}  # as built, --keep-stem included
+    slim = {"from": str(args.src), **stem, "seconds": seconds}
     metrics = {k: v for k, v in source.items() if k not in ("results", "history")}
     metrics |= {"slim": slim, "eval_seconds": round(time.time() - t0, 1), "results": results}
     metrics["config"] = seal(config, method)[0]  # a deployment key: its id only
@@ -279,8 +305,8 @@ def run(args) -> Path:
     out = Path(args.out) if args.out else default_out(args.src, "slim")
     stem = f"width {args.width} depth {args.depth}, {args.stem_steps} stem + {args.entry_steps} entry steps"
     stages = "stem kept" if args.keep_stem else stem
-    if args.router_reader:
-        stages += f"; router reader {args.router_reader}, {args.router_steps} steps"
+    if router_changes(args):
+        stages += f"; router {router_changes(args)}, {args.router_steps} steps"
     if args.dlib_steps:
         stages += f"; {args.dlib_steps} steps taught by dlib"
     print(f"ppfr-train slim: {args.src}, {len(faces.labels)} training faces: {stages}", flush=True)
@@ -289,13 +315,14 @@ def run(args) -> Path:
     resume = _resume_state(args, out / "progress.pt")
     if args.keep_stem:
         student, reports = copy.deepcopy(teacher), {}
+        new_config["model"]["depth"] = keep_blocks(pixel_stem(student), args.depth)
     else:
         student, reports = distill_stages(teacher, method, faces.images, args, augment, out, resume)
         new_config["model"] |= {"width": args.width, "depth": args.depth}
-    if args.router_reader:
+    if router_changes(args):
         at_dlib = bool(resume) and resume["stage"] == "dlib"
         reports["router"] = lean_router(student, method, faces.images, args, augment, train=not at_dlib)
-        new_config["method"]["router_reader"] = args.router_reader
+        new_config["method"] |= {f"router_{k}": v for k, v in router_changes(args).items()}
     if args.dlib_steps:
         reports["dlib"] = dlib_stage(student, method, config, args, augment, out, resume)
     seconds = round(time.time() - t0, 1)
@@ -313,20 +340,22 @@ def run(args) -> Path:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.depth is None and not args.keep_stem:
+        args.depth = 2
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = (args.width, args.batch_size, args.entry_batch_size)
-    steps = (args.stem_steps, args.entry_steps, args.router_steps, args.router_reader, args.dlib_steps)
-    if min(*sizes, args.depth + 1, *(n + 1 for n in steps)) < 1:
+    steps = (args.stem_steps, args.entry_steps, args.router_steps, args.dlib_steps)
+    steps += tuple(router_changes(args).values())
+    if min(*sizes, (args.depth or 0) + 1, *(n + 1 for n in steps)) < 1:
         print(
             "ppfr-train slim: error: width and batch size must be >= 1, depth, steps and reader >= 0",
             file=sys.stderr,
         )
         return 2
-    if args.keep_stem and not (args.router_reader or args.dlib_steps):
+    if args.keep_stem and not (router_changes(args) or args.dlib_steps):
         print(
-            "ppfr-train slim: error: --keep-stem leaves nothing to do without --router-reader or "
-            "--dlib-steps",
+            "ppfr-train slim: error: --keep-stem leaves nothing to do without --router-* or --dlib-steps",
             file=sys.stderr,
         )
         return 2
