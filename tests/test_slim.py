@@ -193,7 +193,10 @@ def test_slim_command_errors_are_one_line(tmp_path, capsys):
     assert main(["slim", "--width", "0"]) == 2
     assert main(["slim", "--keep-stem"]) == 2
     assert main(["slim", "--resume", "--out", str(tmp_path / "none"), "--eval", "none"]) == 2
+    more = ["--keep-stem", "--router-layers", "9", "--max-images", "8", "--out", str(tmp_path / "more")]
+    assert main(["slim", *more, "--eval", "none"]) == 2
     err = capsys.readouterr().err
-    assert err.count("ppfr-train slim: error:") == 3 and "Traceback" not in err
+    assert err.count("ppfr-train slim: error:") == 4 and "Traceback" not in err
+    assert "--router-layers 9: the router has 2 attention layers" in err
     assert "--keep-stem leaves nothing to do" in err
     assert "--resume: no" in err

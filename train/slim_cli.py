@@ -220,6 +220,10 @@ def lean_router(recognizer, method, images: np.ndarray, args, augment: dict, tra
     router, change = recognizer.adapter, router_changes(args)
     if not isinstance(router, ChainRouter):
         raise ConfigError(f"{args.src}: --router-* needs a chain-router recognizer (method.route: true)")
+    if change.get("layers", 0) > len(router.compare):
+        raise ConfigError(
+            f"--router-layers {change['layers']}: the router has {len(router.compare)} attention layers"
+        )
     if "reader" in change:
         router.read = ChainRouter(method.mixed_channels, reader=change["reader"]).read
     router.compare = router.compare[: change.get("layers", len(router.compare))]
