@@ -18,7 +18,7 @@ Slim before re-keying: `ppfr-train rekey --from runs/dlib_ppfr_fd_slim/checkpoin
 and the router is trained again on its own (`lean_router`); `--keep-stem` skips the stem stages, and
 with it `--depth N` keeps the stem's first N residual blocks (`--dlib-steps` then retrains the stem).
 At batch 1 the router's cost is op overhead, not arithmetic: each attention layer or Sinkhorn round
-costs what a layer of dlib's trunk does (docs/results.md, "The lean default").
+costs what a layer of dlib's trunk does (docs/results.md, "A lean router and a one-block stem").
 
 `--dlib-steps N` then teaches the pixel stem for N steps with dlib itself on the clean face
 (`stem_distill.DlibTeacher`: what the wide default was trained against; the slim stem alone learned from
@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="a lean per-map reader for the router, its width (0: keep the router as it is)",
     )
-    ap.add_argument("--router-layers", type=int, default=0, help="keep the router's first N attention layers")
+    ap.add_argument(
+        "--router-layers", type=int, default=0, help="keep the router's first N attention layers (0: all)"
+    )
     ap.add_argument("--router-sinkhorn", type=int, default=0, help="the router's Sinkhorn rounds (0: keep)")
     ap.add_argument("--router-steps", type=int, default=1500, help="router steps after a change (1500)")
     ap.add_argument(
