@@ -7,7 +7,7 @@ CONFIG ?= configs/dlib_ppfr_fd.yaml
 RUN ?= $(basename $(notdir $(CONFIG)))
 EXTRAS := train,edge,cloud,dev
 
-.PHONY: setup test test-fast lint format train rekey export serve demo demo-sealed bench attack protos clean postgres bench-gallery
+.PHONY: setup test test-fast lint format train slim rekey export serve demo demo-sealed bench attack protos clean postgres bench-gallery
 
 # The pretrained face model (dlib's ResNet) comes from the npm registry: `npm pack`, once (needs npm).
 PRETRAINED := $(VENV)/share/ppfr/face-api/face_recognition_model.bin
@@ -55,7 +55,16 @@ clean:
 # --- the system's jobs (each target's recipe belongs to the issue that built it) ---
 train: $(SETUP)
 	$(VENV)/bin/ppfr-train --config $(CONFIG)
-	$(if $(filter dlib_ppfr_fd,$(RUN)),$(VENV)/bin/ppfr-train slim --from runs/$(RUN)/checkpoint.pt --out runs/$(RUN)_slim --dlib-steps 1500)
+	$(if $(filter dlib_ppfr_fd,$(RUN)),$(MAKE) slim RUN=$(RUN))
+
+# The shipped default's slimming after training (pretrained/README.md): a width-48 stem taught by dlib,
+# then one residual block and a leaner router (16-wide reader, 3 Sinkhorn rounds), then dlib again.
+SLIM = $(VENV)/bin/ppfr-train slim
+slim: $(SETUP)
+	$(SLIM) --from runs/$(RUN)/checkpoint.pt --out runs/$(RUN)_narrow --dlib-steps 1500
+	$(SLIM) --from runs/$(RUN)_narrow/checkpoint.pt --out runs/$(RUN)_lean --keep-stem --depth 1 \
+	  --router-reader 16 --router-sinkhorn 3 --router-steps 2000 --dlib-steps 1500
+	$(SLIM) --from runs/$(RUN)_lean/checkpoint.pt --out runs/$(RUN)_slim --keep-stem --dlib-steps 1500 --seed 1
 
 # The shipped default adapted to your own PPFR-FD key (docs/results.md, "Re-keying"), the key from
 # KEY_FILE or PPFR_METHOD_KEY: make rekey KEY_FILE=method.key -> runs/dlib_ppfr_fd_rekeyed/

@@ -75,9 +75,12 @@ def test_the_shipped_checkpoint_config_passes_the_schema_unchanged():
     stored = ck["config"]
     assert full_config(stored) == stored
     composed = full_config(load_config(CONFIGS / "dlib_ppfr_fd.yaml"))
-    # trained with threads 2, then slimmed (ppfr-train slim: its pixel stem width 96 depth 3 -> 48, 2)
-    assert stored["model"]["width"] == 48 and stored["model"]["depth"] == 2
-    slimmed = dict(stored, model=dict(stored["model"], width=96, depth=3))
+    # trained with threads 2, then slimmed (make slim: pixel stem width 96 depth 3 -> 48, 1; a leaner router)
+    assert stored["model"]["width"] == 48 and stored["model"]["depth"] == 1
+    lean = {"router_reader": 16, "router_sinkhorn": 3}
+    assert {k: stored["method"][k] for k in lean} == lean
+    method = {k: v for k, v in stored["method"].items() if k not in lean}
+    slimmed = dict(stored, model=dict(stored["model"], width=96, depth=3), method=method)
     assert composed == dict(slimmed, train=dict(stored["train"], threads=None))
 
 

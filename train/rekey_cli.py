@@ -25,7 +25,7 @@ from .data import DataError, load_face_folder, resolve
 DEFAULT_FROM = "pretrained/dlib_ppfr_fd/checkpoint.pt"
 STEPS = 800  # comparison layers and classifier, on tokens read once
 READ_STEPS = 200  # then the whole router, its per-map reader included
-ENTRY_STEPS = 400  # then the stem, through the new router, towards the source (docs/results.md)
+ENTRY_STEPS = 1200  # then the stem, towards the source (docs/results.md: 400 left 2 of 4 keys under 80%)
 
 
 def _parser() -> argparse.ArgumentParser:
