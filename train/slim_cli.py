@@ -310,9 +310,10 @@ def run(args) -> Path:
     )
     out = Path(args.out) if args.out else default_out(args.src, "slim")
     stem = f"width {args.width} depth {args.depth}, {args.stem_steps} stem + {args.entry_steps} entry steps"
-    stages = "stem kept" if args.keep_stem else stem
-    if router_changes(args):
-        stages += f"; router {router_changes(args)}, {args.router_steps} steps"
+    kept = "stem kept" + ("" if args.depth is None else f", its first {args.depth} residual block(s)")
+    stages, change = (kept if args.keep_stem else stem), router_changes(args)
+    if change:
+        stages += f"; router {change}, {args.router_steps} steps"
     if args.dlib_steps:
         stages += f"; {args.dlib_steps} steps taught by dlib"
     print(f"ppfr-train slim: {args.src}, {len(faces.labels)} training faces: {stages}", flush=True)
@@ -325,10 +326,10 @@ def run(args) -> Path:
     else:
         student, reports = distill_stages(teacher, method, faces.images, args, augment, out, resume)
         new_config["model"] |= {"width": args.width, "depth": args.depth}
-    if router_changes(args):
+    if change:
         at_dlib = bool(resume) and resume["stage"] == "dlib"
         reports["router"] = lean_router(student, method, faces.images, args, augment, train=not at_dlib)
-        new_config["method"] |= {f"router_{k}": v for k, v in router_changes(args).items()}
+        new_config["method"] |= {f"router_{k}": v for k, v in change.items()}
     if args.dlib_steps:
         reports["dlib"] = dlib_stage(student, method, config, args, augment, out, resume)
     seconds = round(time.time() - t0, 1)
